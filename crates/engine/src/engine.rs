@@ -1,0 +1,448 @@
+//! The engine: applies events and registry records to the state, keeps the
+//! write-back cache of changed users, and commits it to the [`Store`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use pulse_model::{
+    parse, parse_org, parse_target, Event, Fy, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed,
+    Rejection, TargetRecord, TargetUpdate, TimeRules,
+};
+use serde::Serialize;
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+use crate::registry::Registry;
+use crate::report::{CourseKpis, NodeKpis, Report, TargetStatus};
+use crate::rollup::OrgView;
+use crate::state::{CourseState, CourseTotals, Totals, UserState};
+use crate::store::{Batch, SeenKey, ShardId, Store, StoreError};
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Event ids are remembered at least until the newest event time of their
+    /// shard is this far past their own event time (default 7 days).
+    pub dedup_horizon_ms: i64,
+    /// `users_meeting_hours_fy` counts users with at least this many learning
+    /// minutes in the year (default 240).
+    pub meeting_minutes: u32,
+    pub time_rules: TimeRules,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            dedup_horizon_ms: 7 * 24 * HOUR_MS,
+            meeting_minutes: 240,
+            time_rules: TimeRules::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "`{key}` is {configured} but the state in this data directory was built with {stored}; \
+         set it back, or rebuild the state with `pulse replay` into an empty data directory"
+    )]
+    ConfigMismatch {
+        key: &'static str,
+        stored: String,
+        configured: String,
+    },
+    #[error("an earlier commit failed, so memory and storage may differ; restart Pulse to reload the stored state")]
+    Poisoned,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    Applied,
+    Duplicate,
+    /// A valid message the contract skips; the string names the rule.
+    Ignored(&'static str),
+    /// Goes to the dead-letter topic.
+    Dead(Rejection),
+}
+
+/// Counts of dispositions, as `pulse replay` prints them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IngestStats {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub ignored: u64,
+    pub dead_letters: BTreeMap<&'static str, u64>,
+}
+
+impl IngestStats {
+    pub fn record(&mut self, d: &Disposition) {
+        match d {
+            Disposition::Applied => self.accepted += 1,
+            Disposition::Duplicate => self.duplicates += 1,
+            Disposition::Ignored(_) => self.ignored += 1,
+            Disposition::Dead(r) => *self.dead_letters.entry(r.reason.code()).or_default() += 1,
+        }
+    }
+}
+
+/// In-memory state of one shard: its totals (always current) and what changed
+/// since the last commit.
+#[derive(Debug, Default)]
+struct Shard {
+    org_totals: HashMap<String, Totals>,
+    course_totals: HashMap<String, CourseTotals>,
+    max_ts: Millis,
+    /// Write-back cache: every user changed since the last commit.
+    users: HashMap<String, UserState>,
+    seen: HashSet<u128>,
+    seen_keys: Vec<SeenKey>,
+    dirty_orgs: HashSet<String>,
+    dirty_courses: HashSet<String>,
+}
+
+fn adjust<T: Clone + Default>(
+    map: &mut HashMap<String, T>,
+    dirty: &mut HashSet<String>,
+    key: &str,
+    apply: impl FnOnce(&mut T),
+    is_zero: impl FnOnce(&T) -> bool,
+) {
+    let slot = match map.get_mut(key) {
+        Some(slot) => slot,
+        None => map.entry(key.to_owned()).or_default(),
+    };
+    apply(slot);
+    if is_zero(slot) {
+        map.remove(key);
+    }
+    if !dirty.contains(key) {
+        dirty.insert(key.to_owned());
+    }
+}
+
+impl Shard {
+    fn adjust_org(&mut self, key: &str, t: &Totals, sign: i64) {
+        adjust(
+            &mut self.org_totals,
+            &mut self.dirty_orgs,
+            key,
+            |s| s.add(t, sign),
+            Totals::is_zero,
+        );
+    }
+
+    fn adjust_course(&mut self, key: &str, t: &CourseTotals, sign: i64) {
+        adjust(
+            &mut self.course_totals,
+            &mut self.dirty_courses,
+            key,
+            |s| s.add(t, sign),
+            CourseTotals::is_zero,
+        );
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine<S> {
+    store: S,
+    config: EngineConfig,
+    meeting_ms: i64,
+    registry: Registry,
+    targets: BTreeMap<String, TargetRecord>,
+    shards: Vec<Shard>,
+    pending_orgs: BTreeMap<String, Option<OrgRecord>>,
+    pending_targets: BTreeMap<String, Option<TargetRecord>>,
+    /// Set until the threshold is first written to a fresh store.
+    record_meeting_minutes: bool,
+    uncommitted: usize,
+    poisoned: bool,
+}
+
+impl<S: Store> Engine<S> {
+    /// Loads the committed state of `store`.
+    pub fn open(store: S, config: EngineConfig) -> Result<Engine<S>, EngineError> {
+        let loaded = store.load()?;
+        if let Some(stored) = loaded
+            .meeting_minutes
+            .filter(|&m| m != config.meeting_minutes)
+        {
+            return Err(EngineError::ConfigMismatch {
+                key: "engine.meeting_minutes",
+                stored: stored.to_string(),
+                configured: config.meeting_minutes.to_string(),
+            });
+        }
+        let shards = (0..usize::from(store.shards()))
+            .map(|i| Shard {
+                org_totals: loaded.org_totals.get(i).cloned().unwrap_or_default(),
+                course_totals: loaded.course_totals.get(i).cloned().unwrap_or_default(),
+                max_ts: loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN),
+                ..Shard::default()
+            })
+            .collect();
+        Ok(Engine {
+            meeting_ms: i64::from(config.meeting_minutes) * pulse_model::Minutes::MS_PER_MINUTE,
+            record_meeting_minutes: loaded.meeting_minutes.is_none(),
+            config,
+            registry: Registry::new(loaded.orgs),
+            targets: loaded.targets,
+            shards,
+            pending_orgs: BTreeMap::new(),
+            pending_targets: BTreeMap::new(),
+            uncommitted: 0,
+            poisoned: false,
+            store,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn targets(&self) -> &BTreeMap<String, TargetRecord> {
+        &self.targets
+    }
+
+    /// Messages applied since the last commit.
+    pub fn uncommitted(&self) -> usize {
+        self.uncommitted
+    }
+
+    /// The shard that holds a user's state.
+    pub fn shard_of(&self, user: &str) -> ShardId {
+        (xxh3_64(user.as_bytes()) % self.shards.len() as u64) as ShardId
+    }
+
+    /// Parses, checks and applies one message of an input topic.
+    pub fn ingest(
+        &mut self,
+        format: InputFormat,
+        value: &[u8],
+        now: Millis,
+    ) -> Result<Disposition, EngineError> {
+        match parse(format, value) {
+            Err(rejection) => Ok(Disposition::Dead(rejection)),
+            Ok(Parsed::Ignored(why)) => Ok(Disposition::Ignored(why)),
+            Ok(Parsed::Event(ev)) => match self.config.time_rules.check(ev.ts, now) {
+                Err(rejection) => Ok(Disposition::Dead(rejection)),
+                Ok(()) => self.apply(&ev),
+            },
+        }
+    }
+
+    /// Applies one valid event: `Applied`, or `Duplicate` if its id was seen.
+    pub fn apply(&mut self, ev: &Event<'_>) -> Result<Disposition, EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        let shard_id = self.shard_of(&ev.user);
+        let shard = &mut self.shards[usize::from(shard_id)];
+        let key = SeenKey {
+            bucket: ev.ts.div_euclid(HOUR_MS),
+            hash: xxh3_128(ev.id.as_bytes()),
+        };
+        if shard.seen.contains(&key.hash) || self.store.is_seen(shard_id, key)? {
+            return Ok(Disposition::Duplicate);
+        }
+        shard.seen.insert(key.hash);
+        shard.seen_keys.push(key);
+
+        let (user, is_new) = match shard.users.get_mut(&*ev.user) {
+            Some(u) => (u, false),
+            None => {
+                let stored = self.store.user(shard_id, &ev.user)?;
+                let is_new = stored.is_none();
+                (
+                    shard
+                        .users
+                        .entry(ev.user.to_string())
+                        .or_insert(stored.unwrap_or_default()),
+                    is_new,
+                )
+            }
+        };
+        let before = (!is_new).then(|| (user.org_key().to_owned(), user.totals(self.meeting_ms)));
+        let course = ev.kind.course();
+        let course_before = course.map(|c| {
+            user.courses
+                .get(c)
+                .map(CourseState::totals)
+                .unwrap_or_default()
+        });
+        user.apply(ev);
+        let after = user.totals(self.meeting_ms);
+        let after_key = user.org_key().to_owned();
+        let course_after = course
+            .and_then(|c| user.courses.get(c))
+            .map(CourseState::totals);
+
+        if let Some((key, totals)) = before {
+            shard.adjust_org(&key, &totals, -1);
+        }
+        shard.adjust_org(&after_key, &after, 1);
+        if let (Some(c), Some(before), Some(after)) = (course, course_before, course_after) {
+            shard.adjust_course(c, &before, -1);
+            shard.adjust_course(c, &after, 1);
+        }
+        shard.max_ts = shard.max_ts.max(ev.ts);
+        self.uncommitted += 1;
+        Ok(Disposition::Applied)
+    }
+
+    /// Applies one message of the org registry topic (`None` value: tombstone).
+    pub fn apply_org_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
+        let outcome = parse_org(key, value).and_then(|update| match update {
+            OrgUpdate::Upsert(rec) => {
+                self.registry.upsert(rec.clone())?;
+                self.pending_orgs.insert(rec.org.clone(), Some(rec));
+                Ok(())
+            }
+            OrgUpdate::Remove(org) => {
+                self.registry.remove(&org);
+                self.pending_orgs.insert(org, None);
+                Ok(())
+            }
+        });
+        self.registry_outcome(outcome)
+    }
+
+    /// Applies one message of the targets topic (`None` value: tombstone).
+    pub fn apply_target_message(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Disposition {
+        let outcome = parse_target(key, value).map(|update| match update {
+            TargetUpdate::Upsert(rec) => {
+                self.targets.insert(rec.id.clone(), rec.clone());
+                self.pending_targets.insert(rec.id.clone(), Some(rec));
+            }
+            TargetUpdate::Remove(id) => {
+                self.targets.remove(&id);
+                self.pending_targets.insert(id, None);
+            }
+        });
+        self.registry_outcome(outcome)
+    }
+
+    fn registry_outcome(&mut self, outcome: Result<(), Rejection>) -> Disposition {
+        match outcome {
+            Ok(()) => {
+                self.uncommitted += 1;
+                Disposition::Applied
+            }
+            Err(rejection) => Disposition::Dead(rejection),
+        }
+    }
+
+    /// Writes every change since the last commit to the store in one batch.
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        let mut batch = Batch {
+            meeting_minutes: self
+                .record_meeting_minutes
+                .then_some(self.config.meeting_minutes),
+            orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
+            targets: std::mem::take(&mut self.pending_targets)
+                .into_iter()
+                .collect(),
+            ..Batch::default()
+        };
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            let id = i as ShardId;
+            if shard.seen_keys.is_empty() {
+                continue;
+            }
+            batch
+                .users
+                .extend(shard.users.drain().map(|(user, state)| (id, user, state)));
+            batch
+                .seen
+                .extend(shard.seen_keys.drain(..).map(|k| (id, k)));
+            shard.seen.clear();
+            batch.forget_before.push((
+                id,
+                (shard.max_ts - self.config.dedup_horizon_ms).div_euclid(HOUR_MS),
+            ));
+            batch.org_totals.extend(shard.dirty_orgs.drain().map(|k| {
+                let t = shard.org_totals.get(&k).cloned();
+                (id, k, t)
+            }));
+            batch
+                .course_totals
+                .extend(shard.dirty_courses.drain().map(|k| {
+                    let t = shard.course_totals.get(&k).copied();
+                    (id, k, t)
+                }));
+            batch.max_ts.push((id, shard.max_ts));
+        }
+        if let Err(e) = self.store.commit(batch) {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        self.record_meeting_minutes = false;
+        self.uncommitted = 0;
+        Ok(())
+    }
+
+    /// One user's state, including changes not yet committed.
+    pub fn user(&self, user: &str) -> Result<Option<UserState>, EngineError> {
+        let shard = self.shard_of(user);
+        match self.shards[usize::from(shard)].users.get(user) {
+            Some(u) => Ok(Some(u.clone())),
+            None => Ok(self.store.user(shard, user)?),
+        }
+    }
+
+    /// Every node's totals over its subtree, as the registry is now.
+    pub fn view(&self) -> OrgView {
+        OrgView::build(&self.registry, self.shards.iter().map(|s| &s.org_totals))
+    }
+
+    /// Course totals summed over the shards.
+    pub fn course_totals(&self) -> BTreeMap<String, CourseTotals> {
+        let mut all: BTreeMap<String, CourseTotals> = BTreeMap::new();
+        for (course, t) in self.shards.iter().flat_map(|s| &s.course_totals) {
+            all.entry(course.clone()).or_default().add(t, 1);
+        }
+        all
+    }
+
+    /// The whole `pulse report --all` document.
+    pub fn report(&self, fy: Fy, now: Millis) -> Report {
+        let view = self.view();
+        Report {
+            nodes: Some(
+                view.nodes()
+                    .iter()
+                    .map(|n| (n.id.clone(), NodeKpis::of(n, fy)))
+                    .collect(),
+            ),
+            courses: Some(
+                self.course_totals()
+                    .iter()
+                    .map(|(c, t)| (c.clone(), CourseKpis::of(t)))
+                    .collect(),
+            ),
+            targets: Some(
+                self.targets
+                    .iter()
+                    .map(|(id, t)| (id.clone(), TargetStatus::of(t, &view, now)))
+                    .collect(),
+            ),
+            ..Report::header(fy, now)
+        }
+    }
+}

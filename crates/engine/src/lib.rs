@@ -1,0 +1,37 @@
+//! The KPI state machine of Pulse.
+//!
+//! This crate owns the rules of contract sections 5-7: deduplication by id
+//! within a horizon, idempotent enrolments and completions with earliest-time
+//! semantics, additive minutes, latest-wins ratings, the current org of a user,
+//! read-time rollups over the org registry, IST financial years and target pace.
+//!
+//! State is split in two:
+//! - per-user state ([`UserState`]) and dedup ids live in a [`Store`], grouped in
+//!   shards by a hash of the user id: a user's state and everything derived from
+//!   it (the user's share of every org and course total) live in one shard;
+//! - per-org and per-course totals of each shard, the registry and the targets
+//!   are small (O(orgs + courses)) and held in memory, so rendering every
+//!   node's KPIs costs time proportional to the number of orgs, not users.
+//!
+//! The engine only sees the [`Store`] trait; [`MemStore`] is the in-memory
+//! implementation. It must not depend on Kafka, RocksDB, HTTP or any clock:
+//! callers pass `now` in.
+
+mod engine;
+mod registry;
+mod report;
+mod rollup;
+mod state;
+mod store;
+
+pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats};
+pub use registry::Registry;
+pub use report::{CourseKpis, NodeKpis, Report, TargetStatus, UserCourse, UserReport};
+pub use rollup::{NodeView, OrgView};
+pub use state::{CourseState, CourseTotals, FyTotals, OrgStamp, RatingStamp, Totals, UserState};
+pub use store::{Batch, LoadedState, MemStore, SeenKey, ShardId, Store, StoreError};
+
+/// The root of the hierarchy: every node rolls up into it.
+pub const NATIONAL: &str = "national";
+/// Users with an unknown current org, and orgs with an unknown parent.
+pub const UNASSIGNED: &str = "unassigned";

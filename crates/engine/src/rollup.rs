@@ -1,0 +1,105 @@
+//! The org-level view: every node's totals over its subtree, rolled up over
+//! the registry as it is now. Built from the per-shard leaf totals, so its cost
+//! grows with the number of orgs and shards, never with the number of users.
+
+use std::collections::HashMap;
+
+use crate::registry::Registry;
+use crate::state::Totals;
+use crate::{NATIONAL, UNASSIGNED};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    /// The parent node (`None` for `national`).
+    pub parent: Option<String>,
+    pub kind: String,
+    /// `national` is 0, top-level nodes and `unassigned` are 1.
+    pub depth: u32,
+    /// Sanctioned strength over the subtree.
+    pub employees: u64,
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OrgView {
+    /// `national`, `unassigned`, then registered orgs by id.
+    nodes: Vec<NodeView>,
+    index: HashMap<String, usize>,
+}
+
+impl OrgView {
+    pub fn build<'a>(
+        registry: &Registry,
+        shards: impl IntoIterator<Item = &'a HashMap<String, Totals>>,
+    ) -> OrgView {
+        let synthetic = [
+            (NATIONAL, "National", None, 0),
+            (UNASSIGNED, "Unassigned", Some(NATIONAL), 1),
+        ];
+        let mut nodes: Vec<NodeView> = synthetic
+            .into_iter()
+            .map(|(id, name, parent, depth)| NodeView {
+                id: id.to_owned(),
+                name: name.to_owned(),
+                parent: parent.map(str::to_owned),
+                kind: id.to_owned(),
+                depth,
+                employees: 0,
+                totals: Totals::default(),
+            })
+            .collect();
+        nodes.extend(registry.orgs().map(|rec| NodeView {
+            id: rec.org.clone(),
+            name: rec.name.clone(),
+            parent: registry.parent_of(&rec.org).map(str::to_owned),
+            kind: rec.kind.clone(),
+            depth: registry.ancestry(&rec.org).count() as u32 - 1,
+            employees: 0,
+            totals: Totals::default(),
+        }));
+        let index: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+
+        for rec in registry.orgs() {
+            for node in registry.ancestry(&rec.org) {
+                nodes[index[node]].employees += rec.employees;
+            }
+        }
+        // Merge the shards per leaf first: one walk up the tree per leaf.
+        let mut leaves: HashMap<&str, Totals> = HashMap::new();
+        for shard in shards {
+            for (leaf, totals) in shard {
+                leaves
+                    .entry(registry.node_of(leaf))
+                    .or_default()
+                    .add(totals, 1);
+            }
+        }
+        for (node, totals) in &leaves {
+            for n in registry.ancestry(node) {
+                nodes[index[n]].totals.add(totals, 1);
+            }
+        }
+        OrgView { nodes, index }
+    }
+
+    pub fn nodes(&self) -> &[NodeView] {
+        &self.nodes
+    }
+
+    pub fn node(&self, id: &str) -> Option<&NodeView> {
+        self.index.get(id).map(|&i| &self.nodes[i])
+    }
+
+    /// The direct children of a node, by id.
+    pub fn children<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a NodeView> + 'a {
+        self.nodes
+            .iter()
+            .filter(move |n| n.parent.as_deref() == Some(id))
+    }
+}

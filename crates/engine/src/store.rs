@@ -1,0 +1,222 @@
+//! The storage trait the engine works on, and its in-memory implementation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use pulse_model::{Millis, OrgRecord, TargetRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{CourseTotals, Totals, UserState};
+
+/// A shard of user state: users are placed by a hash of their id.
+pub type ShardId = u16;
+
+/// A remembered event id: its event-time bucket (hours since the epoch, used
+/// to forget ids past the dedup horizon without a scan) and a 128-bit hash of
+/// the id (a fixed-size key; a collision needs ~2^64 ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeenKey {
+    pub bucket: i64,
+    pub hash: u128,
+}
+
+/// Error of a storage backend, boxed so the engine stays backend-agnostic.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct StoreError {
+    pub context: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    pub fn new(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Everything of size O(orgs + courses) that the engine keeps in memory,
+/// as last committed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadedState {
+    pub shards: ShardId,
+    /// The `users_meeting_hours` threshold the stored totals were built with.
+    pub meeting_minutes: Option<u32>,
+    pub orgs: BTreeMap<String, OrgRecord>,
+    pub targets: BTreeMap<String, TargetRecord>,
+    /// Per shard: totals by leaf org key, totals by course, newest event time.
+    pub org_totals: Vec<HashMap<String, Totals>>,
+    pub course_totals: Vec<HashMap<String, CourseTotals>>,
+    pub max_ts: Vec<Millis>,
+}
+
+/// One atomic commit: every change since the previous one. `None` deletes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub meeting_minutes: Option<u32>,
+    pub users: Vec<(ShardId, String, UserState)>,
+    pub seen: Vec<(ShardId, SeenKey)>,
+    /// Per shard: forget every id whose bucket is below this one.
+    pub forget_before: Vec<(ShardId, i64)>,
+    pub org_totals: Vec<(ShardId, String, Option<Totals>)>,
+    pub course_totals: Vec<(ShardId, String, Option<CourseTotals>)>,
+    pub max_ts: Vec<(ShardId, Millis)>,
+    pub orgs: Vec<(String, Option<OrgRecord>)>,
+    pub targets: Vec<(String, Option<TargetRecord>)>,
+}
+
+/// What the engine needs from durable storage. A [`Batch`] is applied
+/// atomically: after a crash the store holds either all of it or none.
+pub trait Store {
+    /// The shard count, fixed when the store is created.
+    fn shards(&self) -> ShardId;
+    fn load(&self) -> Result<LoadedState, StoreError>;
+    fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError>;
+    fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError>;
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
+}
+
+/// The in-memory store. It can be saved to and loaded from a snapshot file,
+/// written atomically (temp file, then rename).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemStore {
+    state: LoadedState,
+    users: Vec<HashMap<String, UserState>>,
+    /// Per shard: id hash -> bucket, and bucket -> id hashes (for forgetting).
+    seen: Vec<HashMap<u128, i64>>,
+    seen_buckets: Vec<BTreeMap<i64, Vec<u128>>>,
+}
+
+/// Snapshot format version, written first in the file.
+const SNAPSHOT_VERSION: u32 = 1;
+
+impl MemStore {
+    pub fn new(shards: ShardId) -> MemStore {
+        let n = usize::from(shards.max(1));
+        MemStore {
+            state: LoadedState {
+                shards: shards.max(1),
+                org_totals: vec![HashMap::new(); n],
+                course_totals: vec![HashMap::new(); n],
+                max_ts: vec![Millis::MIN; n],
+                ..LoadedState::default()
+            },
+            users: vec![HashMap::new(); n],
+            seen: vec![HashMap::new(); n],
+            seen_buckets: vec![BTreeMap::new(); n],
+        }
+    }
+
+    /// Number of users held, over all shards.
+    pub fn user_count(&self) -> usize {
+        self.users.iter().map(HashMap::len).sum()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        let ctx = || format!("failed to write snapshot {}", path.display());
+        let tmp = path.with_extension("snapshot.tmp");
+        let mut bytes = SNAPSHOT_VERSION.to_le_bytes().to_vec();
+        bincode::serialize_into(&mut bytes, self).map_err(|e| StoreError::new(ctx(), e))?;
+        std::fs::write(&tmp, bytes).map_err(|e| StoreError::new(ctx(), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::new(ctx(), e))
+    }
+
+    pub fn open(path: &Path) -> Result<MemStore, StoreError> {
+        let ctx = || format!("failed to read snapshot {}", path.display());
+        let bytes = std::fs::read(path).map_err(|e| StoreError::new(ctx(), e))?;
+        match bytes.split_first_chunk::<4>() {
+            Some((v, rest)) if u32::from_le_bytes(*v) == SNAPSHOT_VERSION => {
+                bincode::deserialize(rest).map_err(|e| StoreError::new(ctx(), e))
+            }
+            _ => Err(StoreError::new(
+                ctx(),
+                format!("not a Pulse snapshot of version {SNAPSHOT_VERSION}; point --data-dir at a directory written by `pulse replay`"),
+            )),
+        }
+    }
+}
+
+fn put<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: Option<V>) {
+    match value {
+        Some(v) => map.insert(key, v),
+        None => map.remove(&key),
+    };
+}
+
+impl Store for MemStore {
+    fn shards(&self) -> ShardId {
+        self.state.shards
+    }
+
+    fn load(&self) -> Result<LoadedState, StoreError> {
+        Ok(self.state.clone())
+    }
+
+    fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
+        Ok(self.users[usize::from(shard)].get(user).cloned())
+    }
+
+    fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
+        Ok(self.seen[usize::from(shard)].contains_key(&key.hash))
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        if batch.meeting_minutes.is_some() {
+            self.state.meeting_minutes = batch.meeting_minutes;
+        }
+        for (shard, user, state) in batch.users {
+            self.users[usize::from(shard)].insert(user, state);
+        }
+        for (shard, key) in batch.seen {
+            let s = usize::from(shard);
+            if self.seen[s].insert(key.hash, key.bucket).is_none() {
+                self.seen_buckets[s]
+                    .entry(key.bucket)
+                    .or_default()
+                    .push(key.hash);
+            }
+        }
+        for (shard, before) in batch.forget_before {
+            let s = usize::from(shard);
+            let keep = self.seen_buckets[s].split_off(&before);
+            for hash in std::mem::replace(&mut self.seen_buckets[s], keep)
+                .into_values()
+                .flatten()
+            {
+                self.seen[s].remove(&hash);
+            }
+        }
+        for (shard, key, totals) in batch.org_totals {
+            put(&mut self.state.org_totals[usize::from(shard)], key, totals);
+        }
+        for (shard, key, totals) in batch.course_totals {
+            put(
+                &mut self.state.course_totals[usize::from(shard)],
+                key,
+                totals,
+            );
+        }
+        for (shard, ts) in batch.max_ts {
+            self.state.max_ts[usize::from(shard)] = ts;
+        }
+        for (id, rec) in batch.orgs {
+            match rec {
+                Some(r) => self.state.orgs.insert(id, r),
+                None => self.state.orgs.remove(&id),
+            };
+        }
+        for (id, rec) in batch.targets {
+            match rec {
+                Some(r) => self.state.targets.insert(id, r),
+                None => self.state.targets.remove(&id),
+            };
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! The Pulse telemetry contract as types, and the parsers of every input format.
+//!
+//! This crate owns: the normalized [`Event`] that every input format becomes, the
+//! org and target records of the registry topics, the contract's dead-letter
+//! [`Reason`]s, financial years and IST calendar rules ([`time`]), and one parser
+//! per input format ([`InputFormat`]). Parsing borrows from the message bytes
+//! (no `serde_json::Value` on the hot path).
+//!
+//! It must not depend on I/O of any kind: no Kafka, no RocksDB, no files, no
+//! clocks (callers pass `now` in).
+
+mod event;
+mod igot;
+mod records;
+mod reject;
+mod scalar;
+mod sunbird;
+pub mod time;
+mod v1;
+
+pub use event::{
+    Event, EventKind, InputFormat, Minutes, Parsed, Stars, TimeRules, MAX_MESSAGE_BYTES,
+};
+pub use records::{
+    parse_org, parse_target, OrgRecord, OrgUpdate, TargetKpi, TargetRecord, TargetUpdate,
+    RESERVED_NODES,
+};
+pub use reject::{Reason, Rejection};
+pub use time::{Fy, Millis};
+
+/// Parses one message value of the given input format into a normalized event.
+///
+/// Returns `Ok(Parsed::Ignored)` for messages the contract says to skip (e.g. a
+/// Sunbird `LOG` event), and a [`Rejection`] naming the dead-letter reason for
+/// everything that cannot become a valid event. Time rules that need the wall
+/// clock are checked separately by [`TimeRules::check`].
+pub fn parse(format: InputFormat, value: &[u8]) -> Result<Parsed<'_>, Rejection> {
+    if value.len() > MAX_MESSAGE_BYTES {
+        return Err(Rejection::new(
+            Reason::TooLarge,
+            format!(
+                "message is {} bytes, the limit is {MAX_MESSAGE_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    match format {
+        InputFormat::PulseV1 => v1::parse(value),
+        InputFormat::SunbirdTelemetry => sunbird::parse(value),
+        InputFormat::IgotRating => igot::parse(value),
+    }
+}

@@ -1,0 +1,122 @@
+//! A JSON value of any type, kept borrowed, so that field checks can name the
+//! field and the reason instead of surfacing serde's generic type errors.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::reject::Rejection;
+
+/// Longest id, user, org or course, in characters (contract section 2).
+pub(crate) const MAX_TEXT_CHARS: usize = 128;
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    /// An object or an array; its content is skipped, not kept.
+    Composite,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ScalarVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
+    type Value = Scalar<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Composite)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Composite)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        // `Option<Scalar>` turns `null` into `None` before this is reached.
+        Err(E::custom("unexpected null"))
+    }
+}
+
+impl Scalar<'_> {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Scalar::Str(_) => "a string",
+            Scalar::Int(_) | Scalar::Float(_) => "a number",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::Composite => "an object or array",
+        }
+    }
+
+    pub(crate) fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Scalar::Int(i) => Some(i as f64),
+            Scalar::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// A required string of 1..=128 characters.
+pub(crate) fn text<'a>(field: &str, v: Option<Scalar<'a>>) -> Result<Cow<'a, str>, Rejection> {
+    match v {
+        None => Err(Rejection::missing(field)),
+        Some(Scalar::Str(s)) => check_text(field, s),
+        Some(other) => Err(Rejection::invalid(
+            field,
+            format_args!("must be a string, not {}", other.kind()),
+        )),
+    }
+}
+
+/// Checks the length rule on a string that is already known to be present.
+pub(crate) fn check_text<'a>(field: &str, s: Cow<'a, str>) -> Result<Cow<'a, str>, Rejection> {
+    let chars = s.chars().count();
+    if chars == 0 || chars > MAX_TEXT_CHARS {
+        return Err(Rejection::invalid(
+            field,
+            format_args!("must have 1 to {MAX_TEXT_CHARS} characters, it has {chars}"),
+        ));
+    }
+    Ok(s)
+}
+
+/// A required number.
+pub(crate) fn number(field: &str, v: Option<Scalar<'_>>) -> Result<f64, Rejection> {
+    let v = v.ok_or_else(|| Rejection::missing(field))?;
+    v.as_f64().ok_or_else(|| {
+        Rejection::invalid(field, format_args!("must be a number, not {}", v.kind()))
+    })
+}

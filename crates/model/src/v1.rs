@@ -1,0 +1,113 @@
+//! `pulse-v1`, the native event format (contract section 2).
+
+use serde::Deserialize;
+
+use crate::event::{percent, Event, EventKind, Minutes, Parsed, Stars};
+use crate::reject::{Reason, Rejection};
+use crate::scalar::{number, text, Scalar};
+use crate::time::{parse_rfc3339, Millis};
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow)]
+    v: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    id: Option<Scalar<'a>>,
+    #[serde(borrow, rename = "type")]
+    kind: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    ts: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    user: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    org: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    course: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    minutes: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    percent: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    stars: Option<Scalar<'a>>,
+}
+
+pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
+    let raw: Raw<'_> = serde_json::from_slice(value).map_err(Rejection::from_json)?;
+    match raw.v {
+        None => return Err(Rejection::missing("v")),
+        Some(Scalar::Int(1)) => {}
+        Some(Scalar::Int(v)) => {
+            return Err(Rejection::new(
+                Reason::UnsupportedVersion,
+                format!("`v` is {v}, this Pulse reads version 1"),
+            ))
+        }
+        Some(other) => {
+            return Err(Rejection::invalid(
+                "v",
+                format_args!("must be the integer 1, not {}", other.kind()),
+            ))
+        }
+    }
+    let id = text("id", raw.id)?;
+    let kind_name = text("type", raw.kind)?;
+    let ts = event_time(raw.ts)?;
+    let user = text("user", raw.user)?;
+    let org = text("org", raw.org)?;
+    let kind =
+        match &*kind_name {
+            "registration" => EventKind::Registration,
+            "enrolment" => EventKind::Enrolment {
+                course: text("course", raw.course)?,
+            },
+            "completion" => EventKind::Completion {
+                course: text("course", raw.course)?,
+            },
+            "progress" => EventKind::Progress {
+                course: text("course", raw.course)?,
+                minutes: Minutes::new("minutes", number("minutes", raw.minutes)?)?,
+                percent: raw
+                    .percent
+                    .map(|p| percent("percent", number("percent", Some(p))?))
+                    .transpose()?,
+            },
+            "rating" => EventKind::Rating {
+                course: text("course", raw.course)?,
+                stars: Stars::new("stars", number("stars", raw.stars)?)?,
+            },
+            other => return Err(Rejection::invalid(
+                "type",
+                format_args!(
+                    "`{other}` is not one of registration, enrolment, progress, completion, rating"
+                ),
+            )),
+        };
+    Ok(Parsed::Event(Event {
+        id,
+        ts,
+        user,
+        org: Some(org),
+        kind,
+    }))
+}
+
+/// `ts`: an RFC 3339 string with an offset, or integer epoch milliseconds.
+fn event_time(v: Option<Scalar<'_>>) -> Result<Millis, Rejection> {
+    match v {
+        None => Err(Rejection::missing("ts")),
+        Some(Scalar::Int(ms)) => Ok(ms),
+        Some(Scalar::Str(s)) => parse_rfc3339(&s).ok_or_else(|| {
+            Rejection::invalid(
+                "ts",
+                format_args!("`{s}` is not an RFC 3339 time with an offset"),
+            )
+        }),
+        Some(other) => Err(Rejection::invalid(
+            "ts",
+            format_args!(
+                "must be an RFC 3339 string or integer epoch milliseconds, not {}",
+                other.kind()
+            ),
+        )),
+    }
+}

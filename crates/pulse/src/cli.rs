@@ -1,0 +1,281 @@
+//! The command line: `pulse replay` and `pulse report`.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use pulse_engine::{
+    CourseKpis, Engine, EngineConfig, IngestStats, MemStore, NodeKpis, Report, UserReport,
+};
+use pulse_model::time::parse_rfc3339;
+use pulse_model::{Fy, InputFormat, Millis, TimeRules};
+use serde::Serialize;
+
+use crate::files::{replay_file, snapshot_path, Source};
+
+/// Shards of a new data directory; fixed once the directory is created.
+const SHARDS: u16 = 16;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pulse",
+    version,
+    about = "Pulse: live KPIs for Mission Karmayogi"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply messages from files to the state in --data-dir, then print a summary.
+    Replay(ReplayArgs),
+    /// Print KPIs from the state in --data-dir as JSON.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    /// An input file, one message value per line, as FORMAT=PATH with FORMAT one
+    /// of pulse-v1, sunbird-telemetry, igot-rating. Repeatable.
+    #[arg(long = "input", value_name = "FORMAT=PATH", value_parser = parse_input)]
+    inputs: Vec<(InputFormat, PathBuf)>,
+    /// Org registry records: a JSON record or KEY<TAB>VALUE per line (empty VALUE: tombstone).
+    #[arg(long, value_name = "PATH")]
+    orgs: Option<PathBuf>,
+    /// Target records, in the same line format as --orgs.
+    #[arg(long, value_name = "PATH")]
+    targets: Option<PathBuf>,
+    #[command(flatten)]
+    state: StateArgs,
+    /// The wall clock the time rules compare events with (RFC 3339; default: now).
+    #[arg(long, value_parser = parse_time)]
+    now: Option<Millis>,
+    /// Events older than this many days are dead letters (`too_old`).
+    #[arg(long, default_value_t = 400)]
+    max_age_days: u32,
+}
+
+#[derive(Args, Debug)]
+struct StateArgs {
+    /// The state directory.
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Scope {
+    /// Every node, course and target.
+    #[arg(long)]
+    all: bool,
+    /// One node (an org id, `national` or `unassigned`).
+    #[arg(long, value_name = "ID")]
+    org: Option<String>,
+    /// One user (the individual level).
+    #[arg(long, value_name = "ID")]
+    user: Option<String>,
+    /// One course.
+    #[arg(long, value_name = "ID")]
+    course: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    #[command(flatten)]
+    scope: Scope,
+    #[command(flatten)]
+    state: StateArgs,
+    /// Financial year of the `_fy` KPIs, like 2025-26 (default: the one containing --now).
+    #[arg(long, value_parser = parse_fy)]
+    fy: Option<Fy>,
+    /// The clock for target pace (RFC 3339; default: the wall clock).
+    #[arg(long, value_parser = parse_time)]
+    now: Option<Millis>,
+}
+
+fn parse_input(s: &str) -> Result<(InputFormat, PathBuf), String> {
+    let (format, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not FORMAT=PATH"))?;
+    Ok((
+        format.parse().map_err(|e| format!("{e}"))?,
+        PathBuf::from(path),
+    ))
+}
+
+fn parse_time(s: &str) -> Result<Millis, String> {
+    parse_rfc3339(s).ok_or_else(|| {
+        format!("`{s}` is not an RFC 3339 time with an offset, like 2026-01-15T00:00:00+05:30")
+    })
+}
+
+fn parse_fy(s: &str) -> Result<Fy, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+fn wall_clock() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Runs the command line, writing its output to `out`.
+pub fn run(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            write!(out, "{e}")?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match cli.command {
+        Command::Replay(args) => replay(args, out),
+        Command::Report(args) => report(args, out),
+    }
+}
+
+fn open_engine(
+    data_dir: &Path,
+    config: EngineConfig,
+    create: bool,
+) -> anyhow::Result<Engine<MemStore>> {
+    let path = snapshot_path(data_dir);
+    let store = if path.exists() {
+        MemStore::open(&path)?
+    } else if create {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("failed to create data directory {}", data_dir.display()))?;
+        MemStore::new(SHARDS)
+    } else {
+        bail!(
+            "no Pulse state in {}; run `pulse replay --data-dir {0}` first",
+            data_dir.display()
+        );
+    };
+    Ok(Engine::open(store, config)?)
+}
+
+#[derive(Serialize)]
+struct ReplaySummary {
+    events: IngestStats,
+    orgs: IngestStats,
+    targets: IngestStats,
+    dead_letter_file: Option<PathBuf>,
+}
+
+fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let config = EngineConfig {
+        time_rules: TimeRules {
+            max_age_ms: i64::from(args.max_age_days) * 86_400_000,
+        },
+        ..EngineConfig::default()
+    };
+    let mut engine = open_engine(&args.state.data_dir, config, true)?;
+    let now = args.now.unwrap_or_else(wall_clock);
+    let dead_path = args.state.data_dir.join("dead-letters.ndjson");
+    let dead_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&dead_path)
+        .with_context(|| format!("failed to open {}", dead_path.display()))?;
+    let mut dead = BufWriter::new(dead_file);
+    let mut summary = ReplaySummary {
+        events: IngestStats::default(),
+        orgs: IngestStats::default(),
+        targets: IngestStats::default(),
+        dead_letter_file: None,
+    };
+    if let Some(path) = &args.orgs {
+        replay_file(
+            &mut engine,
+            Source::Orgs,
+            path,
+            now,
+            &mut summary.orgs,
+            &mut dead,
+        )?;
+    }
+    if let Some(path) = &args.targets {
+        replay_file(
+            &mut engine,
+            Source::Targets,
+            path,
+            now,
+            &mut summary.targets,
+            &mut dead,
+        )?;
+    }
+    for (format, path) in &args.inputs {
+        replay_file(
+            &mut engine,
+            Source::Input(*format),
+            path,
+            now,
+            &mut summary.events,
+            &mut dead,
+        )?;
+    }
+    dead.flush()
+        .with_context(|| format!("failed to write {}", dead_path.display()))?;
+    engine.commit()?;
+    engine.store().save(&snapshot_path(&args.state.data_dir))?;
+    let any_dead = [&summary.events, &summary.orgs, &summary.targets]
+        .iter()
+        .any(|s| !s.dead_letters.is_empty());
+    summary.dead_letter_file = any_dead.then_some(dead_path);
+    writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    Ok(())
+}
+
+fn report(args: ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let engine = open_engine(&args.state.data_dir, EngineConfig::default(), false)?;
+    let now = args.now.unwrap_or_else(wall_clock);
+    let fy = args.fy.unwrap_or_else(|| Fy::of(now));
+    let scope = args.scope;
+    let json = if scope.all {
+        serde_json::to_string_pretty(&engine.report(fy, now))?
+    } else if let Some(org) = scope.org {
+        let view = engine.view();
+        let node = view.node(&org).with_context(|| {
+            format!("no node `{org}`: it is not `national`, `unassigned` or a registered org (see `pulse report --all`)")
+        })?;
+        let report = Report {
+            nodes: Some(vec![(org.clone(), NodeKpis::of(node, fy))]),
+            ..Report::header(fy, now)
+        };
+        serde_json::to_string_pretty(&report)?
+    } else if let Some(course) = scope.course {
+        let totals = engine.course_totals();
+        let t = totals
+            .get(&course)
+            .with_context(|| format!("no course `{course}` has any accepted event"))?;
+        let report = Report {
+            courses: Some([(course.clone(), CourseKpis::of(t))].into()),
+            ..Report::header(fy, now)
+        };
+        serde_json::to_string_pretty(&report)?
+    } else if let Some(user) = scope.user {
+        let state = engine
+            .user(&user)?
+            .with_context(|| format!("no user `{user}` has any accepted event"))?;
+        serde_json::to_string_pretty(&UserReport::of(&user, &state, fy))?
+    } else {
+        unreachable!("clap requires exactly one of --all, --org, --user, --course")
+    };
+    writeln!(out, "{json}")?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The `pulse` binary: command line, configuration and wiring of the crates.
+//!
+//! It owns no KPI rules (those are in `pulse-engine`) and no input formats
+//! (`pulse-model`); it reads files and flags, builds the engine on a store,
+//! and prints what the engine reports.
+
+pub mod cli;
+mod files;
