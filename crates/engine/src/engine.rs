@@ -205,6 +205,11 @@ impl<S: Store> Engine<S> {
         &self.store
     }
 
+    /// Gives the store back, dropping everything not committed (as a crash would).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

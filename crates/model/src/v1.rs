@@ -54,34 +54,35 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
     let ts = event_time(raw.ts)?;
     let user = text("user", raw.user)?;
     let org = text("org", raw.org)?;
-    let kind =
-        match &*kind_name {
-            "registration" => EventKind::Registration,
-            "enrolment" => EventKind::Enrolment {
-                course: text("course", raw.course)?,
-            },
-            "completion" => EventKind::Completion {
-                course: text("course", raw.course)?,
-            },
-            "progress" => EventKind::Progress {
-                course: text("course", raw.course)?,
-                minutes: Minutes::new("minutes", number("minutes", raw.minutes)?)?,
-                percent: raw
-                    .percent
-                    .map(|p| percent("percent", number("percent", Some(p))?))
-                    .transpose()?,
-            },
-            "rating" => EventKind::Rating {
-                course: text("course", raw.course)?,
-                stars: Stars::new("stars", number("stars", raw.stars)?)?,
-            },
-            other => return Err(Rejection::invalid(
+    let kind = match &*kind_name {
+        "registration" => EventKind::Registration,
+        "enrolment" => EventKind::Enrolment {
+            course: text("course", raw.course)?,
+        },
+        "completion" => EventKind::Completion {
+            course: text("course", raw.course)?,
+        },
+        "progress" => EventKind::Progress {
+            course: text("course", raw.course)?,
+            minutes: Minutes::new("minutes", number("minutes", raw.minutes)?)?,
+            percent: raw
+                .percent
+                .map(|p| percent("percent", number("percent", Some(p))?))
+                .transpose()?,
+        },
+        "rating" => EventKind::Rating {
+            course: text("course", raw.course)?,
+            stars: Stars::new("stars", number("stars", raw.stars)?)?,
+        },
+        other => {
+            return Err(Rejection::invalid(
                 "type",
                 format_args!(
                     "`{other}` is not one of registration, enrolment, progress, completion, rating"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     Ok(Parsed::Event(Event {
         id,
         ts,

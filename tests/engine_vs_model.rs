@@ -1,0 +1,443 @@
+//! The engine against the naive reference model: random histories, shuffled
+//! arrival, duplicates, crashes and restarts; every KPI of every node, course,
+//! target and user must be equal.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError};
+use pulse_engine::{Engine, EngineConfig, MemStore};
+use pulse_model::{InputFormat, TimeRules};
+use pulse_oracle::{Message, Settings};
+use pulse_tests::{deliver, json_diff};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+/// 1 April 2025 00:00 IST: histories straddle this financial-year boundary.
+const FY_BOUNDARY: i64 = 1_743_445_800_000;
+const HOUR: i64 = 3_600_000;
+const USERS: u8 = 6;
+const ORGS: [&str; 6] = ["A", "B", "C", "D", "E", "Z"];
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Registration,
+    Enrolment,
+    Progress { seconds: u32, percent: Option<u8> },
+    Completion,
+    Rating { half_stars: u8 },
+}
+
+#[derive(Debug, Clone)]
+struct EventSpec {
+    user: u8,
+    org: u8,
+    course: u8,
+    /// Event time, in 5-hour steps from the boundary: few values, so ties happen.
+    step: i8,
+    kind: Kind,
+    /// 0 pulse-v1 with RFC 3339 ts, 1 pulse-v1 with epoch ms, 2 sunbird, 3 igot-rating.
+    format: u8,
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        1 => Just(Kind::Registration),
+        3 => Just(Kind::Enrolment),
+        4 => (prop::sample::select(vec![30u32, 1800, 7200, 15000, 86_400]), prop::option::of(0u8..=100))
+            .prop_map(|(seconds, percent)| Kind::Progress { seconds, percent }),
+        2 => Just(Kind::Completion),
+        2 => (2u8..=10).prop_map(|half_stars| Kind::Rating { half_stars }),
+    ]
+}
+
+fn event() -> impl Strategy<Value = EventSpec> {
+    (
+        0..USERS,
+        0..ORGS.len() as u8,
+        0u8..3,
+        -8i8..=8,
+        kind(),
+        0u8..4,
+    )
+        .prop_map(|(user, org, course, step, kind, format)| EventSpec {
+            user,
+            org,
+            course,
+            step,
+            kind,
+            format,
+        })
+}
+
+#[derive(Debug, Clone)]
+enum RegistryOp {
+    Org {
+        org: u8,
+        parent: Option<u8>,
+        employees: u16,
+    },
+    RemoveOrg(u8),
+    Target {
+        id: u8,
+        org: u8,
+        kpi: u8,
+        value: u16,
+        fy: bool,
+    },
+    RemoveTarget(u8),
+}
+
+fn registry_op() -> impl Strategy<Value = RegistryOp> {
+    prop_oneof![
+        6 => (0u8..5, prop::option::of(0u8..5), 0u16..50)
+            .prop_map(|(org, parent, employees)| RegistryOp::Org { org, parent, employees }),
+        1 => (0u8..5).prop_map(RegistryOp::RemoveOrg),
+        3 => (0u8..3, 0u8..7, 0u8..8, 1u16..500, any::<bool>())
+            .prop_map(|(id, org, kpi, value, fy)| RegistryOp::Target { id, org, kpi, value, fy }),
+        1 => (0u8..3).prop_map(RegistryOp::RemoveTarget),
+    ]
+}
+
+const KPIS: [&str; 8] = [
+    "enrolments_fy",
+    "completions_fy",
+    "learning_minutes_fy",
+    "learning_minutes_per_user_fy",
+    "users_meeting_hours_ratio",
+    "onboarding_ratio",
+    "completion_ratio",
+    "average_rating",
+];
+
+fn uuid_v1(ts: i64, seq: u64) -> String {
+    let ticks = (ts as u64) * 10_000 + 0x01B2_1DD2_1381_4000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        ticks & 0xffff_ffff,
+        (ticks >> 32) & 0xffff,
+        ((ticks >> 48) & 0x0fff) | 0x1000,
+        0x8000 | (seq & 0x3fff),
+        seq
+    )
+}
+
+fn render(i: usize, e: &EventSpec) -> Message {
+    let ts = FY_BOUNDARY + i64::from(e.step) * 5 * HOUR;
+    let (user, org, course, id) = (
+        format!("u{}", e.user),
+        ORGS[usize::from(e.org)],
+        format!("c{}", e.course),
+        format!("e{i}"),
+    );
+    let v1 = |extra: serde_json::Value, kind: &str| {
+        let mut m =
+            json!({"v": 1, "id": id, "type": kind, "user": user, "org": org, "course": course});
+        m["ts"] = if e.format == 0 {
+            json!(pulse_model::time::format_ist(ts))
+        } else {
+            json!(ts)
+        };
+        if let serde_json::Value::Object(extra) = extra {
+            m.as_object_mut().unwrap().extend(extra);
+        }
+        (InputFormat::PulseV1, m)
+    };
+    let sunbird = |eid: &str,
+                   edata: serde_json::Value,
+                   object: serde_json::Value,
+                   cdata: serde_json::Value| {
+        let m = json!({"eid": eid, "ets": ts, "ver": "3.1", "mid": id, "actor": {"id": user, "type": "User"},
+            "context": {"channel": org, "cdata": cdata}, "object": object, "edata": edata});
+        (InputFormat::SunbirdTelemetry, m)
+    };
+    let (format, value) = match (&e.kind, e.format) {
+        (Kind::Registration, _) => v1(json!({}), "registration"),
+        (Kind::Enrolment, 2) => sunbird(
+            "AUDIT",
+            json!({"type": "enrol"}),
+            json!({"id": "x"}),
+            json!([{"id": course, "type": "Course"}]),
+        ),
+        (Kind::Completion, 2) => sunbird(
+            "AUDIT",
+            json!({"type": "enrol-complete"}),
+            json!({"id": "x", "rollup": {"l1": course}}),
+            json!([]),
+        ),
+        (Kind::Progress { seconds, percent }, 2) => {
+            let summary = percent.map_or(json!([]), |p| json!([{"progress": p}]));
+            sunbird(
+                "END",
+                json!({"duration": seconds, "summary": summary}),
+                json!({"id": "x", "rollup": {"l1": course}}),
+                json!([]),
+            )
+        }
+        (Kind::Rating { half_stars }, 2) => sunbird(
+            "FEEDBACK",
+            json!({"rating": f64::from(*half_stars) / 2.0}),
+            json!({"id": course}),
+            json!([]),
+        ),
+        (Kind::Rating { half_stars }, 3) => (
+            InputFormat::IgotRating,
+            json!({"version": 1, "action": "ratingUpdate", "activity_id": course, "activity_Type": "Course",
+                "user_id": user, "updatedValues": {"updatedOn": uuid_v1(ts, i as u64), "rating": f64::from(*half_stars) / 2.0}}),
+        ),
+        (Kind::Enrolment, _) => v1(json!({}), "enrolment"),
+        (Kind::Completion, _) => v1(json!({}), "completion"),
+        (Kind::Progress { seconds, percent }, _) => v1(
+            json!({"minutes": f64::from(*seconds) / 60.0, "percent": percent}),
+            "progress",
+        ),
+        (Kind::Rating { half_stars }, _) => {
+            v1(json!({"stars": f64::from(*half_stars) / 2.0}), "rating")
+        }
+    };
+    // `"percent": null` means absent to the parser; drop it to keep the input clean.
+    let mut value = value;
+    if value.get("percent") == Some(&serde_json::Value::Null) {
+        value.as_object_mut().unwrap().remove("percent");
+    }
+    Message::Event {
+        format,
+        value: value.to_string().into_bytes(),
+    }
+}
+
+fn render_registry(op: &RegistryOp) -> Message {
+    let b = |s: String| Some(s.into_bytes());
+    match op {
+        RegistryOp::Org {
+            org,
+            parent,
+            employees,
+        } => Message::Org {
+            key: b(ORGS[usize::from(*org)].into()),
+            value: b(
+                json!({"v": 1, "org": ORGS[usize::from(*org)], "name": "n", "kind": "k",
+                "parent": parent.map(|p| ORGS[usize::from(p)]), "employees": employees})
+                .to_string(),
+            ),
+        },
+        RegistryOp::RemoveOrg(org) => Message::Org {
+            key: b(ORGS[usize::from(*org)].into()),
+            value: None,
+        },
+        RegistryOp::Target {
+            id,
+            org,
+            kpi,
+            value,
+            fy,
+        } => {
+            let org = if *org == 6 {
+                "national"
+            } else {
+                ORGS[usize::from(*org)]
+            };
+            Message::Target {
+                key: b(format!("t{id}")),
+                value: b(json!({"v": 1, "id": format!("t{id}"), "org": org, "kpi": KPIS[usize::from(*kpi)],
+                    "value": value, "fy": if *fy { "2025-26" } else { "2024-25" }})
+                .to_string()),
+            }
+        }
+        RegistryOp::RemoveTarget(id) => Message::Target {
+            key: b(format!("t{id}")),
+            value: None,
+        },
+    }
+}
+
+#[derive(Debug, Clone)]
+struct History {
+    events: Vec<EventSpec>,
+    /// Indices of events delivered twice (exact copies).
+    duplicates: Vec<prop::sample::Index>,
+    registry: Vec<RegistryOp>,
+    /// Malformed or ignored messages mixed in.
+    noise: u8,
+    seed: u64,
+    shards: u16,
+    /// The clock for target pace, in days from the boundary.
+    now_days: i16,
+}
+
+fn history() -> impl Strategy<Value = History> {
+    (
+        prop::collection::vec(event(), 0..40),
+        prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        prop::collection::vec(registry_op(), 0..10),
+        0u8..4,
+        any::<u64>(),
+        1u16..=4,
+        -30i16..400,
+    )
+        .prop_map(
+            |(events, duplicates, registry, noise, seed, shards, now_days)| History {
+                events,
+                duplicates,
+                registry,
+                noise,
+                seed,
+                shards,
+                now_days,
+            },
+        )
+}
+
+fn noise(i: u8) -> Message {
+    let value: &[u8] = match i % 4 {
+        0 => b"{not json",
+        1 => br#"{"v":1,"id":"bad","type":"progress","ts":0,"user":"u1","org":"A","course":"c1","minutes":5}"#, // too_old
+        2 => br#"{"eid":"LOG","ets":1743445800000,"ver":"3.0","mid":"log-1"}"#,                              // ignored
+        _ => br#"{"v":1,"id":"x","type":"progress","ts":1743445800000,"user":"u1","org":"A","course":"c","minutes":0}"#,
+    };
+    let format = if i % 4 == 2 {
+        InputFormat::SunbirdTelemetry
+    } else {
+        InputFormat::PulseV1
+    };
+    Message::Event {
+        format,
+        value: value.to_vec(),
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        meeting_minutes: 240,
+        time_rules: TimeRules::default(),
+        ingest_now: FY_BOUNDARY + 10 * 24 * HOUR,
+    }
+}
+
+/// An arrival order: events and duplicates shuffled, registry messages
+/// interleaved at random places but in their own order (a compacted topic).
+fn arrival(
+    h: &History,
+    events: &[Message],
+    registry: &[Message],
+    rng: &mut impl Rng,
+) -> Vec<Message> {
+    let mut stream: Vec<Message> = events.to_vec();
+    stream.extend(
+        h.duplicates
+            .iter()
+            .filter(|_| !events.is_empty())
+            .map(|i| events[i.index(events.len())].clone()),
+    );
+    stream.extend((0..h.noise).map(noise));
+    stream.shuffle(rng);
+    for m in registry {
+        let at = rng.gen_range(0..=stream.len());
+        // Keep registry order: insert after every earlier registry message.
+        let last_registry = stream
+            .iter()
+            .rposition(|x| !matches!(x, Message::Event { .. }))
+            .map_or(0, |p| p + 1);
+        stream.insert(at.max(last_registry), m.clone());
+    }
+    stream
+}
+
+/// Runs one arrival order through the engine with random crashes (losing
+/// everything uncommitted, then redelivering from the last commit, as Kafka
+/// does from the stored offset) and clean restarts.
+fn run_engine(h: &History, stream: &[Message], rng: &mut impl Rng) -> Engine<MemStore> {
+    let config = EngineConfig::default();
+    let now = settings().ingest_now;
+    let mut engine = Engine::open(MemStore::new(h.shards), config.clone()).unwrap();
+    let mut committed = 0;
+    let mut i = 0;
+    let mut crashes = 0;
+    while i < stream.len() {
+        deliver(&mut engine, &stream[i], now).unwrap();
+        i += 1;
+        match rng.gen_range(0..10) {
+            0 => {
+                engine.commit().unwrap();
+                committed = i;
+            }
+            1 if crashes < 3 => {
+                crashes += 1;
+                engine = Engine::open(engine.into_store(), config.clone()).unwrap();
+                i = committed;
+            }
+            _ => {}
+        }
+    }
+    if rng.gen_bool(0.5) {
+        engine.commit().unwrap();
+        engine = Engine::open(engine.into_store(), config).unwrap();
+    }
+    engine
+}
+
+fn check(h: History) -> Result<(), TestCaseError> {
+    let events: Vec<Message> = h
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| render(i, e))
+        .collect();
+    let registry: Vec<Message> = h.registry.iter().map(render_registry).collect();
+    let all: Vec<Message> = events.iter().chain(&registry).cloned().collect();
+    let now = FY_BOUNDARY + i64::from(h.now_days) * 24 * HOUR;
+    let s = settings();
+    let expected: Vec<_> = [2024, 2025]
+        .map(|fy| pulse_oracle::report(&all, &s, fy, now))
+        .into();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(h.seed);
+    for order in 0..3 {
+        let stream = arrival(&h, &events, &registry, &mut rng);
+        let engine = run_engine(&h, &stream, &mut rng);
+        for (fy, expected) in [2024, 2025].into_iter().zip(&expected) {
+            let mut actual = serde_json::to_value(engine.report(pulse_model::Fy(fy), now)).unwrap();
+            actual.as_object_mut().unwrap().remove("now");
+            if let Some(d) = json_diff(&actual, expected) {
+                return Err(TestCaseError::fail(format!("order {order}, fy {fy}: {d}")));
+            }
+        }
+        let users: BTreeSet<String> = (0..=USERS).map(|u| format!("u{u}")).collect();
+        for user in &users {
+            let actual = engine.user(user).unwrap().map(|st| {
+                serde_json::to_value(pulse_engine::UserReport::of(
+                    user,
+                    &st,
+                    pulse_model::Fy(2025),
+                ))
+                .unwrap()
+            });
+            let expected = pulse_oracle::user_report(&all, &s, user, 2025);
+            match (&actual, &expected) {
+                (Some(a), Some(e)) => {
+                    if let Some(d) = json_diff(a, e) {
+                        return Err(TestCaseError::fail(format!(
+                            "order {order}, user {user}: {d}"
+                        )));
+                    }
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(TestCaseError::fail(format!(
+                        "user {user}: {actual:?} vs expected {expected:?}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 2000, max_shrink_iters: 2000, ..Config::default() })]
+
+    #[test]
+    fn engine_equals_reference_model(h in history()) {
+        check(h)?;
+    }
+}
