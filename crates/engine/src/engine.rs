@@ -451,3 +451,64 @@ impl<S: Store> Engine<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pulse_model::{parse, Parsed};
+
+    use super::*;
+    use crate::store::MemStore;
+
+    fn progress(id: &str, ts: Millis) -> Event<'static> {
+        let line = format!(
+            r#"{{"v":1,"id":"{id}","type":"progress","ts":{ts},"user":"u","org":"O","course":"c","minutes":10}}"#
+        );
+        match parse(InputFormat::PulseV1, line.as_bytes()) {
+            Ok(Parsed::Event(e)) => e.into_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_are_remembered_within_the_horizon_and_forgotten_after_it() {
+        let day = 24 * HOUR_MS;
+        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
+        let t0 = 1_750_000_000_000;
+        assert_eq!(
+            engine.apply(&progress("a", t0)).unwrap(),
+            Disposition::Applied
+        );
+        engine.commit().unwrap();
+        // Newest event time 6 days past `a`: still inside the 7-day horizon.
+        engine.apply(&progress("b", t0 + 6 * day)).unwrap();
+        engine.commit().unwrap();
+        assert_eq!(
+            engine.apply(&progress("a", t0)).unwrap(),
+            Disposition::Duplicate
+        );
+        // 8 days past: `a` may be forgotten, and is, without a scan of all ids.
+        engine.apply(&progress("c", t0 + 8 * day)).unwrap();
+        engine.commit().unwrap();
+        assert_eq!(
+            engine.apply(&progress("a", t0)).unwrap(),
+            Disposition::Applied
+        );
+        assert_eq!(
+            engine.apply(&progress("b", t0 + 6 * day)).unwrap(),
+            Disposition::Duplicate
+        );
+    }
+
+    #[test]
+    fn a_changed_hours_threshold_is_refused_at_open() {
+        let mut engine = Engine::open(MemStore::new(2), EngineConfig::default()).unwrap();
+        engine.apply(&progress("a", 1_750_000_000_000)).unwrap();
+        engine.commit().unwrap();
+        let config = EngineConfig {
+            meeting_minutes: 300,
+            ..EngineConfig::default()
+        };
+        let err = Engine::open(engine.into_store(), config).unwrap_err();
+        assert!(err.to_string().contains("engine.meeting_minutes"), "{err}");
+    }
+}

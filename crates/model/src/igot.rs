@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::event::{Event, EventKind, Parsed, Stars};
 use crate::reject::{Reason, Rejection};
-use crate::scalar::{number, text, Scalar};
+use crate::scalar::{json_object, number, text, Scalar};
 use crate::time::Millis;
 
 #[derive(Deserialize)]
@@ -34,7 +34,7 @@ struct Updated<'a> {
 }
 
 pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
-    let raw: Raw<'_> = serde_json::from_slice(value).map_err(Rejection::from_json)?;
+    let raw: Raw<'_> = json_object(value)?;
     match raw.version {
         None => return Err(Rejection::missing("version")),
         Some(Scalar::Int(1)) => {}

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::reject::{Reason, Rejection};
-use crate::scalar::{number, text, Scalar};
+use crate::scalar::{json_object, number, text, Scalar};
 use crate::time::Fy;
 
 /// Node ids that Pulse defines itself; no registry record may take them.
@@ -53,7 +53,7 @@ pub fn parse_org(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrgUpdate, 
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(OrgUpdate::Remove(tombstone_key(key)?));
     };
-    let raw: RawOrg<'_> = serde_json::from_slice(value).map_err(Rejection::from_json)?;
+    let raw: RawOrg<'_> = json_object(value)?;
     version_1(raw.v)?;
     let org = text("org", raw.org)?.into_owned();
     check_key(key, &org, "org")?;
@@ -81,7 +81,7 @@ pub fn parse_org(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrgUpdate, 
         Some(other) => {
             return Err(Rejection::invalid(
                 "employees",
-                format_args!("must be a non-negative integer, not {other:?}"),
+                format_args!("must be a non-negative integer, it is {other}"),
             ))
         }
     };
@@ -192,7 +192,7 @@ pub fn parse_target(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TargetUp
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(TargetUpdate::Remove(tombstone_key(key)?));
     };
-    let raw: RawTarget<'_> = serde_json::from_slice(value).map_err(Rejection::from_json)?;
+    let raw: RawTarget<'_> = json_object(value)?;
     version_1(raw.v)?;
     let id = text("id", raw.id)?.into_owned();
     check_key(key, &id, "id")?;

@@ -70,11 +70,24 @@ impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
     }
 }
 
+impl fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Str(s) => write!(f, "{s:?}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Composite => f.write_str("an object or array"),
+        }
+    }
+}
+
 impl Scalar<'_> {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Scalar::Str(_) => "a string",
-            Scalar::Int(_) | Scalar::Float(_) => "a number",
+            Scalar::Int(_) => "an integer",
+            Scalar::Float(_) => "a fractional number",
             Scalar::Bool(_) => "a boolean",
             Scalar::Composite => "an object or array",
         }
@@ -119,4 +132,15 @@ pub(crate) fn number(field: &str, v: Option<Scalar<'_>>) -> Result<f64, Rejectio
     v.as_f64().ok_or_else(|| {
         Rejection::invalid(field, format_args!("must be a number, not {}", v.kind()))
     })
+}
+
+/// Parses a message that must be one JSON object.
+pub(crate) fn json_object<'a, T: serde::Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
+    match value.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(value).map_err(Rejection::from_json),
+        _ => Err(Rejection::new(
+            crate::Reason::InvalidJson,
+            "the message is not a JSON object",
+        )),
+    }
 }

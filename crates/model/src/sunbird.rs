@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::event::{percent, Event, EventKind, Minutes, Parsed, Stars};
 use crate::reject::{Reason, Rejection};
-use crate::scalar::{number, text, Scalar};
+use crate::scalar::{json_object, number, text, Scalar};
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -91,7 +91,7 @@ enum Mapping {
 }
 
 pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
-    let env: Envelope<'_> = serde_json::from_slice(value).map_err(Rejection::from_json)?;
+    let env: Envelope<'_> = json_object(value)?;
     match env.ver {
         None => return Err(Rejection::missing("ver")),
         Some(Scalar::Str(v)) if v == "3.0" || v == "3.1" => {}

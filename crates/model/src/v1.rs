@@ -4,7 +4,7 @@ use serde::Deserialize;
 
 use crate::event::{percent, Event, EventKind, Minutes, Parsed, Stars};
 use crate::reject::{Reason, Rejection};
-use crate::scalar::{number, text, Scalar};
+use crate::scalar::{json_object, number, text, Scalar};
 use crate::time::{parse_rfc3339, Millis};
 
 #[derive(Deserialize)]
@@ -32,7 +32,7 @@ struct Raw<'a> {
 }
 
 pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
-    let raw: Raw<'_> = serde_json::from_slice(value).map_err(Rejection::from_json)?;
+    let raw: Raw<'_> = json_object(value)?;
     match raw.v {
         None => return Err(Rejection::missing("v")),
         Some(Scalar::Int(1)) => {}

@@ -1,0 +1,270 @@
+//! Golden tests: every input format's parse results, and hand-checked
+//! `pulse replay` + `pulse report` scenarios. `UPDATE_GOLDEN=1 cargo test
+//! --test golden` rewrites the parse goldens; read the diff before committing.
+//! The scenario's expected report was computed by hand (see its README).
+
+use std::path::{Path, PathBuf};
+
+use pulse_model::time::format_ist;
+use pulse_model::{
+    parse, parse_org, parse_target, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate,
+};
+use pulse_tests::json_diff;
+use serde_json::{json, Value};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Compares `actual` with the golden file, or rewrites it under UPDATE_GOLDEN.
+fn check_golden(path: &Path, actual: &Value) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, serde_json::to_string_pretty(actual).unwrap() + "\n").unwrap();
+        return;
+    }
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        actual,
+        &expected,
+        "{} differs (UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
+}
+
+fn parsed_json(result: Result<Parsed<'_>, pulse_model::Rejection>) -> Value {
+    match result {
+        Err(r) => json!({"dead_letter": {"reason": r.reason.code(), "detail": r.detail}}),
+        Ok(Parsed::Ignored(why)) => json!({"ignored": why}),
+        Ok(Parsed::Event(e)) => {
+            let mut v = json!({"id": e.id, "ts": e.ts, "ts_ist": format_ist(e.ts), "user": e.user, "org": e.org,
+                "type": e.kind.name(), "course": e.kind.course()});
+            match e.kind {
+                EventKind::Progress {
+                    minutes, percent, ..
+                } => {
+                    v["minutes"] = json!(minutes.as_minutes());
+                    v["percent"] = json!(percent);
+                }
+                EventKind::Rating { stars, .. } => v["stars"] = json!(stars.as_f64()),
+                _ => {}
+            }
+            json!({"event": v})
+        }
+    }
+}
+
+#[test]
+fn every_input_format_parses_as_golden() {
+    for format in InputFormat::ALL {
+        let dir = golden_dir().join("parse");
+        let results: Vec<Value> = lines(&dir.join(format!("{format}.ndjson")))
+            .iter()
+            .map(|line| json!({"input": line, "result": parsed_json(parse(format, line.as_bytes()))}))
+            .collect();
+        check_golden(
+            &dir.join(format!("{format}.golden.json")),
+            &Value::Array(results),
+        );
+    }
+}
+
+#[test]
+fn registry_records_parse_as_golden() {
+    let dir = golden_dir().join("parse");
+    let orgs: Vec<Value> = lines(&dir.join("orgs.ndjson"))
+        .iter()
+        .map(|line| {
+            let result = match parse_org(None, Some(line.as_bytes())) {
+                Ok(OrgUpdate::Upsert(r)) => json!({"org": r.org, "name": r.name, "parent": r.parent, "kind": r.kind, "employees": r.employees}),
+                Ok(OrgUpdate::Remove(id)) => json!({"remove": id}),
+                Err(r) => json!({"dead_letter": {"reason": r.reason.code(), "detail": r.detail}}),
+            };
+            json!({"input": line, "result": result})
+        })
+        .collect();
+    check_golden(&dir.join("orgs.golden.json"), &Value::Array(orgs));
+    let targets: Vec<Value> = lines(&dir.join("targets.ndjson"))
+        .iter()
+        .map(|line| {
+            let result = match parse_target(None, Some(line.as_bytes())) {
+                Ok(TargetUpdate::Upsert(t)) => json!({"id": t.id, "org": t.org, "kpi": t.kpi.name(), "value": t.value, "fy": t.fy.to_string(), "paced": t.kpi.is_paced()}),
+                Ok(TargetUpdate::Remove(id)) => json!({"remove": id}),
+                Err(r) => json!({"dead_letter": {"reason": r.reason.code(), "detail": r.detail}}),
+            };
+            json!({"input": line, "result": result})
+        })
+        .collect();
+    check_golden(&dir.join("targets.golden.json"), &Value::Array(targets));
+}
+
+/// Runs the `pulse` command line in-process and returns its output as JSON.
+fn pulse(args: &[&str]) -> Value {
+    let mut out = Vec::new();
+    pulse::cli::run(
+        std::iter::once("pulse").chain(args.iter().copied()),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("pulse {args:?} failed: {e:#}"));
+    serde_json::from_slice(&out).unwrap_or_else(|e| panic!("pulse {args:?} printed no JSON ({e})"))
+}
+
+fn assert_json(actual: &Value, expected_file: &Path) {
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(expected_file).unwrap()).unwrap();
+    if let Some(d) = json_diff(actual, &expected) {
+        panic!(
+            "{}: {d}\nactual: {}",
+            expected_file.display(),
+            serde_json::to_string_pretty(actual).unwrap()
+        );
+    }
+}
+
+#[test]
+fn hand_checked_scenario_reports_as_expected() {
+    let dir = golden_dir().join("scenario");
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let now = "2026-01-15T00:00:00+05:30";
+    let summary = pulse(&[
+        "replay",
+        "--data-dir",
+        data_dir,
+        "--orgs",
+        &file("orgs.ndjson"),
+        "--targets",
+        &file("targets.ndjson"),
+        &format!("--input=pulse-v1={}", file("events.ndjson")),
+        &format!("--input=igot-rating={}", file("igot.ndjson")),
+        &format!("--input=sunbird-telemetry={}", file("sunbird.ndjson")),
+        "--now",
+        now,
+    ]);
+    assert_eq!(
+        summary["events"],
+        json!({"accepted": 18, "duplicates": 1, "ignored": 1,
+        "dead_letters": {"future_timestamp": 1, "invalid_json": 1, "too_old": 1}})
+    );
+    assert_eq!(summary["orgs"]["dead_letters"], json!({"org_cycle": 1}));
+    assert_eq!(
+        summary["targets"]["dead_letters"],
+        json!({"invalid_field": 1})
+    );
+    let dead = std::fs::read_to_string(data.path().join("dead-letters.ndjson")).unwrap();
+    assert_eq!(
+        dead.lines().count(),
+        5,
+        "every dead letter is kept with its value: {dead}"
+    );
+
+    let report = |scope: &[&str]| {
+        let mut args = vec![
+            "report",
+            "--data-dir",
+            data_dir,
+            "--now",
+            now,
+            "--fy",
+            "2025-26",
+        ];
+        args.extend_from_slice(scope);
+        pulse(&args)
+    };
+    assert_json(&report(&["--all"]), &dir.join("expected-report.json"));
+    assert_json(
+        &report(&["--user", "u2"]),
+        &dir.join("expected-user-u2.json"),
+    );
+    assert_json(
+        &report(&["--org", "S_5_O_1"]),
+        &dir.join("expected-org-S_5_O_1.json"),
+    );
+    assert_json(
+        &report(&["--course", "c3"]),
+        &dir.join("expected-course-c3.json"),
+    );
+}
+
+#[test]
+fn real_sunbird_samples_map_and_old_ones_are_dead_letters() {
+    let dir = golden_dir().join("sunbird");
+    let input = tempfile::NamedTempFile::new().unwrap();
+    let body: String = [
+        "end-with-progress.json",
+        "feedback-with-rating.json",
+        "preprocessor-numeric-ver.json",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+            + "\n"
+    })
+    .collect();
+    std::fs::write(input.path(), body).unwrap();
+    let input_arg = format!("--input=sunbird-telemetry={}", input.path().display());
+    let now = "2026-01-15T00:00:00+05:30";
+
+    // 2018 events are older than the default maximum age of 400 days.
+    let data = tempfile::tempdir().unwrap();
+    let summary = pulse(&[
+        "replay",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        &input_arg,
+        "--now",
+        now,
+    ]);
+    assert_eq!(
+        summary["events"]["dead_letters"],
+        json!({"too_old": 2, "invalid_field": 1})
+    );
+
+    // With a larger maximum age they map as contract section 3.1 says.
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let summary = pulse(&[
+        "replay",
+        "--data-dir",
+        data_dir,
+        &input_arg,
+        "--now",
+        now,
+        "--max-age-days",
+        "4000",
+    ]);
+    assert_eq!(summary["events"]["accepted"], 2);
+    assert_eq!(
+        summary["events"]["dead_letters"],
+        json!({"invalid_field": 1})
+    );
+    let user = pulse(&[
+        "report",
+        "--data-dir",
+        data_dir,
+        "--user",
+        "test-user",
+        "--now",
+        now,
+        "--fy",
+        "2017-18",
+    ]);
+    assert_eq!(user["org"], "test-channel");
+    assert_eq!(
+        user["courses"]["test-content"],
+        json!({"enrolled": false, "completed": false, "percent": 50.0, "minutes": 0.35, "rating": null})
+    );
+    assert_eq!(user["courses"]["test-content1"]["rating"], 2.0);
+    assert_eq!(user["learning_minutes_fy"], 0.35);
+}
