@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::event::{Event, EventKind, Parsed, Stars};
-use crate::reject::{Reason, Rejection};
-use crate::scalar::{json_object, number, text, Scalar};
+use crate::reject::Rejection;
+use crate::scalar::{json_object, number, text, version_1, Scalar};
 use crate::time::Millis;
 
 #[derive(Deserialize)]
@@ -35,22 +35,7 @@ struct Updated<'a> {
 
 pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
     let raw: Raw<'_> = json_object(value)?;
-    match raw.version {
-        None => return Err(Rejection::missing("version")),
-        Some(Scalar::Int(1)) => {}
-        Some(Scalar::Int(v)) => {
-            return Err(Rejection::new(
-                Reason::UnsupportedVersion,
-                format!("`version` is {v}, this Pulse reads version 1"),
-            ))
-        }
-        Some(other) => {
-            return Err(Rejection::invalid(
-                "version",
-                format_args!("must be the integer 1, not {}", other.kind()),
-            ))
-        }
-    }
+    version_1("version", raw.version)?;
     let action = text("action", raw.action)?;
     if action != "ratingAdd" && action != "ratingUpdate" {
         return Ok(Parsed::Ignored(

@@ -7,8 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::reject::{Reason, Rejection};
-use crate::scalar::{json_object, number, text, Scalar};
+use crate::reject::Rejection;
+use crate::scalar::{json_object, number, text, version_1, Scalar};
 use crate::time::Fy;
 
 /// Node ids that Pulse defines itself; no registry record may take them.
@@ -54,7 +54,7 @@ pub fn parse_org(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrgUpdate, 
         return Ok(OrgUpdate::Remove(tombstone_key(key)?));
     };
     let raw: RawOrg<'_> = json_object(value)?;
-    version_1(raw.v)?;
+    version_1("v", raw.v)?;
     let org = text("org", raw.org)?.into_owned();
     check_key(key, &org, "org")?;
     if RESERVED_NODES.contains(&org.as_str()) {
@@ -77,13 +77,15 @@ pub fn parse_org(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrgUpdate, 
     };
     let employees = match raw.employees {
         None => 0,
-        Some(Scalar::Int(n)) if n >= 0 => n as u64,
-        Some(other) => {
-            return Err(Rejection::invalid(
-                "employees",
-                format_args!("must be a non-negative integer, it is {other}"),
-            ))
-        }
+        Some(e) => match e.as_integer() {
+            Some(n) if n >= 0 => n as u64,
+            _ => {
+                return Err(Rejection::invalid(
+                    "employees",
+                    format_args!("must be a non-negative integer, it is {e}"),
+                ))
+            }
+        },
     };
     Ok(OrgUpdate::Upsert(OrgRecord {
         org,
@@ -193,7 +195,7 @@ pub fn parse_target(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TargetUp
         return Ok(TargetUpdate::Remove(tombstone_key(key)?));
     };
     let raw: RawTarget<'_> = json_object(value)?;
-    version_1(raw.v)?;
+    version_1("v", raw.v)?;
     let id = text("id", raw.id)?.into_owned();
     check_key(key, &id, "id")?;
     let org = text("org", raw.org)?.into_owned();
@@ -224,21 +226,6 @@ pub fn parse_target(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TargetUp
         value,
         fy,
     }))
-}
-
-fn version_1(v: Option<Scalar<'_>>) -> Result<(), Rejection> {
-    match v {
-        None => Err(Rejection::missing("v")),
-        Some(Scalar::Int(1)) => Ok(()),
-        Some(Scalar::Int(v)) => Err(Rejection::new(
-            Reason::UnsupportedVersion,
-            format!("`v` is {v}, this Pulse reads version 1"),
-        )),
-        Some(other) => Err(Rejection::invalid(
-            "v",
-            format_args!("must be the integer 1, not {}", other.kind()),
-        )),
-    }
 }
 
 fn tombstone_key(key: Option<&[u8]>) -> Result<String, Rejection> {

@@ -87,9 +87,20 @@ impl Scalar<'_> {
         match self {
             Scalar::Str(_) => "a string",
             Scalar::Int(_) => "an integer",
+            Scalar::Float(f) if f.fract() == 0.0 => "an integer out of range",
             Scalar::Float(_) => "a fractional number",
             Scalar::Bool(_) => "a boolean",
             Scalar::Composite => "an object or array",
+        }
+    }
+
+    /// An integer, also when written with a fraction or exponent that makes
+    /// it whole (`1.5e12`), as JSON Schema's `integer` type counts it.
+    pub(crate) fn as_integer(&self) -> Option<i64> {
+        match *self {
+            Scalar::Int(i) => Some(i),
+            Scalar::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Some(f as i64),
+            _ => None,
         }
     }
 
@@ -135,12 +146,28 @@ pub(crate) fn number(field: &str, v: Option<Scalar<'_>>) -> Result<f64, Rejectio
 }
 
 /// Parses a message that must be one JSON object.
-pub(crate) fn json_object<'a, T: serde::Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
+pub(crate) fn json_object<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
     match value.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => serde_json::from_slice(value).map_err(Rejection::from_json),
         _ => Err(Rejection::new(
             crate::Reason::InvalidJson,
             "the message is not a JSON object",
+        )),
+    }
+}
+
+/// A required version field that must be the integer 1.
+pub(crate) fn version_1(field: &str, v: Option<Scalar<'_>>) -> Result<(), Rejection> {
+    let v = v.ok_or_else(|| Rejection::missing(field))?;
+    match v.as_integer() {
+        Some(1) => Ok(()),
+        Some(n) => Err(Rejection::new(
+            crate::Reason::UnsupportedVersion,
+            format!("`{field}` is {n}, this Pulse reads version 1"),
+        )),
+        None => Err(Rejection::invalid(
+            field,
+            format_args!("must be the integer 1, not {}", v.kind()),
         )),
     }
 }

@@ -3,8 +3,8 @@
 use serde::Deserialize;
 
 use crate::event::{percent, Event, EventKind, Minutes, Parsed, Stars};
-use crate::reject::{Reason, Rejection};
-use crate::scalar::{json_object, number, text, Scalar};
+use crate::reject::Rejection;
+use crate::scalar::{json_object, number, text, version_1, Scalar};
 use crate::time::{parse_rfc3339, Millis};
 
 #[derive(Deserialize)]
@@ -33,22 +33,7 @@ struct Raw<'a> {
 
 pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
     let raw: Raw<'_> = json_object(value)?;
-    match raw.v {
-        None => return Err(Rejection::missing("v")),
-        Some(Scalar::Int(1)) => {}
-        Some(Scalar::Int(v)) => {
-            return Err(Rejection::new(
-                Reason::UnsupportedVersion,
-                format!("`v` is {v}, this Pulse reads version 1"),
-            ))
-        }
-        Some(other) => {
-            return Err(Rejection::invalid(
-                "v",
-                format_args!("must be the integer 1, not {}", other.kind()),
-            ))
-        }
-    }
+    version_1("v", raw.v)?;
     let id = text("id", raw.id)?;
     let kind_name = text("type", raw.kind)?;
     let ts = event_time(raw.ts)?;
@@ -96,19 +81,20 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
 fn event_time(v: Option<Scalar<'_>>) -> Result<Millis, Rejection> {
     match v {
         None => Err(Rejection::missing("ts")),
-        Some(Scalar::Int(ms)) => Ok(ms),
         Some(Scalar::Str(s)) => parse_rfc3339(&s).ok_or_else(|| {
             Rejection::invalid(
                 "ts",
                 format_args!("`{s}` is not an RFC 3339 time with an offset"),
             )
         }),
-        Some(other) => Err(Rejection::invalid(
-            "ts",
-            format_args!(
-                "must be an RFC 3339 string or integer epoch milliseconds, not {}",
-                other.kind()
-            ),
-        )),
+        Some(other) => other.as_integer().ok_or_else(|| {
+            Rejection::invalid(
+                "ts",
+                format_args!(
+                    "must be an RFC 3339 string or integer epoch milliseconds, not {}",
+                    other.kind()
+                ),
+            )
+        }),
     }
 }
