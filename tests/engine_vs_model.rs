@@ -53,39 +53,15 @@ fn kind() -> impl Strategy<Value = Kind> {
 }
 
 fn event() -> impl Strategy<Value = EventSpec> {
-    (
-        0..USERS,
-        0..ORGS.len() as u8,
-        0u8..3,
-        -8i8..=8,
-        kind(),
-        0u8..4,
-    )
-        .prop_map(|(user, org, course, step, kind, format)| EventSpec {
-            user,
-            org,
-            course,
-            step,
-            kind,
-            format,
-        })
+    (0..USERS, 0..ORGS.len() as u8, 0u8..3, -8i8..=8, kind(), 0u8..4)
+        .prop_map(|(user, org, course, step, kind, format)| EventSpec { user, org, course, step, kind, format })
 }
 
 #[derive(Debug, Clone)]
 enum RegistryOp {
-    Org {
-        org: u8,
-        parent: Option<u8>,
-        employees: u16,
-    },
+    Org { org: u8, parent: Option<u8>, employees: u16 },
     RemoveOrg(u8),
-    Target {
-        id: u8,
-        org: u8,
-        kpi: u8,
-        value: u16,
-        fy: bool,
-    },
+    Target { id: u8, org: u8, kpi: u8, value: u16, fy: bool },
     RemoveTarget(u8),
 }
 
@@ -125,47 +101,29 @@ fn uuid_v1(ts: i64, seq: u64) -> String {
 
 fn render(i: usize, e: &EventSpec) -> Message {
     let ts = FY_BOUNDARY + i64::from(e.step) * 5 * HOUR;
-    let (user, org, course, id) = (
-        format!("u{}", e.user),
-        ORGS[usize::from(e.org)],
-        format!("c{}", e.course),
-        format!("e{i}"),
-    );
+    let (user, org, course, id) =
+        (format!("u{}", e.user), ORGS[usize::from(e.org)], format!("c{}", e.course), format!("e{i}"));
     let v1 = |extra: serde_json::Value, kind: &str| {
-        let mut m =
-            json!({"v": 1, "id": id, "type": kind, "user": user, "org": org, "course": course});
-        m["ts"] = if e.format == 0 {
-            json!(pulse_model::time::format_ist(ts))
-        } else {
-            json!(ts)
-        };
+        let mut m = json!({"v": 1, "id": id, "type": kind, "user": user, "org": org, "course": course});
+        m["ts"] = if e.format == 0 { json!(pulse_model::time::format_ist(ts)) } else { json!(ts) };
         if let serde_json::Value::Object(extra) = extra {
             m.as_object_mut().unwrap().extend(extra);
         }
         (InputFormat::PulseV1, m)
     };
-    let sunbird = |eid: &str,
-                   edata: serde_json::Value,
-                   object: serde_json::Value,
-                   cdata: serde_json::Value| {
+    let sunbird = |eid: &str, edata: serde_json::Value, object: serde_json::Value, cdata: serde_json::Value| {
         let m = json!({"eid": eid, "ets": ts, "ver": "3.1", "mid": id, "actor": {"id": user, "type": "User"},
             "context": {"channel": org, "cdata": cdata}, "object": object, "edata": edata});
         (InputFormat::SunbirdTelemetry, m)
     };
     let (format, value) = match (&e.kind, e.format) {
         (Kind::Registration, _) => v1(json!({}), "registration"),
-        (Kind::Enrolment, 2) => sunbird(
-            "AUDIT",
-            json!({"type": "enrol"}),
-            json!({"id": "x"}),
-            json!([{"id": course, "type": "Course"}]),
-        ),
-        (Kind::Completion, 2) => sunbird(
-            "AUDIT",
-            json!({"type": "enrol-complete"}),
-            json!({"id": "x", "rollup": {"l1": course}}),
-            json!([]),
-        ),
+        (Kind::Enrolment, 2) => {
+            sunbird("AUDIT", json!({"type": "enrol"}), json!({"id": "x"}), json!([{"id": course, "type": "Course"}]))
+        }
+        (Kind::Completion, 2) => {
+            sunbird("AUDIT", json!({"type": "enrol-complete"}), json!({"id": "x", "rollup": {"l1": course}}), json!([]))
+        }
         (Kind::Progress { seconds, percent }, 2) => {
             let summary = percent.map_or(json!([]), |p| json!([{"progress": p}]));
             sunbird(
@@ -175,12 +133,9 @@ fn render(i: usize, e: &EventSpec) -> Message {
                 json!([]),
             )
         }
-        (Kind::Rating { half_stars }, 2) => sunbird(
-            "FEEDBACK",
-            json!({"rating": f64::from(*half_stars) / 2.0}),
-            json!({"id": course}),
-            json!([]),
-        ),
+        (Kind::Rating { half_stars }, 2) => {
+            sunbird("FEEDBACK", json!({"rating": f64::from(*half_stars) / 2.0}), json!({"id": course}), json!([]))
+        }
         (Kind::Rating { half_stars }, 3) => (
             InputFormat::IgotRating,
             json!({"version": 1, "action": "ratingUpdate", "activity_id": course, "activity_Type": "Course",
@@ -188,56 +143,31 @@ fn render(i: usize, e: &EventSpec) -> Message {
         ),
         (Kind::Enrolment, _) => v1(json!({}), "enrolment"),
         (Kind::Completion, _) => v1(json!({}), "completion"),
-        (Kind::Progress { seconds, percent }, _) => v1(
-            json!({"minutes": f64::from(*seconds) / 60.0, "percent": percent}),
-            "progress",
-        ),
-        (Kind::Rating { half_stars }, _) => {
-            v1(json!({"stars": f64::from(*half_stars) / 2.0}), "rating")
+        (Kind::Progress { seconds, percent }, _) => {
+            v1(json!({"minutes": f64::from(*seconds) / 60.0, "percent": percent}), "progress")
         }
+        (Kind::Rating { half_stars }, _) => v1(json!({"stars": f64::from(*half_stars) / 2.0}), "rating"),
     };
     // `"percent": null` means absent to the parser; drop it to keep the input clean.
     let mut value = value;
     if value.get("percent") == Some(&serde_json::Value::Null) {
         value.as_object_mut().unwrap().remove("percent");
     }
-    Message::Event {
-        format,
-        value: value.to_string().into_bytes(),
-    }
+    Message::Event { format, value: value.to_string().into_bytes() }
 }
 
 fn render_registry(op: &RegistryOp) -> Message {
     let b = |s: String| Some(s.into_bytes());
     match op {
-        RegistryOp::Org {
-            org,
-            parent,
-            employees,
-        } => Message::Org {
+        RegistryOp::Org { org, parent, employees } => Message::Org {
             key: b(ORGS[usize::from(*org)].into()),
-            value: b(
-                json!({"v": 1, "org": ORGS[usize::from(*org)], "name": "n", "kind": "k",
+            value: b(json!({"v": 1, "org": ORGS[usize::from(*org)], "name": "n", "kind": "k",
                 "parent": parent.map(|p| ORGS[usize::from(p)]), "employees": employees})
-                .to_string(),
-            ),
+            .to_string()),
         },
-        RegistryOp::RemoveOrg(org) => Message::Org {
-            key: b(ORGS[usize::from(*org)].into()),
-            value: None,
-        },
-        RegistryOp::Target {
-            id,
-            org,
-            kpi,
-            value,
-            fy,
-        } => {
-            let org = if *org == 6 {
-                "national"
-            } else {
-                ORGS[usize::from(*org)]
-            };
+        RegistryOp::RemoveOrg(org) => Message::Org { key: b(ORGS[usize::from(*org)].into()), value: None },
+        RegistryOp::Target { id, org, kpi, value, fy } => {
+            let org = if *org == 6 { "national" } else { ORGS[usize::from(*org)] };
             Message::Target {
                 key: b(format!("t{id}")),
                 value: b(json!({"v": 1, "id": format!("t{id}"), "org": org, "kpi": KPIS[usize::from(*kpi)],
@@ -245,10 +175,7 @@ fn render_registry(op: &RegistryOp) -> Message {
                 .to_string()),
             }
         }
-        RegistryOp::RemoveTarget(id) => Message::Target {
-            key: b(format!("t{id}")),
-            value: None,
-        },
+        RegistryOp::RemoveTarget(id) => Message::Target { key: b(format!("t{id}")), value: None },
     }
 }
 
@@ -276,69 +203,43 @@ fn history() -> impl Strategy<Value = History> {
         1u16..=4,
         -30i16..400,
     )
-        .prop_map(
-            |(events, duplicates, registry, noise, seed, shards, now_days)| History {
-                events,
-                duplicates,
-                registry,
-                noise,
-                seed,
-                shards,
-                now_days,
-            },
-        )
+        .prop_map(|(events, duplicates, registry, noise, seed, shards, now_days)| History {
+            events,
+            duplicates,
+            registry,
+            noise,
+            seed,
+            shards,
+            now_days,
+        })
 }
 
 fn noise(i: u8) -> Message {
     let value: &[u8] = match i % 4 {
         0 => b"{not json",
         1 => br#"{"v":1,"id":"bad","type":"progress","ts":0,"user":"u1","org":"A","course":"c1","minutes":5}"#, // too_old
-        2 => br#"{"eid":"LOG","ets":1743445800000,"ver":"3.0","mid":"log-1"}"#,                              // ignored
+        2 => br#"{"eid":"LOG","ets":1743445800000,"ver":"3.0","mid":"log-1"}"#, // ignored
         _ => br#"{"v":1,"id":"x","type":"progress","ts":1743445800000,"user":"u1","org":"A","course":"c","minutes":0}"#,
     };
-    let format = if i % 4 == 2 {
-        InputFormat::SunbirdTelemetry
-    } else {
-        InputFormat::PulseV1
-    };
-    Message::Event {
-        format,
-        value: value.to_vec(),
-    }
+    let format = if i % 4 == 2 { InputFormat::SunbirdTelemetry } else { InputFormat::PulseV1 };
+    Message::Event { format, value: value.to_vec() }
 }
 
 fn settings() -> Settings {
-    Settings {
-        meeting_minutes: 240,
-        time_rules: TimeRules::default(),
-        ingest_now: FY_BOUNDARY + 10 * 24 * HOUR,
-    }
+    Settings { meeting_minutes: 240, time_rules: TimeRules::default(), ingest_now: FY_BOUNDARY + 10 * 24 * HOUR }
 }
 
 /// An arrival order: events and duplicates shuffled, registry messages
 /// interleaved at random places but in their own order (a compacted topic).
-fn arrival(
-    h: &History,
-    events: &[Message],
-    registry: &[Message],
-    rng: &mut impl Rng,
-) -> Vec<Message> {
+fn arrival(h: &History, events: &[Message], registry: &[Message], rng: &mut impl Rng) -> Vec<Message> {
     let mut stream: Vec<Message> = events.to_vec();
-    stream.extend(
-        h.duplicates
-            .iter()
-            .filter(|_| !events.is_empty())
-            .map(|i| events[i.index(events.len())].clone()),
-    );
+    stream.extend(h.duplicates.iter().filter(|_| !events.is_empty()).map(|i| events[i.index(events.len())].clone()));
     stream.extend((0..h.noise).map(noise));
     stream.shuffle(rng);
     for m in registry {
         let at = rng.gen_range(0..=stream.len());
         // Keep registry order: insert after every earlier registry message.
-        let last_registry = stream
-            .iter()
-            .rposition(|x| !matches!(x, Message::Event { .. }))
-            .map_or(0, |p| p + 1);
+        let last_registry = stream.iter().rposition(|x| !matches!(x, Message::Event { .. })).map_or(0, |p| p + 1);
         stream.insert(at.max(last_registry), m.clone());
     }
     stream
@@ -378,19 +279,12 @@ fn run_engine(h: &History, stream: &[Message], rng: &mut impl Rng) -> Engine<Mem
 }
 
 fn check(h: History) -> Result<(), TestCaseError> {
-    let events: Vec<Message> = h
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| render(i, e))
-        .collect();
+    let events: Vec<Message> = h.events.iter().enumerate().map(|(i, e)| render(i, e)).collect();
     let registry: Vec<Message> = h.registry.iter().map(render_registry).collect();
     let all: Vec<Message> = events.iter().chain(&registry).cloned().collect();
     let now = FY_BOUNDARY + i64::from(h.now_days) * 24 * HOUR;
     let s = settings();
-    let expected: Vec<_> = [2024, 2025]
-        .map(|fy| pulse_oracle::report(&all, &s, fy, now))
-        .into();
+    let expected: Vec<_> = [2024, 2025].map(|fy| pulse_oracle::report(&all, &s, fy, now)).into();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(h.seed);
     for order in 0..3 {
         let stream = arrival(&h, &events, &registry, &mut rng);
@@ -405,28 +299,17 @@ fn check(h: History) -> Result<(), TestCaseError> {
         let users: BTreeSet<String> = (0..=USERS).map(|u| format!("u{u}")).collect();
         for user in &users {
             let actual = engine.user(user).unwrap().map(|st| {
-                serde_json::to_value(pulse_engine::UserReport::of(
-                    user,
-                    &st,
-                    pulse_model::Fy(2025),
-                ))
-                .unwrap()
+                serde_json::to_value(pulse_engine::UserReport::of(user, &st, pulse_model::Fy(2025))).unwrap()
             });
             let expected = pulse_oracle::user_report(&all, &s, user, 2025);
             match (&actual, &expected) {
                 (Some(a), Some(e)) => {
                     if let Some(d) = json_diff(a, e) {
-                        return Err(TestCaseError::fail(format!(
-                            "order {order}, user {user}: {d}"
-                        )));
+                        return Err(TestCaseError::fail(format!("order {order}, user {user}: {d}")));
                     }
                 }
                 (None, None) => {}
-                _ => {
-                    return Err(TestCaseError::fail(format!(
-                        "user {user}: {actual:?} vs expected {expected:?}"
-                    )))
-                }
+                _ => return Err(TestCaseError::fail(format!("user {user}: {actual:?} vs expected {expected:?}"))),
             }
         }
     }

@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use pulse_model::time::format_ist;
-use pulse_model::{
-    parse, parse_org, parse_target, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate,
-};
+use pulse_model::{parse, parse_org, parse_target, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate};
 use pulse_tests::json_diff;
 use serde_json::{json, Value};
 
@@ -31,12 +29,7 @@ fn check_golden(path: &Path, actual: &Value) {
         return;
     }
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(
-        actual,
-        &expected,
-        "{} differs (UPDATE_GOLDEN=1 rewrites it)",
-        path.display()
-    );
+    assert_eq!(actual, &expected, "{} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
 }
 
 fn parsed_json(result: Result<Parsed<'_>, pulse_model::Rejection>) -> Value {
@@ -47,9 +40,7 @@ fn parsed_json(result: Result<Parsed<'_>, pulse_model::Rejection>) -> Value {
             let mut v = json!({"id": e.id, "ts": e.ts, "ts_ist": format_ist(e.ts), "user": e.user, "org": e.org,
                 "type": e.kind.name(), "course": e.kind.course()});
             match e.kind {
-                EventKind::Progress {
-                    minutes, percent, ..
-                } => {
+                EventKind::Progress { minutes, percent, .. } => {
                     v["minutes"] = json!(minutes.as_minutes());
                     v["percent"] = json!(percent);
                 }
@@ -69,10 +60,7 @@ fn every_input_format_parses_as_golden() {
             .iter()
             .map(|line| json!({"input": line, "result": parsed_json(parse(format, line.as_bytes()))}))
             .collect();
-        check_golden(
-            &dir.join(format!("{format}.golden.json")),
-            &Value::Array(results),
-        );
+        check_golden(&dir.join(format!("{format}.golden.json")), &Value::Array(results));
     }
 }
 
@@ -83,7 +71,9 @@ fn registry_records_parse_as_golden() {
         .iter()
         .map(|line| {
             let result = match parse_org(None, Some(line.as_bytes())) {
-                Ok(OrgUpdate::Upsert(r)) => json!({"org": r.org, "name": r.name, "parent": r.parent, "kind": r.kind, "employees": r.employees}),
+                Ok(OrgUpdate::Upsert(r)) => {
+                    json!({"org": r.org, "name": r.name, "parent": r.parent, "kind": r.kind, "employees": r.employees})
+                }
                 Ok(OrgUpdate::Remove(id)) => json!({"remove": id}),
                 Err(r) => json!({"dead_letter": {"reason": r.reason.code(), "detail": r.detail}}),
             };
@@ -108,23 +98,15 @@ fn registry_records_parse_as_golden() {
 /// Runs the `pulse` command line in-process and returns its output as JSON.
 fn pulse(args: &[&str]) -> Value {
     let mut out = Vec::new();
-    pulse::cli::run(
-        std::iter::once("pulse").chain(args.iter().copied()),
-        &mut out,
-    )
-    .unwrap_or_else(|e| panic!("pulse {args:?} failed: {e:#}"));
+    pulse::cli::run(std::iter::once("pulse").chain(args.iter().copied()), &mut out)
+        .unwrap_or_else(|e| panic!("pulse {args:?} failed: {e:#}"));
     serde_json::from_slice(&out).unwrap_or_else(|e| panic!("pulse {args:?} printed no JSON ({e})"))
 }
 
 fn assert_json(actual: &Value, expected_file: &Path) {
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(expected_file).unwrap()).unwrap();
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(expected_file).unwrap()).unwrap();
     if let Some(d) = json_diff(actual, &expected) {
-        panic!(
-            "{}: {d}\nactual: {}",
-            expected_file.display(),
-            serde_json::to_string_pretty(actual).unwrap()
-        );
+        panic!("{}: {d}\nactual: {}", expected_file.display(), serde_json::to_string_pretty(actual).unwrap());
     }
 }
 
@@ -155,111 +137,45 @@ fn hand_checked_scenario_reports_as_expected() {
         "dead_letters": {"future_timestamp": 1, "invalid_json": 1, "too_old": 1}})
     );
     assert_eq!(summary["orgs"]["dead_letters"], json!({"org_cycle": 1}));
-    assert_eq!(
-        summary["targets"]["dead_letters"],
-        json!({"invalid_field": 1})
-    );
+    assert_eq!(summary["targets"]["dead_letters"], json!({"invalid_field": 1}));
     let dead = std::fs::read_to_string(data.path().join("dead-letters.ndjson")).unwrap();
-    assert_eq!(
-        dead.lines().count(),
-        5,
-        "every dead letter is kept with its value: {dead}"
-    );
+    assert_eq!(dead.lines().count(), 5, "every dead letter is kept with its value: {dead}");
 
     let report = |scope: &[&str]| {
-        let mut args = vec![
-            "report",
-            "--data-dir",
-            data_dir,
-            "--now",
-            now,
-            "--fy",
-            "2025-26",
-        ];
+        let mut args = vec!["report", "--data-dir", data_dir, "--now", now, "--fy", "2025-26"];
         args.extend_from_slice(scope);
         pulse(&args)
     };
     assert_json(&report(&["--all"]), &dir.join("expected-report.json"));
-    assert_json(
-        &report(&["--user", "u2"]),
-        &dir.join("expected-user-u2.json"),
-    );
-    assert_json(
-        &report(&["--org", "S_5_O_1"]),
-        &dir.join("expected-org-S_5_O_1.json"),
-    );
-    assert_json(
-        &report(&["--course", "c3"]),
-        &dir.join("expected-course-c3.json"),
-    );
+    assert_json(&report(&["--user", "u2"]), &dir.join("expected-user-u2.json"));
+    assert_json(&report(&["--org", "S_5_O_1"]), &dir.join("expected-org-S_5_O_1.json"));
+    assert_json(&report(&["--course", "c3"]), &dir.join("expected-course-c3.json"));
 }
 
 #[test]
 fn real_sunbird_samples_map_and_old_ones_are_dead_letters() {
     let dir = golden_dir().join("sunbird");
     let input = tempfile::NamedTempFile::new().unwrap();
-    let body: String = [
-        "end-with-progress.json",
-        "feedback-with-rating.json",
-        "preprocessor-numeric-ver.json",
-    ]
-    .iter()
-    .map(|f| {
-        std::fs::read_to_string(dir.join(f))
-            .unwrap()
-            .trim()
-            .to_owned()
-            + "\n"
-    })
-    .collect();
+    let body: String = ["end-with-progress.json", "feedback-with-rating.json", "preprocessor-numeric-ver.json"]
+        .iter()
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap().trim().to_owned() + "\n")
+        .collect();
     std::fs::write(input.path(), body).unwrap();
     let input_arg = format!("--input=sunbird-telemetry={}", input.path().display());
     let now = "2026-01-15T00:00:00+05:30";
 
     // 2018 events are older than the default maximum age of 400 days.
     let data = tempfile::tempdir().unwrap();
-    let summary = pulse(&[
-        "replay",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-        &input_arg,
-        "--now",
-        now,
-    ]);
-    assert_eq!(
-        summary["events"]["dead_letters"],
-        json!({"too_old": 2, "invalid_field": 1})
-    );
+    let summary = pulse(&["replay", "--data-dir", data.path().to_str().unwrap(), &input_arg, "--now", now]);
+    assert_eq!(summary["events"]["dead_letters"], json!({"too_old": 2, "invalid_field": 1}));
 
     // With a larger maximum age they map as contract section 3.1 says.
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap();
-    let summary = pulse(&[
-        "replay",
-        "--data-dir",
-        data_dir,
-        &input_arg,
-        "--now",
-        now,
-        "--max-age-days",
-        "4000",
-    ]);
+    let summary = pulse(&["replay", "--data-dir", data_dir, &input_arg, "--now", now, "--max-age-days", "4000"]);
     assert_eq!(summary["events"]["accepted"], 2);
-    assert_eq!(
-        summary["events"]["dead_letters"],
-        json!({"invalid_field": 1})
-    );
-    let user = pulse(&[
-        "report",
-        "--data-dir",
-        data_dir,
-        "--user",
-        "test-user",
-        "--now",
-        now,
-        "--fy",
-        "2017-18",
-    ]);
+    assert_eq!(summary["events"]["dead_letters"], json!({"invalid_field": 1}));
+    let user = pulse(&["report", "--data-dir", data_dir, "--user", "test-user", "--now", now, "--fy", "2017-18"]);
     assert_eq!(user["org"], "test-channel");
     assert_eq!(
         user["courses"]["test-content"],

@@ -35,11 +35,7 @@ fn agree(schema_name: &str, input: &str, verdict: impl Fn(&str) -> Option<bool>)
         let Some(accepted) = verdict(line) else {
             continue;
         };
-        assert_eq!(
-            schema.is_valid(&doc),
-            accepted,
-            "{schema_name} and the parser disagree on {line}"
-        );
+        assert_eq!(schema.is_valid(&doc), accepted, "{schema_name} and the parser disagree on {line}");
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} lines of {input} were checked");
@@ -51,21 +47,15 @@ fn schema_verdict(r: Result<(), Rejection>) -> Option<bool> {
     match r {
         Ok(()) => Some(true),
         Err(r) if r.detail.starts_with("duplicate field") => None,
-        Err(r) => matches!(
-            r.reason,
-            Reason::MissingField | Reason::InvalidField | Reason::UnsupportedVersion
-        )
-        .then_some(false),
+        Err(r) => matches!(r.reason, Reason::MissingField | Reason::InvalidField | Reason::UnsupportedVersion)
+            .then_some(false),
     }
 }
 
 #[test]
 fn pulse_v1_schema_agrees_with_the_parser() {
     agree("pulse-v1.schema.json", "pulse-v1.ndjson", |line| {
-        schema_verdict(
-            parse(InputFormat::PulseV1, line.as_bytes())
-                .map(|p| assert!(matches!(p, Parsed::Event(_)))),
-        )
+        schema_verdict(parse(InputFormat::PulseV1, line.as_bytes()).map(|p| assert!(matches!(p, Parsed::Event(_)))))
     });
 }
 

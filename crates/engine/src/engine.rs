@@ -1,11 +1,11 @@
 //! The engine: applies events and registry records to the state, keeps the
 //! write-back cache of changed users, and commits it to the [`Store`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use pulse_model::{
-    parse, parse_org, parse_target, Event, Fy, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed,
-    Rejection, TargetRecord, TargetUpdate, TimeRules,
+    parse, parse_org, parse_target, Event, Fy, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed, Rejection,
+    TargetRecord, TargetUpdate, TimeRules,
 };
 use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
@@ -15,6 +15,7 @@ use crate::report::{CourseKpis, NodeKpis, Report, TargetStatus};
 use crate::rollup::OrgView;
 use crate::state::{CourseState, CourseTotals, Totals, UserState};
 use crate::store::{Batch, SeenKey, ShardId, Store, StoreError};
+use crate::table::{FastMap, FastSet, Interner, Table};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -31,11 +32,7 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            dedup_horizon_ms: 7 * 24 * HOUR_MS,
-            meeting_minutes: 240,
-            time_rules: TimeRules::default(),
-        }
+        EngineConfig { dedup_horizon_ms: 7 * 24 * HOUR_MS, meeting_minutes: 240, time_rules: TimeRules::default() }
     }
 }
 
@@ -47,11 +44,7 @@ pub enum EngineError {
         "`{key}` is {configured} but the state in this data directory was built with {stored}; \
          set it back, or rebuild the state with `pulse replay` into an empty data directory"
     )]
-    ConfigMismatch {
-        key: &'static str,
-        stored: String,
-        configured: String,
-    },
+    ConfigMismatch { key: &'static str, stored: String, configured: String },
     #[error("an earlier commit failed, so memory and storage may differ; restart Pulse to reload the stored state")]
     Poisoned,
 }
@@ -91,57 +84,15 @@ impl IngestStats {
 /// since the last commit.
 #[derive(Debug, Default)]
 struct Shard {
-    org_totals: HashMap<String, Totals>,
-    course_totals: HashMap<String, CourseTotals>,
+    /// Totals by interned leaf org key.
+    orgs: Table<Totals>,
+    /// Totals by interned course id.
+    courses: Table<CourseTotals>,
     max_ts: Millis,
     /// Write-back cache: every user changed since the last commit.
-    users: HashMap<String, UserState>,
-    seen: HashSet<u128>,
+    users: FastMap<String, UserState>,
+    seen: FastSet<u128>,
     seen_keys: Vec<SeenKey>,
-    dirty_orgs: HashSet<String>,
-    dirty_courses: HashSet<String>,
-}
-
-fn adjust<T: Clone + Default>(
-    map: &mut HashMap<String, T>,
-    dirty: &mut HashSet<String>,
-    key: &str,
-    apply: impl FnOnce(&mut T),
-    is_zero: impl FnOnce(&T) -> bool,
-) {
-    let slot = match map.get_mut(key) {
-        Some(slot) => slot,
-        None => map.entry(key.to_owned()).or_default(),
-    };
-    apply(slot);
-    if is_zero(slot) {
-        map.remove(key);
-    }
-    if !dirty.contains(key) {
-        dirty.insert(key.to_owned());
-    }
-}
-
-impl Shard {
-    fn adjust_org(&mut self, key: &str, t: &Totals, sign: i64) {
-        adjust(
-            &mut self.org_totals,
-            &mut self.dirty_orgs,
-            key,
-            |s| s.add(t, sign),
-            Totals::is_zero,
-        );
-    }
-
-    fn adjust_course(&mut self, key: &str, t: &CourseTotals, sign: i64) {
-        adjust(
-            &mut self.course_totals,
-            &mut self.dirty_courses,
-            key,
-            |s| s.add(t, sign),
-            CourseTotals::is_zero,
-        );
-    }
 }
 
 #[derive(Debug)]
@@ -152,6 +103,8 @@ pub struct Engine<S> {
     registry: Registry,
     targets: BTreeMap<String, TargetRecord>,
     shards: Vec<Shard>,
+    org_keys: Interner,
+    course_keys: Interner,
     pending_orgs: BTreeMap<String, Option<OrgRecord>>,
     pending_targets: BTreeMap<String, Option<TargetRecord>>,
     /// Set until the threshold is first written to a fresh store.
@@ -164,24 +117,24 @@ impl<S: Store> Engine<S> {
     /// Loads the committed state of `store`.
     pub fn open(store: S, config: EngineConfig) -> Result<Engine<S>, EngineError> {
         let loaded = store.load()?;
-        if let Some(stored) = loaded
-            .meeting_minutes
-            .filter(|&m| m != config.meeting_minutes)
-        {
+        if let Some(stored) = loaded.meeting_minutes.filter(|&m| m != config.meeting_minutes) {
             return Err(EngineError::ConfigMismatch {
                 key: "engine.meeting_minutes",
                 stored: stored.to_string(),
                 configured: config.meeting_minutes.to_string(),
             });
         }
-        let shards = (0..usize::from(store.shards()))
-            .map(|i| Shard {
-                org_totals: loaded.org_totals.get(i).cloned().unwrap_or_default(),
-                course_totals: loaded.course_totals.get(i).cloned().unwrap_or_default(),
-                max_ts: loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN),
-                ..Shard::default()
-            })
-            .collect();
+        let (mut org_keys, mut course_keys) = (Interner::default(), Interner::default());
+        let mut shards: Vec<Shard> = (0..store.shards()).map(|_| Shard::default()).collect();
+        for (i, shard) in shards.iter_mut().enumerate() {
+            for (org, t) in loaded.org_totals.get(i).into_iter().flatten() {
+                shard.orgs.load(org_keys.id(org), t.clone());
+            }
+            for (course, t) in loaded.course_totals.get(i).into_iter().flatten() {
+                shard.courses.load(course_keys.id(course), *t);
+            }
+            shard.max_ts = loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN);
+        }
         Ok(Engine {
             meeting_ms: i64::from(config.meeting_minutes) * pulse_model::Minutes::MS_PER_MINUTE,
             record_meeting_minutes: loaded.meeting_minutes.is_none(),
@@ -189,6 +142,8 @@ impl<S: Store> Engine<S> {
             registry: Registry::new(loaded.orgs),
             targets: loaded.targets,
             shards,
+            org_keys,
+            course_keys,
             pending_orgs: BTreeMap::new(),
             pending_targets: BTreeMap::new(),
             uncommitted: 0,
@@ -229,12 +184,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// Parses, checks and applies one message of an input topic.
-    pub fn ingest(
-        &mut self,
-        format: InputFormat,
-        value: &[u8],
-        now: Millis,
-    ) -> Result<Disposition, EngineError> {
+    pub fn ingest(&mut self, format: InputFormat, value: &[u8], now: Millis) -> Result<Disposition, EngineError> {
         match parse(format, value) {
             Err(rejection) => Ok(Disposition::Dead(rejection)),
             Ok(Parsed::Ignored(why)) => Ok(Disposition::Ignored(why)),
@@ -251,12 +201,10 @@ impl<S: Store> Engine<S> {
             return Err(EngineError::Poisoned);
         }
         let shard_id = self.shard_of(&ev.user);
-        let shard = &mut self.shards[usize::from(shard_id)];
-        let key = SeenKey {
-            bucket: ev.ts.div_euclid(HOUR_MS),
-            hash: xxh3_128(ev.id.as_bytes()),
-        };
-        if shard.seen.contains(&key.hash) || self.store.is_seen(shard_id, key)? {
+        let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
+        let shard = &mut shards[usize::from(shard_id)];
+        let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
+        if shard.seen.contains(&key.hash) || store.is_seen(shard_id, key)? {
             return Ok(Disposition::Duplicate);
         }
         shard.seen.insert(key.hash);
@@ -265,39 +213,29 @@ impl<S: Store> Engine<S> {
         let (user, is_new) = match shard.users.get_mut(&*ev.user) {
             Some(u) => (u, false),
             None => {
-                let stored = self.store.user(shard_id, &ev.user)?;
+                let stored = store.user(shard_id, &ev.user)?;
                 let is_new = stored.is_none();
-                (
-                    shard
-                        .users
-                        .entry(ev.user.to_string())
-                        .or_insert(stored.unwrap_or_default()),
-                    is_new,
-                )
+                (shard.users.entry(ev.user.to_string()).or_insert(stored.unwrap_or_default()), is_new)
             }
         };
-        let before = (!is_new).then(|| (user.org_key().to_owned(), user.totals(self.meeting_ms)));
+        // The user's share moves: out of the totals it counted in before the
+        // event, into those it counts in after (a different org if it moved).
+        let before = (!is_new).then(|| (org_keys.id(user.org_key()), user.totals(*meeting_ms)));
         let course = ev.kind.course();
-        let course_before = course.map(|c| {
-            user.courses
-                .get(c)
-                .map(CourseState::totals)
-                .unwrap_or_default()
-        });
+        let course_before = course.map(|c| user.courses.get(c).map(CourseState::totals).unwrap_or_default());
         user.apply(ev);
-        let after = user.totals(self.meeting_ms);
-        let after_key = user.org_key().to_owned();
-        let course_after = course
-            .and_then(|c| user.courses.get(c))
-            .map(CourseState::totals);
+        let after = (org_keys.id(user.org_key()), user.totals(*meeting_ms));
+        let course_after = course.and_then(|c| user.courses.get(c)).map(CourseState::totals);
 
-        if let Some((key, totals)) = before {
-            shard.adjust_org(&key, &totals, -1);
+        if let Some((org, totals)) = before {
+            shard.orgs.update(org, |t| t.add(&totals, -1));
         }
-        shard.adjust_org(&after_key, &after, 1);
+        shard.orgs.update(after.0, |t| t.add(&after.1, 1));
         if let (Some(c), Some(before), Some(after)) = (course, course_before, course_after) {
-            shard.adjust_course(c, &before, -1);
-            shard.adjust_course(c, &after, 1);
+            shard.courses.update(course_keys.id(c), |t| {
+                t.add(&before, -1);
+                t.add(&after, 1);
+            });
         }
         shard.max_ts = shard.max_ts.max(ev.ts);
         self.uncommitted += 1;
@@ -322,11 +260,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// Applies one message of the targets topic (`None` value: tombstone).
-    pub fn apply_target_message(
-        &mut self,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-    ) -> Disposition {
+    pub fn apply_target_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
         let outcome = parse_target(key, value).map(|update| match update {
             TargetUpdate::Upsert(rec) => {
                 self.targets.insert(rec.id.clone(), rec.clone());
@@ -356,13 +290,9 @@ impl<S: Store> Engine<S> {
             return Err(EngineError::Poisoned);
         }
         let mut batch = Batch {
-            meeting_minutes: self
-                .record_meeting_minutes
-                .then_some(self.config.meeting_minutes),
+            meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
             orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
-            targets: std::mem::take(&mut self.pending_targets)
-                .into_iter()
-                .collect(),
+            targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
             ..Batch::default()
         };
         for (i, shard) in self.shards.iter_mut().enumerate() {
@@ -370,27 +300,14 @@ impl<S: Store> Engine<S> {
             if shard.seen_keys.is_empty() {
                 continue;
             }
-            batch
-                .users
-                .extend(shard.users.drain().map(|(user, state)| (id, user, state)));
-            batch
-                .seen
-                .extend(shard.seen_keys.drain(..).map(|k| (id, k)));
+            batch.users.extend(shard.users.drain().map(|(user, state)| (id, user, state)));
+            batch.seen.extend(shard.seen_keys.drain(..).map(|k| (id, k)));
             shard.seen.clear();
-            batch.forget_before.push((
-                id,
-                (shard.max_ts - self.config.dedup_horizon_ms).div_euclid(HOUR_MS),
-            ));
-            batch.org_totals.extend(shard.dirty_orgs.drain().map(|k| {
-                let t = shard.org_totals.get(&k).cloned();
-                (id, k, t)
-            }));
+            batch.forget_before.push((id, (shard.max_ts - self.config.dedup_horizon_ms).div_euclid(HOUR_MS)));
+            batch.org_totals.extend(shard.orgs.drain_dirty().map(|(k, t)| (id, self.org_keys.name(k).to_owned(), t)));
             batch
                 .course_totals
-                .extend(shard.dirty_courses.drain().map(|k| {
-                    let t = shard.course_totals.get(&k).copied();
-                    (id, k, t)
-                }));
+                .extend(shard.courses.drain_dirty().map(|(k, t)| (id, self.course_keys.name(k).to_owned(), t)));
             batch.max_ts.push((id, shard.max_ts));
         }
         if let Err(e) = self.store.commit(batch) {
@@ -413,14 +330,15 @@ impl<S: Store> Engine<S> {
 
     /// Every node's totals over its subtree, as the registry is now.
     pub fn view(&self) -> OrgView {
-        OrgView::build(&self.registry, self.shards.iter().map(|s| &s.org_totals))
+        let leaves = self.shards.iter().flat_map(|s| s.orgs.iter()).map(|(k, t)| (self.org_keys.name(k), t));
+        OrgView::build(&self.registry, leaves)
     }
 
     /// Course totals summed over the shards.
     pub fn course_totals(&self) -> BTreeMap<String, CourseTotals> {
         let mut all: BTreeMap<String, CourseTotals> = BTreeMap::new();
-        for (course, t) in self.shards.iter().flat_map(|s| &s.course_totals) {
-            all.entry(course.clone()).or_default().add(t, 1);
+        for (course, t) in self.shards.iter().flat_map(|s| s.courses.iter()) {
+            all.entry(self.course_keys.name(course).to_owned()).or_default().add(t, 1);
         }
         all
     }
@@ -429,24 +347,9 @@ impl<S: Store> Engine<S> {
     pub fn report(&self, fy: Fy, now: Millis) -> Report {
         let view = self.view();
         Report {
-            nodes: Some(
-                view.nodes()
-                    .iter()
-                    .map(|n| (n.id.clone(), NodeKpis::of(n, fy)))
-                    .collect(),
-            ),
-            courses: Some(
-                self.course_totals()
-                    .iter()
-                    .map(|(c, t)| (c.clone(), CourseKpis::of(t)))
-                    .collect(),
-            ),
-            targets: Some(
-                self.targets
-                    .iter()
-                    .map(|(id, t)| (id.clone(), TargetStatus::of(t, &view, now)))
-                    .collect(),
-            ),
+            nodes: Some(view.nodes().iter().map(|n| (n.id.clone(), NodeKpis::of(n, fy))).collect()),
+            courses: Some(self.course_totals().iter().map(|(c, t)| (c.clone(), CourseKpis::of(t))).collect()),
+            targets: Some(self.targets.iter().map(|(id, t)| (id.clone(), TargetStatus::of(t, &view, now))).collect()),
             ..Report::header(fy, now)
         }
     }
@@ -474,29 +377,17 @@ mod tests {
         let day = 24 * HOUR_MS;
         let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
         let t0 = 1_750_000_000_000;
-        assert_eq!(
-            engine.apply(&progress("a", t0)).unwrap(),
-            Disposition::Applied
-        );
+        assert_eq!(engine.apply(&progress("a", t0)).unwrap(), Disposition::Applied);
         engine.commit().unwrap();
         // Newest event time 6 days past `a`: still inside the 7-day horizon.
         engine.apply(&progress("b", t0 + 6 * day)).unwrap();
         engine.commit().unwrap();
-        assert_eq!(
-            engine.apply(&progress("a", t0)).unwrap(),
-            Disposition::Duplicate
-        );
+        assert_eq!(engine.apply(&progress("a", t0)).unwrap(), Disposition::Duplicate);
         // 8 days past: `a` may be forgotten, and is, without a scan of all ids.
         engine.apply(&progress("c", t0 + 8 * day)).unwrap();
         engine.commit().unwrap();
-        assert_eq!(
-            engine.apply(&progress("a", t0)).unwrap(),
-            Disposition::Applied
-        );
-        assert_eq!(
-            engine.apply(&progress("b", t0 + 6 * day)).unwrap(),
-            Disposition::Duplicate
-        );
+        assert_eq!(engine.apply(&progress("a", t0)).unwrap(), Disposition::Applied);
+        assert_eq!(engine.apply(&progress("b", t0 + 6 * day)).unwrap(), Disposition::Duplicate);
     }
 
     #[test]
@@ -504,10 +395,7 @@ mod tests {
         let mut engine = Engine::open(MemStore::new(2), EngineConfig::default()).unwrap();
         engine.apply(&progress("a", 1_750_000_000_000)).unwrap();
         engine.commit().unwrap();
-        let config = EngineConfig {
-            meeting_minutes: 300,
-            ..EngineConfig::default()
-        };
+        let config = EngineConfig { meeting_minutes: 300, ..EngineConfig::default() };
         let err = Engine::open(engine.into_store(), config).unwrap_err();
         assert!(err.to_string().contains("engine.meeting_minutes"), "{err}");
     }

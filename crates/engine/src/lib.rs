@@ -23,6 +23,7 @@ mod report;
 mod rollup;
 mod state;
 mod store;
+mod table;
 
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats};
 pub use registry::Registry;

@@ -96,13 +96,7 @@ mod tests {
     use super::*;
 
     fn org(id: &str, parent: Option<&str>) -> OrgRecord {
-        OrgRecord {
-            org: id.into(),
-            name: id.into(),
-            parent: parent.map(Into::into),
-            kind: String::new(),
-            employees: 0,
-        }
+        OrgRecord { org: id.into(), name: id.into(), parent: parent.map(Into::into), kind: String::new(), employees: 0 }
     }
 
     #[test]
@@ -114,10 +108,7 @@ mod tests {
         let err = r.upsert(org("M", Some("O"))).unwrap_err();
         assert_eq!(err.reason, Reason::OrgCycle);
         assert_eq!(r.get("M").unwrap().parent, None);
-        assert_eq!(
-            r.upsert(org("X", Some("X"))).unwrap_err().reason,
-            Reason::OrgCycle
-        );
+        assert_eq!(r.upsert(org("X", Some("X"))).unwrap_err().reason, Reason::OrgCycle);
         assert!(r.get("X").is_none());
     }
 
@@ -125,10 +116,7 @@ mod tests {
     fn unknown_orgs_and_parents_hang_under_unassigned() {
         let mut r = Registry::default();
         r.upsert(org("D", Some("M"))).unwrap();
-        assert_eq!(
-            r.ancestry("D").collect::<Vec<_>>(),
-            ["D", UNASSIGNED, NATIONAL]
-        );
+        assert_eq!(r.ancestry("D").collect::<Vec<_>>(), ["D", UNASSIGNED, NATIONAL]);
         assert_eq!(r.node_of("nobody"), UNASSIGNED);
         r.upsert(org("M", None)).unwrap();
         assert_eq!(r.ancestry("D").collect::<Vec<_>>(), ["D", "M", NATIONAL]);

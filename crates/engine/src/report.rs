@@ -131,14 +131,9 @@ pub struct TargetStatus {
 
 impl TargetStatus {
     pub fn of(target: &TargetRecord, view: &OrgView, now: Millis) -> TargetStatus {
-        let actual = view
-            .node(&target.org)
-            .and_then(|n| NodeKpis::of(n, target.fy).target_actual(target.kpi));
-        let expected = if target.kpi.is_paced() {
-            target.value * target.fy.elapsed_fraction(now)
-        } else {
-            target.value
-        };
+        let actual = view.node(&target.org).and_then(|n| NodeKpis::of(n, target.fy).target_actual(target.kpi));
+        let expected =
+            if target.kpi.is_paced() { target.value * target.fy.elapsed_fraction(now) } else { target.value };
         TargetStatus {
             org: target.org.clone(),
             kpi: target.kpi,
@@ -157,10 +152,7 @@ impl TargetStatus {
 pub struct Report {
     pub fy: String,
     pub now: String,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "ordered_map"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ordered_map")]
     pub nodes: Option<Vec<(String, NodeKpis)>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub courses: Option<BTreeMap<String, CourseKpis>>,
@@ -170,21 +162,12 @@ pub struct Report {
 
 impl Report {
     pub fn header(fy: Fy, now: Millis) -> Report {
-        Report {
-            fy: fy.to_string(),
-            now: format_ist(now),
-            nodes: None,
-            courses: None,
-            targets: None,
-        }
+        Report { fy: fy.to_string(), now: format_ist(now), nodes: None, courses: None, targets: None }
     }
 }
 
 /// Serializes pairs as a JSON object in their order (`national` first).
-fn ordered_map<S: Serializer, T: Serialize>(
-    pairs: &Option<Vec<(String, T)>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn ordered_map<S: Serializer, T: Serialize>(pairs: &Option<Vec<(String, T)>>, s: S) -> Result<S::Ok, S::Error> {
     let pairs = pairs.as_deref().unwrap_or_default();
     let mut map = s.serialize_map(Some(pairs.len()))?;
     for (k, v) in pairs {

@@ -30,14 +30,10 @@ pub struct OrgView {
 }
 
 impl OrgView {
-    pub fn build<'a>(
-        registry: &Registry,
-        shards: impl IntoIterator<Item = &'a HashMap<String, Totals>>,
-    ) -> OrgView {
-        let synthetic = [
-            (NATIONAL, "National", None, 0),
-            (UNASSIGNED, "Unassigned", Some(NATIONAL), 1),
-        ];
+    /// Builds the view from leaf totals: (a user's current org key, the sum
+    /// over those users), possibly several per key (one per shard).
+    pub fn build<'a>(registry: &Registry, leaves: impl IntoIterator<Item = (&'a str, &'a Totals)>) -> OrgView {
+        let synthetic = [(NATIONAL, "National", None, 0), (UNASSIGNED, "Unassigned", Some(NATIONAL), 1)];
         let mut nodes: Vec<NodeView> = synthetic
             .into_iter()
             .map(|(id, name, parent, depth)| NodeView {
@@ -59,11 +55,7 @@ impl OrgView {
             employees: 0,
             totals: Totals::default(),
         }));
-        let index: HashMap<String, usize> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.id.clone(), i))
-            .collect();
+        let index: HashMap<String, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
 
         for rec in registry.orgs() {
             for node in registry.ancestry(&rec.org) {
@@ -71,16 +63,11 @@ impl OrgView {
             }
         }
         // Merge the shards per leaf first: one walk up the tree per leaf.
-        let mut leaves: HashMap<&str, Totals> = HashMap::new();
-        for shard in shards {
-            for (leaf, totals) in shard {
-                leaves
-                    .entry(registry.node_of(leaf))
-                    .or_default()
-                    .add(totals, 1);
-            }
+        let mut merged: HashMap<&str, Totals> = HashMap::new();
+        for (leaf, totals) in leaves {
+            merged.entry(registry.node_of(leaf)).or_default().add(totals, 1);
         }
-        for (node, totals) in &leaves {
+        for (node, totals) in &merged {
             for n in registry.ancestry(node) {
                 nodes[index[n]].totals.add(totals, 1);
             }
@@ -98,8 +85,6 @@ impl OrgView {
 
     /// The direct children of a node, by id.
     pub fn children<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a NodeView> + 'a {
-        self.nodes
-            .iter()
-            .filter(move |n| n.parent.as_deref() == Some(id))
+        self.nodes.iter().filter(move |n| n.parent.as_deref() == Some(id))
     }
 }

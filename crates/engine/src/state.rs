@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use pulse_model::{Event, EventKind, Fy, Millis, Minutes};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// The latest org-carrying event of a user: it names the current org.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,12 @@ pub struct UserState {
     pub active_fys: Vec<Fy>,
 }
 
+/// Replaces a string's content, reusing its buffer.
+fn overwrite(s: &mut String, with: &str) {
+    s.clear();
+    s.push_str(with);
+}
+
 fn later(ts: Millis, id: &str, than_ts: Millis, than_id: &str) -> bool {
     (ts, id.as_bytes()) > (than_ts, than_id.as_bytes())
 }
@@ -61,26 +68,25 @@ impl UserState {
     /// Applies one accepted (not duplicate) event.
     pub(crate) fn apply(&mut self, ev: &Event<'_>) {
         if let Some(org) = &ev.org {
-            if self
-                .org
-                .as_ref()
-                .is_none_or(|cur| later(ev.ts, &ev.id, cur.ts, &cur.id))
-            {
-                self.org = Some(OrgStamp {
-                    ts: ev.ts,
-                    id: ev.id.to_string(),
-                    org: org.to_string(),
-                });
+            match &mut self.org {
+                Some(cur) if !later(ev.ts, &ev.id, cur.ts, &cur.id) => {}
+                Some(cur) => {
+                    cur.ts = ev.ts;
+                    overwrite(&mut cur.id, &ev.id);
+                    overwrite(&mut cur.org, org);
+                }
+                None => self.org = Some(OrgStamp { ts: ev.ts, id: ev.id.to_string(), org: org.to_string() }),
             }
         }
-        let Some(course) = ev.kind.course() else {
-            return;
-        };
+        let Some(course) = ev.kind.course() else { return };
         let fy = Fy::of(ev.ts);
         if let Err(at) = self.active_fys.binary_search(&fy) {
             self.active_fys.insert(at, fy);
         }
-        let c = self.courses.entry(course.to_owned()).or_default();
+        if !self.courses.contains_key(course) {
+            self.courses.insert(course.to_owned(), CourseState::default());
+        }
+        let Some(c) = self.courses.get_mut(course) else { return };
         let earliest = |cur: Option<Millis>| Some(cur.map_or(ev.ts, |t| t.min(ev.ts)));
         match &ev.kind {
             EventKind::Registration => {}
@@ -89,38 +95,28 @@ impl UserState {
                 c.enrolled_at = earliest(c.enrolled_at);
                 c.completed_at = earliest(c.completed_at);
             }
-            EventKind::Progress {
-                minutes: Minutes(ms),
-                percent,
-                ..
-            } => {
+            EventKind::Progress { minutes: Minutes(ms), percent, .. } => {
                 c.minutes_ms += ms;
                 *self.fy_minutes_ms.entry(fy).or_default() += ms;
                 if let Some(p) = percent {
                     c.percent = Some(c.percent.map_or(*p, |cur| cur.max(*p)));
                 }
             }
-            EventKind::Rating { stars, .. } => {
-                if c.rating
-                    .as_ref()
-                    .is_none_or(|r| later(ev.ts, &ev.id, r.ts, &r.id))
-                {
-                    c.rating = Some(RatingStamp {
-                        ts: ev.ts,
-                        id: ev.id.to_string(),
-                        stars: stars.0,
-                    });
+            EventKind::Rating { stars, .. } => match &mut c.rating {
+                Some(r) if !later(ev.ts, &ev.id, r.ts, &r.id) => {}
+                Some(r) => {
+                    r.ts = ev.ts;
+                    overwrite(&mut r.id, &ev.id);
+                    r.stars = stars.0;
                 }
-            }
+                None => c.rating = Some(RatingStamp { ts: ev.ts, id: ev.id.to_string(), stars: stars.0 }),
+            },
         }
     }
 
     /// This user's share of the totals of the org it counts under.
     pub fn totals(&self, meeting_ms: i64) -> Totals {
-        let mut t = Totals {
-            registered_users: 1,
-            ..Totals::default()
-        };
+        let mut t = Totals { registered_users: 1, ..Totals::default() };
         for c in self.courses.values() {
             if let Some(at) = c.enrolled_at {
                 t.enrolments += 1;
@@ -172,7 +168,8 @@ pub struct Totals {
     pub minutes_ms: i64,
     pub ratings: i64,
     pub rating_milli_sum: i64,
-    pub fys: BTreeMap<Fy, FyTotals>,
+    /// Per financial year, sorted by year; inline for the usual one or two.
+    pub fys: SmallVec<[(Fy, FyTotals); 2]>,
 }
 
 /// The part of [`Totals`] that belongs to one financial year.
@@ -197,7 +194,14 @@ impl FyTotals {
 
 impl Totals {
     fn fy(&mut self, fy: Fy) -> &mut FyTotals {
-        self.fys.entry(fy).or_default()
+        let at = match self.fys.binary_search_by_key(&fy, |(y, _)| *y) {
+            Ok(at) => at,
+            Err(at) => {
+                self.fys.insert(at, (fy, FyTotals::default()));
+                at
+            }
+        };
+        &mut self.fys[at].1
     }
 
     /// Adds (`sign` = 1) or subtracts (`sign` = -1) another total. Years that
@@ -211,12 +215,9 @@ impl Totals {
         self.ratings += sign * o.ratings;
         self.rating_milli_sum += sign * o.rating_milli_sum;
         for (fy, f) in &o.fys {
-            let mine = self.fy(*fy);
-            mine.add(f, sign);
-            if *mine == FyTotals::default() {
-                self.fys.remove(fy);
-            }
+            self.fy(*fy).add(f, sign);
         }
+        self.fys.retain(|(_, f)| *f != FyTotals::default());
     }
 
     pub fn is_zero(&self) -> bool {
@@ -224,7 +225,7 @@ impl Totals {
     }
 
     pub fn for_fy(&self, fy: Fy) -> FyTotals {
-        self.fys.get(&fy).copied().unwrap_or_default()
+        self.fys.iter().find(|(y, _)| *y == fy).map(|(_, f)| *f).unwrap_or_default()
     }
 }
 

@@ -7,6 +7,7 @@ use pulse_model::{Millis, OrgRecord, TargetRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{CourseTotals, Totals, UserState};
+use crate::table::FastMap;
 
 /// A shard of user state: users are placed by a hash of their id.
 pub type ShardId = u16;
@@ -30,14 +31,8 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    pub fn new(
-        context: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        StoreError {
-            context: context.into(),
-            source: source.into(),
-        }
+    pub fn new(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError { context: context.into(), source: source.into() }
     }
 }
 
@@ -87,9 +82,9 @@ pub trait Store {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemStore {
     state: LoadedState,
-    users: Vec<HashMap<String, UserState>>,
+    users: Vec<FastMap<String, UserState>>,
     /// Per shard: id hash -> bucket, and bucket -> id hashes (for forgetting).
-    seen: Vec<HashMap<u128, i64>>,
+    seen: Vec<FastMap<u128, i64>>,
     seen_buckets: Vec<BTreeMap<i64, Vec<u128>>>,
 }
 
@@ -107,15 +102,15 @@ impl MemStore {
                 max_ts: vec![Millis::MIN; n],
                 ..LoadedState::default()
             },
-            users: vec![HashMap::new(); n],
-            seen: vec![HashMap::new(); n],
+            users: vec![FastMap::default(); n],
+            seen: vec![FastMap::default(); n],
             seen_buckets: vec![BTreeMap::new(); n],
         }
     }
 
     /// Number of users held, over all shards.
     pub fn user_count(&self) -> usize {
-        self.users.iter().map(HashMap::len).sum()
+        self.users.iter().map(FastMap::len).sum()
     }
 
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
@@ -176,19 +171,13 @@ impl Store for MemStore {
         for (shard, key) in batch.seen {
             let s = usize::from(shard);
             if self.seen[s].insert(key.hash, key.bucket).is_none() {
-                self.seen_buckets[s]
-                    .entry(key.bucket)
-                    .or_default()
-                    .push(key.hash);
+                self.seen_buckets[s].entry(key.bucket).or_default().push(key.hash);
             }
         }
         for (shard, before) in batch.forget_before {
             let s = usize::from(shard);
             let keep = self.seen_buckets[s].split_off(&before);
-            for hash in std::mem::replace(&mut self.seen_buckets[s], keep)
-                .into_values()
-                .flatten()
-            {
+            for hash in std::mem::replace(&mut self.seen_buckets[s], keep).into_values().flatten() {
                 self.seen[s].remove(&hash);
             }
         }
@@ -196,11 +185,7 @@ impl Store for MemStore {
             put(&mut self.state.org_totals[usize::from(shard)], key, totals);
         }
         for (shard, key, totals) in batch.course_totals {
-            put(
-                &mut self.state.course_totals[usize::from(shard)],
-                key,
-                totals,
-            );
+            put(&mut self.state.course_totals[usize::from(shard)], key, totals);
         }
         for (shard, ts) in batch.max_ts {
             self.state.max_ts[usize::from(shard)] = ts;

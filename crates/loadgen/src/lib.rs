@@ -1,1 +1,373 @@
+//! A deterministic, iGOT-shaped world and an endless stream of its telemetry.
+//!
+//! The world: ministries and states, departments under them, organisations
+//! under those, with heavy-tailed sanctioned strength; users spread over the
+//! organisations by a Zipf law; courses with Zipf popularity. The stream
+//! interleaves many learner journeys (enrol, several progress sessions,
+//! completion for ~70% of enrolments, sometimes a rating), each user
+//! registering before their first journey, with event time advancing over two
+//! financial years. Everything follows from the seed.
+//!
+//! It owns no KPI rules and must not depend on the engine: it only writes
+//! messages in the contract's formats.
 
+use std::fmt::Write as _;
+
+use pulse_model::Fy;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorldSpec {
+    pub seed: u64,
+    /// Ministries and states (top-level nodes).
+    pub top_level: usize,
+    pub departments: usize,
+    pub organisations: usize,
+    pub users: u64,
+    pub courses: usize,
+    /// The first of the two financial years the events span.
+    pub first_fy: Fy,
+}
+
+impl Default for WorldSpec {
+    fn default() -> Self {
+        WorldSpec {
+            seed: 1,
+            top_level: 90,
+            departments: 600,
+            organisations: 2_500,
+            users: 1_000_000,
+            courses: 4_000,
+            first_fy: Fy(2024),
+        }
+    }
+}
+
+/// A node of the generated registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenOrg {
+    pub id: String,
+    pub name: String,
+    pub parent: Option<String>,
+    pub kind: &'static str,
+    pub employees: u64,
+}
+
+/// Samples an index with probability proportional to 1/(rank+1)^s.
+#[derive(Debug, Clone)]
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Zipf {
+        let mut acc = 0.0;
+        let cdf = (1..=n.max(1))
+            .map(|k| {
+                acc += 1.0 / (k as f64).powf(s);
+                acc
+            })
+            .collect();
+        Zipf { cdf }
+    }
+
+    fn sample(&self, rng: &mut impl Rng) -> usize {
+        let total = *self.cdf.last().unwrap_or(&1.0);
+        let x = rng.gen::<f64>() * total;
+        self.cdf.partition_point(|&c| c < x).min(self.cdf.len() - 1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct World {
+    pub spec: WorldSpec,
+    pub orgs: Vec<GenOrg>,
+    /// Indices into `orgs` of the organisations users belong to.
+    leaves: Vec<usize>,
+    user_orgs: Zipf,
+    course_popularity: Zipf,
+}
+
+impl World {
+    pub fn new(spec: WorldSpec) -> World {
+        let mut rng = SmallRng::seed_from_u64(spec.seed);
+        // Sanctioned strength: Pareto with a heavy tail, in whole employees.
+        let mut strength = |scale: f64| (scale / rng.gen_range(0.001f64..1.0).powf(1.0 / 1.3)).round() as u64;
+        let mut orgs = Vec::with_capacity(spec.top_level + spec.departments + spec.organisations);
+        for m in 0..spec.top_level {
+            let (prefix, kind) = if m % 5 == 4 { ("S", "state") } else { ("M", "ministry") };
+            orgs.push(GenOrg {
+                id: format!("{prefix}_{m}"),
+                name: format!("{} {m}", if kind == "state" { "State" } else { "Ministry" }),
+                parent: None,
+                kind,
+                employees: strength(400.0),
+            });
+        }
+        let mut rng = SmallRng::seed_from_u64(spec.seed ^ 0x5eed);
+        for d in 0..spec.departments {
+            let parent = orgs[rng.gen_range(0..spec.top_level.max(1))].id.clone();
+            orgs.push(GenOrg {
+                id: format!("{parent}_D_{d}"),
+                name: format!("Department {d}"),
+                parent: Some(parent),
+                kind: "department",
+                employees: (200.0 / rng.gen_range(0.001f64..1.0).powf(1.0 / 1.3)).round() as u64,
+            });
+        }
+        let first_org = orgs.len();
+        for o in 0..spec.organisations {
+            // Most organisations sit under a department, some directly under a ministry or state.
+            let parent = if rng.gen_bool(0.8) && spec.departments > 0 {
+                &orgs[spec.top_level + rng.gen_range(0..spec.departments)].id
+            } else {
+                &orgs[rng.gen_range(0..spec.top_level.max(1))].id
+            };
+            let id = format!("{parent}_O_{o}");
+            orgs.push(GenOrg {
+                parent: Some(parent.clone()),
+                id,
+                name: format!("Organisation {o}"),
+                kind: "organisation",
+                employees: (100.0 / rng.gen_range(0.001f64..1.0).powf(1.0 / 1.2)).round() as u64,
+            });
+        }
+        World {
+            leaves: (first_org..orgs.len()).collect(),
+            user_orgs: Zipf::new(spec.organisations, 1.0),
+            course_popularity: Zipf::new(spec.courses, 1.1),
+            orgs,
+            spec,
+        }
+    }
+
+    /// The registry as `pulse.orgs` records, one JSON line each.
+    pub fn org_lines(&self) -> Vec<String> {
+        self.orgs
+            .iter()
+            .map(|o| {
+                serde_json::json!({"v": 1, "org": o.id, "name": o.name, "parent": o.parent,
+                    "kind": o.kind, "employees": o.employees})
+                .to_string()
+            })
+            .collect()
+    }
+
+    /// The org a user belongs to: a Zipf draw seeded by the user, so no table
+    /// of users is kept.
+    pub fn org_of(&self, user: u64) -> &str {
+        let mut rng = SmallRng::seed_from_u64(self.spec.seed.wrapping_mul(0x9e37_79b9) ^ user);
+        &self.orgs[self.leaves[self.user_orgs.sample(&mut rng)]].id
+    }
+
+    /// An endless event stream over this world.
+    pub fn events(&self) -> EventStream<'_> {
+        EventStream::new(self)
+    }
+}
+
+/// One event of the stream, before it is written in a format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenEvent {
+    pub seq: u64,
+    pub ts: i64,
+    pub user: u64,
+    pub kind: GenKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GenKind {
+    Registration,
+    Enrolment { course: usize },
+    Progress { course: usize, seconds: u32, percent: u8 },
+    Completion { course: usize },
+    Rating { course: usize, stars: u8 },
+}
+
+/// A learner working through one course.
+#[derive(Debug, Clone)]
+struct Journey {
+    user: u64,
+    course: usize,
+    sessions_left: u8,
+    completes: bool,
+    rates: bool,
+    step: u8,
+}
+
+/// Interleaved learner journeys with event time advancing over two
+/// financial years; `events_hint` sets how fast time advances.
+#[derive(Debug)]
+pub struct EventStream<'w> {
+    world: &'w World,
+    rng: SmallRng,
+    active: Vec<Journey>,
+    registered: Vec<u64>,
+    seq: u64,
+    start: i64,
+    span: i64,
+    events_hint: u64,
+}
+
+const ACTIVE_JOURNEYS: usize = 4096;
+
+impl<'w> EventStream<'w> {
+    fn new(world: &'w World) -> EventStream<'w> {
+        let start = world.spec.first_fy.start();
+        EventStream {
+            world,
+            rng: SmallRng::seed_from_u64(world.spec.seed ^ 0xe7e7),
+            active: Vec::with_capacity(ACTIVE_JOURNEYS),
+            registered: vec![0; (world.spec.users as usize).div_ceil(64)],
+            seq: 0,
+            start,
+            span: Fy(world.spec.first_fy.0 + 1).end() - start,
+            events_hint: 10_000_000,
+        }
+    }
+
+    /// Spreads this many events over the two years (default 10M).
+    pub fn spread_over(mut self, events: u64) -> Self {
+        self.events_hint = events.max(1);
+        self
+    }
+
+    fn new_journey(&mut self) -> Journey {
+        let completes = self.rng.gen_bool(0.7);
+        Journey {
+            user: self.rng.gen_range(0..self.world.spec.users),
+            course: self.world.course_popularity.sample(&mut self.rng),
+            sessions_left: self.rng.gen_range(1..=6),
+            completes,
+            rates: completes && self.rng.gen_bool(0.4),
+            step: 0,
+        }
+    }
+
+    fn is_registered(&mut self, user: u64) -> bool {
+        let (word, bit) = ((user / 64) as usize, 1u64 << (user % 64));
+        let seen = self.registered[word] & bit != 0;
+        self.registered[word] |= bit;
+        seen
+    }
+}
+
+impl Iterator for EventStream<'_> {
+    type Item = GenEvent;
+
+    fn next(&mut self) -> Option<GenEvent> {
+        if self.active.len() < ACTIVE_JOURNEYS {
+            let j = self.new_journey();
+            self.active.push(j);
+        }
+        let i = self.rng.gen_range(0..self.active.len());
+        let user = self.active[i].user;
+        // A user registers before the first event of their first journey.
+        let kind = if !self.is_registered(user) {
+            GenKind::Registration
+        } else {
+            let j = &mut self.active[i];
+            let course = j.course;
+            if j.step == 0 {
+                j.step = 1;
+                GenKind::Enrolment { course }
+            } else if j.sessions_left > 0 {
+                j.sessions_left -= 1;
+                j.step += 1;
+                let percent = (u32::from(j.step) * 100 / 8).min(100) as u8;
+                GenKind::Progress { course, seconds: self.rng.gen_range(60..5400), percent }
+            } else if j.completes {
+                j.completes = false;
+                GenKind::Completion { course }
+            } else if j.rates {
+                j.rates = false;
+                GenKind::Rating { course, stars: self.rng.gen_range(3..=5) }
+            } else {
+                self.active.swap_remove(i);
+                return self.next();
+            }
+        };
+        let progress = (self.seq as f64 / self.events_hint as f64).min(1.0);
+        let ts = self.start + (progress * self.span as f64) as i64 + self.rng.gen_range(0..3_600_000);
+        self.seq += 1;
+        Some(GenEvent { seq: self.seq, ts, user, kind })
+    }
+}
+
+impl World {
+    /// Writes one event as a `pulse-v1` message.
+    pub fn pulse_v1(&self, e: &GenEvent, out: &mut String) {
+        out.clear();
+        let (name, course) = match e.kind {
+            GenKind::Registration => ("registration", None),
+            GenKind::Enrolment { course } => ("enrolment", Some(course)),
+            GenKind::Progress { course, .. } => ("progress", Some(course)),
+            GenKind::Completion { course } => ("completion", Some(course)),
+            GenKind::Rating { course, .. } => ("rating", Some(course)),
+        };
+        let _ = write!(
+            out,
+            r#"{{"v":1,"id":"e-{}-{}","type":"{name}","ts":{},"user":"u-{}","org":"{}""#,
+            self.spec.seed,
+            e.seq,
+            e.ts,
+            e.user,
+            self.org_of(e.user)
+        );
+        if let Some(c) = course {
+            let _ = write!(out, r#","course":"do_{c}""#);
+        }
+        match e.kind {
+            GenKind::Progress { seconds, percent, .. } => {
+                let _ = write!(out, r#","minutes":{},"percent":{percent}"#, f64::from(seconds) / 60.0);
+            }
+            GenKind::Rating { stars, .. } => {
+                let _ = write!(out, r#","stars":{stars}"#);
+            }
+            _ => {}
+        }
+        out.push('}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> World {
+        World::new(WorldSpec { users: 1000, ..WorldSpec::default() })
+    }
+
+    #[test]
+    fn the_world_has_the_requested_shape_and_is_deterministic() {
+        let w = small();
+        assert_eq!(w.orgs.len(), 90 + 600 + 2500);
+        assert_eq!(w.orgs.iter().filter(|o| o.parent.is_none()).count(), 90);
+        assert_eq!(w.org_lines(), small().org_lines());
+        let a: Vec<_> = w.events().take(1000).collect();
+        let b: Vec<_> = small().events().take(1000).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn events_are_valid_pulse_v1_and_completions_are_about_70_percent() {
+        let w = small();
+        let mut line = String::new();
+        let (mut enrol, mut done) = (0, 0);
+        for e in w.events().spread_over(300_000).take(300_000) {
+            w.pulse_v1(&e, &mut line);
+            match pulse_model::parse(pulse_model::InputFormat::PulseV1, line.as_bytes()) {
+                Ok(pulse_model::Parsed::Event(_)) => {}
+                other => panic!("{line}: {other:?}"),
+            }
+            match e.kind {
+                GenKind::Enrolment { .. } => enrol += 1,
+                GenKind::Completion { .. } => done += 1,
+                _ => {}
+            }
+        }
+        let ratio = f64::from(done) / f64::from(enrol);
+        assert!((0.6..0.8).contains(&ratio), "completions/enrolments = {ratio}");
+    }
+}

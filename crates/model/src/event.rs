@@ -17,11 +17,7 @@ pub enum InputFormat {
 }
 
 impl InputFormat {
-    pub const ALL: [InputFormat; 3] = [
-        InputFormat::PulseV1,
-        InputFormat::SunbirdTelemetry,
-        InputFormat::IgotRating,
-    ];
+    pub const ALL: [InputFormat; 3] = [InputFormat::PulseV1, InputFormat::SunbirdTelemetry, InputFormat::IgotRating];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,10 +43,7 @@ impl FromStr for InputFormat {
     type Err = UnknownFormat;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        InputFormat::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| UnknownFormat(s.to_owned()))
+        InputFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| UnknownFormat(s.to_owned()))
     }
 }
 
@@ -66,19 +59,7 @@ pub enum Parsed<'a> {
 /// Learning time, held as whole milliseconds so that sums are exact and do not
 /// depend on the order in which sessions arrive. Contract minutes are rounded
 /// to the nearest millisecond (1/60,000 of a minute) at parse time.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Minutes(pub i64);
 
 impl Minutes {
@@ -87,14 +68,9 @@ impl Minutes {
     /// Checks the contract range (`> 0` and `<= 1440`) and converts.
     pub fn new(field: &str, minutes: f64) -> Result<Minutes, Rejection> {
         if !(minutes > 0.0 && minutes <= 1440.0) {
-            return Err(Rejection::invalid(
-                field,
-                format_args!("must be > 0 and <= 1440 minutes, it is {minutes}"),
-            ));
+            return Err(Rejection::invalid(field, format_args!("must be > 0 and <= 1440 minutes, it is {minutes}")));
         }
-        Ok(Minutes(
-            (minutes * Self::MS_PER_MINUTE as f64).round().max(1.0) as i64,
-        ))
+        Ok(Minutes((minutes * Self::MS_PER_MINUTE as f64).round().max(1.0) as i64))
     }
 
     pub fn as_minutes(self) -> f64 {
@@ -103,9 +79,7 @@ impl Minutes {
 }
 
 /// A rating, held in thousandths of a star so that sums are exact.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Stars(pub i64);
 
 impl Stars {
@@ -114,10 +88,7 @@ impl Stars {
     /// Checks the contract range (1..=5) and converts.
     pub fn new(field: &str, stars: f64) -> Result<Stars, Rejection> {
         if !(1.0..=5.0).contains(&stars) {
-            return Err(Rejection::invalid(
-                field,
-                format_args!("must be between 1 and 5, it is {stars}"),
-            ));
+            return Err(Rejection::invalid(field, format_args!("must be between 1 and 5, it is {stars}")));
         }
         Ok(Stars((stars * Self::SCALE as f64).round() as i64))
     }
@@ -130,10 +101,7 @@ impl Stars {
 /// Checks a course-progress percentage (0..=100).
 pub(crate) fn percent(field: &str, p: f64) -> Result<f64, Rejection> {
     if !(0.0..=100.0).contains(&p) {
-        return Err(Rejection::invalid(
-            field,
-            format_args!("must be between 0 and 100, it is {p}"),
-        ));
+        return Err(Rejection::invalid(field, format_args!("must be between 0 and 100, it is {p}")));
     }
     Ok(p)
 }
@@ -155,21 +123,10 @@ pub struct Event<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind<'a> {
     Registration,
-    Enrolment {
-        course: Cow<'a, str>,
-    },
-    Progress {
-        course: Cow<'a, str>,
-        minutes: Minutes,
-        percent: Option<f64>,
-    },
-    Completion {
-        course: Cow<'a, str>,
-    },
-    Rating {
-        course: Cow<'a, str>,
-        stars: Stars,
-    },
+    Enrolment { course: Cow<'a, str> },
+    Progress { course: Cow<'a, str>, minutes: Minutes, percent: Option<f64> },
+    Completion { course: Cow<'a, str> },
+    Rating { course: Cow<'a, str>, stars: Stars },
 }
 
 impl EventKind<'_> {
@@ -203,33 +160,14 @@ impl Event<'_> {
     pub fn into_owned(self) -> Event<'static> {
         let kind = match self.kind {
             EventKind::Registration => EventKind::Registration,
-            EventKind::Enrolment { course } => EventKind::Enrolment {
-                course: owned(course),
-            },
-            EventKind::Progress {
-                course,
-                minutes,
-                percent,
-            } => EventKind::Progress {
-                course: owned(course),
-                minutes,
-                percent,
-            },
-            EventKind::Completion { course } => EventKind::Completion {
-                course: owned(course),
-            },
-            EventKind::Rating { course, stars } => EventKind::Rating {
-                course: owned(course),
-                stars,
-            },
+            EventKind::Enrolment { course } => EventKind::Enrolment { course: owned(course) },
+            EventKind::Progress { course, minutes, percent } => {
+                EventKind::Progress { course: owned(course), minutes, percent }
+            }
+            EventKind::Completion { course } => EventKind::Completion { course: owned(course) },
+            EventKind::Rating { course, stars } => EventKind::Rating { course: owned(course), stars },
         };
-        Event {
-            id: owned(self.id),
-            ts: self.ts,
-            user: owned(self.user),
-            org: self.org.map(owned),
-            kind,
-        }
+        Event { id: owned(self.id), ts: self.ts, user: owned(self.user), org: self.org.map(owned), kind }
     }
 }
 
@@ -242,9 +180,7 @@ pub struct TimeRules {
 
 impl Default for TimeRules {
     fn default() -> Self {
-        TimeRules {
-            max_age_ms: 400 * 86_400_000,
-        }
+        TimeRules { max_age_ms: 400 * 86_400_000 }
     }
 }
 
@@ -256,11 +192,7 @@ impl TimeRules {
         if ts > now.saturating_add(Self::MAX_AHEAD_MS) {
             return Err(Rejection::new(
                 Reason::FutureTimestamp,
-                format!(
-                    "event time {} is more than 24 hours ahead of the clock ({})",
-                    format_ist(ts),
-                    format_ist(now)
-                ),
+                format!("event time {} is more than 24 hours ahead of the clock ({})", format_ist(ts), format_ist(now)),
             ));
         }
         if ts < now.saturating_sub(self.max_age_ms) {

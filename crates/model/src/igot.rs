@@ -38,42 +38,24 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
     version_1("version", raw.version)?;
     let action = text("action", raw.action)?;
     if action != "ratingAdd" && action != "ratingUpdate" {
-        return Ok(Parsed::Ignored(
-            "igot rating action other than ratingAdd or ratingUpdate",
-        ));
+        return Ok(Parsed::Ignored("igot rating action other than ratingAdd or ratingUpdate"));
     }
     let activity_type = text("activity_Type", raw.activity_type)?;
     if activity_type != "Course" {
-        return Ok(Parsed::Ignored(
-            "igot rating of an activity that is not a Course",
-        ));
+        return Ok(Parsed::Ignored("igot rating of an activity that is not a Course"));
     }
     let course = text("activity_id", raw.activity_id)?;
     let user = text("user_id", raw.user_id)?;
-    let updated = raw
-        .updated
-        .ok_or_else(|| Rejection::missing("updatedValues"))?;
+    let updated = raw.updated.ok_or_else(|| Rejection::missing("updatedValues"))?;
     let updated_on = text("updatedValues.updatedOn", updated.updated_on)?;
     let ts = uuid_v1_millis(&updated_on).ok_or_else(|| {
-        Rejection::invalid(
-            "updatedValues.updatedOn",
-            format_args!("`{updated_on}` is not a version-1 (time) UUID"),
-        )
+        Rejection::invalid("updatedValues.updatedOn", format_args!("`{updated_on}` is not a version-1 (time) UUID"))
     })?;
-    let stars = Stars::new(
-        "updatedValues.rating",
-        number("updatedValues.rating", updated.rating)?,
-    )?;
+    let stars = Stars::new("updatedValues.rating", number("updatedValues.rating", updated.rating)?)?;
     // The id is derived, not a message field, so the 128-character limit of
     // contract section 2 does not apply to it.
     let id = Cow::Owned(format!("{user}|{course}|{updated_on}"));
-    Ok(Parsed::Event(Event {
-        id,
-        ts,
-        user,
-        org: None,
-        kind: EventKind::Rating { course, stars },
-    }))
+    Ok(Parsed::Event(Event { id, ts, user, org: None, kind: EventKind::Rating { course, stars } }))
 }
 
 /// 100-ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
@@ -110,10 +92,7 @@ mod tests {
     #[test]
     fn reads_the_time_of_a_version_1_uuid() {
         // Python: uuid.UUID('c232ab00-9414-11ec-b3c8-9f6bdeced846') -> 2022-02-22T19:22:22Z
-        assert_eq!(
-            uuid_v1_millis("c232ab00-9414-11ec-b3c8-9f6bdeced846"),
-            Some(1_645_557_742_000)
-        );
+        assert_eq!(uuid_v1_millis("c232ab00-9414-11ec-b3c8-9f6bdeced846"), Some(1_645_557_742_000));
     }
 
     #[test]

@@ -18,12 +18,9 @@ mod sunbird;
 pub mod time;
 mod v1;
 
-pub use event::{
-    Event, EventKind, InputFormat, Minutes, Parsed, Stars, TimeRules, MAX_MESSAGE_BYTES,
-};
+pub use event::{Event, EventKind, InputFormat, Minutes, Parsed, Stars, TimeRules, MAX_MESSAGE_BYTES};
 pub use records::{
-    parse_org, parse_target, OrgRecord, OrgUpdate, TargetKpi, TargetRecord, TargetUpdate,
-    RESERVED_NODES,
+    parse_org, parse_target, OrgRecord, OrgUpdate, TargetKpi, TargetRecord, TargetUpdate, RESERVED_NODES,
 };
 pub use reject::{Reason, Rejection};
 pub use time::{Fy, Millis};
@@ -38,10 +35,7 @@ pub fn parse(format: InputFormat, value: &[u8]) -> Result<Parsed<'_>, Rejection>
     if value.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::new(
             Reason::TooLarge,
-            format!(
-                "message is {} bytes, the limit is {MAX_MESSAGE_BYTES}",
-                value.len()
-            ),
+            format!("message is {} bytes, the limit is {MAX_MESSAGE_BYTES}", value.len()),
         ));
     }
     match format {

@@ -58,10 +58,7 @@ pub fn parse_org(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrgUpdate, 
     let org = text("org", raw.org)?.into_owned();
     check_key(key, &org, "org")?;
     if RESERVED_NODES.contains(&org.as_str()) {
-        return Err(Rejection::invalid(
-            "org",
-            format_args!("`{org}` is a node Pulse defines itself"),
-        ));
+        return Err(Rejection::invalid("org", format_args!("`{org}` is a node Pulse defines itself")));
     }
     let parent = match raw.parent {
         None => None,
@@ -80,20 +77,11 @@ pub fn parse_org(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrgUpdate, 
         Some(e) => match e.as_integer() {
             Some(n) if n >= 0 => n as u64,
             _ => {
-                return Err(Rejection::invalid(
-                    "employees",
-                    format_args!("must be a non-negative integer, it is {e}"),
-                ))
+                return Err(Rejection::invalid("employees", format_args!("must be a non-negative integer, it is {e}")))
             }
         },
     };
-    Ok(OrgUpdate::Upsert(OrgRecord {
-        org,
-        name,
-        parent,
-        kind,
-        employees,
-    }))
+    Ok(OrgUpdate::Upsert(OrgRecord { org, name, parent, kind, employees }))
 }
 
 /// The KPIs a target can be set on (contract section 5).
@@ -137,10 +125,7 @@ impl TargetKpi {
 
     /// Paced KPIs grow linearly over the financial year; level KPIs do not.
     pub fn is_paced(self) -> bool {
-        !matches!(
-            self,
-            TargetKpi::OnboardingRatio | TargetKpi::CompletionRatio | TargetKpi::AverageRating
-        )
+        !matches!(self, TargetKpi::OnboardingRatio | TargetKpi::CompletionRatio | TargetKpi::AverageRating)
     }
 }
 
@@ -202,48 +187,27 @@ pub fn parse_target(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TargetUp
     let kpi_name = text("kpi", raw.kpi)?;
     let kpi = kpi_name.parse().map_err(|()| {
         let names: Vec<_> = TargetKpi::ALL.iter().map(|k| k.name()).collect();
-        Rejection::invalid(
-            "kpi",
-            format_args!(
-                "`{kpi_name}` cannot carry a target; use one of {}",
-                names.join(", ")
-            ),
-        )
+        Rejection::invalid("kpi", format_args!("`{kpi_name}` cannot carry a target; use one of {}", names.join(", ")))
     })?;
     let value = number("value", raw.value)?;
     if !(value.is_finite() && value >= 0.0) {
-        return Err(Rejection::invalid(
-            "value",
-            format_args!("must be a finite number >= 0, it is {value}"),
-        ));
+        return Err(Rejection::invalid("value", format_args!("must be a finite number >= 0, it is {value}")));
     }
     let fy_name = text("fy", raw.fy)?;
     let fy = fy_name.parse().map_err(|e| Rejection::invalid("fy", e))?;
-    Ok(TargetUpdate::Upsert(TargetRecord {
-        id,
-        org,
-        kpi,
-        value,
-        fy,
-    }))
+    Ok(TargetUpdate::Upsert(TargetRecord { id, org, kpi, value, fy }))
 }
 
 fn tombstone_key(key: Option<&[u8]>) -> Result<String, Rejection> {
-    let key =
-        key.ok_or_else(|| Rejection::missing("key (a tombstone names its record by its key)"))?;
-    std::str::from_utf8(key)
-        .map(str::to_owned)
-        .map_err(|_| Rejection::invalid("key", "is not UTF-8"))
+    let key = key.ok_or_else(|| Rejection::missing("key (a tombstone names its record by its key)"))?;
+    std::str::from_utf8(key).map(str::to_owned).map_err(|_| Rejection::invalid("key", "is not UTF-8"))
 }
 
 fn check_key(key: Option<&[u8]>, id: &str, field: &str) -> Result<(), Rejection> {
     match key {
         Some(k) if k != id.as_bytes() => Err(Rejection::invalid(
             field,
-            format_args!(
-                "`{id}` differs from the message key `{}`",
-                String::from_utf8_lossy(k)
-            ),
+            format_args!("`{id}` differs from the message key `{}`", String::from_utf8_lossy(k)),
         )),
         _ => Ok(()),
     }

@@ -58,10 +58,7 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        Rejection { reason, detail: detail.into() }
     }
 
     pub(crate) fn missing(field: &str) -> Self {
@@ -78,9 +75,7 @@ impl Rejection {
         use serde_json::error::Category;
         match err.classify() {
             Category::Data => Rejection::new(Reason::InvalidField, err.to_string()),
-            Category::Io | Category::Syntax | Category::Eof => {
-                Rejection::new(Reason::InvalidJson, err.to_string())
-            }
+            Category::Io | Category::Syntax | Category::Eof => Rejection::new(Reason::InvalidJson, err.to_string()),
         }
     }
 }

@@ -118,15 +118,16 @@ pub(crate) fn text<'a>(field: &str, v: Option<Scalar<'a>>) -> Result<Cow<'a, str
     match v {
         None => Err(Rejection::missing(field)),
         Some(Scalar::Str(s)) => check_text(field, s),
-        Some(other) => Err(Rejection::invalid(
-            field,
-            format_args!("must be a string, not {}", other.kind()),
-        )),
+        Some(other) => Err(Rejection::invalid(field, format_args!("must be a string, not {}", other.kind()))),
     }
 }
 
 /// Checks the length rule on a string that is already known to be present.
 pub(crate) fn check_text<'a>(field: &str, s: Cow<'a, str>) -> Result<Cow<'a, str>, Rejection> {
+    // A string of at most 128 bytes has at most 128 characters: count only longer ones.
+    if !s.is_empty() && s.len() <= MAX_TEXT_CHARS {
+        return Ok(s);
+    }
     let chars = s.chars().count();
     if chars == 0 || chars > MAX_TEXT_CHARS {
         return Err(Rejection::invalid(
@@ -140,19 +141,14 @@ pub(crate) fn check_text<'a>(field: &str, s: Cow<'a, str>) -> Result<Cow<'a, str
 /// A required number.
 pub(crate) fn number(field: &str, v: Option<Scalar<'_>>) -> Result<f64, Rejection> {
     let v = v.ok_or_else(|| Rejection::missing(field))?;
-    v.as_f64().ok_or_else(|| {
-        Rejection::invalid(field, format_args!("must be a number, not {}", v.kind()))
-    })
+    v.as_f64().ok_or_else(|| Rejection::invalid(field, format_args!("must be a number, not {}", v.kind())))
 }
 
 /// Parses a message that must be one JSON object.
 pub(crate) fn json_object<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Result<T, Rejection> {
     match value.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => serde_json::from_slice(value).map_err(Rejection::from_json),
-        _ => Err(Rejection::new(
-            crate::Reason::InvalidJson,
-            "the message is not a JSON object",
-        )),
+        _ => Err(Rejection::new(crate::Reason::InvalidJson, "the message is not a JSON object")),
     }
 }
 
@@ -165,9 +161,6 @@ pub(crate) fn version_1(field: &str, v: Option<Scalar<'_>>) -> Result<(), Reject
             crate::Reason::UnsupportedVersion,
             format!("`{field}` is {n}, this Pulse reads version 1"),
         )),
-        None => Err(Rejection::invalid(
-            field,
-            format_args!("must be the integer 1, not {}", v.kind()),
-        )),
+        None => Err(Rejection::invalid(field, format_args!("must be the integer 1, not {}", v.kind()))),
     }
 }

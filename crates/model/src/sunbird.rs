@@ -104,10 +104,7 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
         Some(other) => {
             return Err(Rejection::invalid(
                 "ver",
-                format_args!(
-                    "must be the string \"3.0\" or \"3.1\", not {}",
-                    other.kind()
-                ),
+                format_args!("must be the string \"3.0\" or \"3.1\", not {}", other.kind()),
             ))
         }
     }
@@ -121,30 +118,14 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
         ("AUDIT", Some("enrol")) => Mapping::Enrolment,
         ("AUDIT", Some("enrol-complete")) => Mapping::Completion,
         ("END", _)
-            if edata
-                .as_ref()
-                .and_then(|e| e.duration.as_ref())
-                .and_then(Scalar::as_f64)
-                .is_some_and(|d| d > 0.0) =>
+            if edata.as_ref().and_then(|e| e.duration.as_ref()).and_then(Scalar::as_f64).is_some_and(|d| d > 0.0) =>
         {
             Mapping::Progress
         }
         ("FEEDBACK", _) if edata.as_ref().is_some_and(|e| e.rating.is_some()) => Mapping::Rating,
-        ("AUDIT", _) => {
-            return Ok(Parsed::Ignored(
-                "sunbird AUDIT event with an unmapped edata.type",
-            ))
-        }
-        ("END", _) => {
-            return Ok(Parsed::Ignored(
-                "sunbird END event without a positive edata.duration",
-            ))
-        }
-        ("FEEDBACK", _) => {
-            return Ok(Parsed::Ignored(
-                "sunbird FEEDBACK event without edata.rating",
-            ))
-        }
+        ("AUDIT", _) => return Ok(Parsed::Ignored("sunbird AUDIT event with an unmapped edata.type")),
+        ("END", _) => return Ok(Parsed::Ignored("sunbird END event without a positive edata.duration")),
+        ("FEEDBACK", _) => return Ok(Parsed::Ignored("sunbird FEEDBACK event without edata.rating")),
         _ => return Ok(Parsed::Ignored("sunbird event with an unmapped eid")),
     };
 
@@ -169,20 +150,11 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
         Some(o) => (o.id, o.rollup.and_then(|r| r.l1)),
         None => (None, None),
     };
-    let edata = edata.unwrap_or(Edata {
-        kind: None,
-        duration: None,
-        summary: None,
-        rating: None,
-    });
+    let edata = edata.unwrap_or(Edata { kind: None, duration: None, summary: None, rating: None });
 
     let kind = match mapping {
-        Mapping::Enrolment => EventKind::Enrolment {
-            course: audit_course(cdata, rollup_l1)?,
-        },
-        Mapping::Completion => EventKind::Completion {
-            course: audit_course(cdata, rollup_l1)?,
-        },
+        Mapping::Enrolment => EventKind::Enrolment { course: audit_course(cdata, rollup_l1)? },
+        Mapping::Completion => EventKind::Completion { course: audit_course(cdata, rollup_l1)? },
         Mapping::Progress => {
             let seconds = number("edata.duration", edata.duration)?;
             let progress = edata.summary.into_iter().flatten().find_map(|s| s.progress);
@@ -193,12 +165,7 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
                 },
                 minutes: Minutes::new("edata.duration", seconds / 60.0)?,
                 percent: progress
-                    .map(|p| {
-                        percent(
-                            "edata.summary.progress",
-                            number("edata.summary.progress", Some(p))?,
-                        )
-                    })
+                    .map(|p| percent("edata.summary.progress", number("edata.summary.progress", Some(p))?))
                     .transpose()?,
             }
         }
@@ -207,30 +174,16 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
             stars: Stars::new("edata.rating", number("edata.rating", edata.rating)?)?,
         },
     };
-    Ok(Parsed::Event(Event {
-        id,
-        ts,
-        user,
-        org: Some(org),
-        kind,
-    }))
+    Ok(Parsed::Event(Event { id, ts, user, org: Some(org), kind }))
 }
 
 /// An AUDIT event's course: the `context.cdata` entry of type `Course`, else
 /// `object.rollup.l1`.
-fn audit_course<'a>(
-    cdata: Option<Vec<Cdata<'a>>>,
-    rollup_l1: Option<Scalar<'a>>,
-) -> Result<Cow<'a, str>, Rejection> {
-    let from_cdata = cdata
-        .into_iter()
-        .flatten()
-        .find(|c| matches!(&c.kind, Some(Scalar::Str(k)) if k == "Course"));
+fn audit_course<'a>(cdata: Option<Vec<Cdata<'a>>>, rollup_l1: Option<Scalar<'a>>) -> Result<Cow<'a, str>, Rejection> {
+    let from_cdata = cdata.into_iter().flatten().find(|c| matches!(&c.kind, Some(Scalar::Str(k)) if k == "Course"));
     match (from_cdata, rollup_l1) {
         (Some(c), _) => text("context.cdata[type=Course].id", c.id),
         (None, Some(l1)) => text("object.rollup.l1", Some(l1)),
-        (None, None) => Err(Rejection::missing(
-            "context.cdata[type=Course].id or object.rollup.l1",
-        )),
+        (None, None) => Err(Rejection::missing("context.cdata[type=Course].id or object.rollup.l1")),
     }
 }

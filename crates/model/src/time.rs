@@ -19,9 +19,7 @@ pub fn ist() -> FixedOffset {
 
 /// Parses an RFC 3339 timestamp with an offset into epoch milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.timestamp_millis())
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis())
 }
 
 /// Formats epoch milliseconds as RFC 3339 in IST, e.g. `2026-01-15T00:00:00+05:30`.
@@ -34,17 +32,15 @@ pub fn format_ist(ms: Millis) -> String {
 
 /// An Indian financial year, 1 April 00:00 IST to the next 1 April 00:00 IST,
 /// named by its first calendar year (`Fy(2025)` is `2025-26`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Fy(pub i32);
 
 impl Fy {
     /// The financial year that contains the instant `ms`.
     pub fn of(ms: Millis) -> Fy {
         let days = (ms + IST_OFFSET_MS).div_euclid(DAY_MS);
-        let date = NaiveDate::from_num_days_from_ce_opt(days as i32 + UNIX_EPOCH_DAYS_FROM_CE)
-            .unwrap_or(NaiveDate::MIN);
+        let date =
+            NaiveDate::from_num_days_from_ce_opt(days as i32 + UNIX_EPOCH_DAYS_FROM_CE).unwrap_or(NaiveDate::MIN);
         if date.month() >= 4 {
             Fy(date.year())
         } else {
@@ -94,13 +90,7 @@ impl FromStr for Fy {
     fn from_str(s: &str) -> Result<Fy, BadFy> {
         let bad = || BadFy(s.to_owned());
         let (first, second) = s.split_once('-').ok_or_else(bad)?;
-        if first.len() != 4
-            || second.len() != 2
-            || !first
-                .bytes()
-                .chain(second.bytes())
-                .all(|b| b.is_ascii_digit())
-        {
+        if first.len() != 4 || second.len() != 2 || !first.bytes().chain(second.bytes()).all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         let year: i32 = first.parse().map_err(|_| bad())?;

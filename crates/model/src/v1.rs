@@ -41,19 +41,12 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
     let org = text("org", raw.org)?;
     let kind = match &*kind_name {
         "registration" => EventKind::Registration,
-        "enrolment" => EventKind::Enrolment {
-            course: text("course", raw.course)?,
-        },
-        "completion" => EventKind::Completion {
-            course: text("course", raw.course)?,
-        },
+        "enrolment" => EventKind::Enrolment { course: text("course", raw.course)? },
+        "completion" => EventKind::Completion { course: text("course", raw.course)? },
         "progress" => EventKind::Progress {
             course: text("course", raw.course)?,
             minutes: Minutes::new("minutes", number("minutes", raw.minutes)?)?,
-            percent: raw
-                .percent
-                .map(|p| percent("percent", number("percent", Some(p))?))
-                .transpose()?,
+            percent: raw.percent.map(|p| percent("percent", number("percent", Some(p))?)).transpose()?,
         },
         "rating" => EventKind::Rating {
             course: text("course", raw.course)?,
@@ -62,38 +55,23 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
         other => {
             return Err(Rejection::invalid(
                 "type",
-                format_args!(
-                    "`{other}` is not one of registration, enrolment, progress, completion, rating"
-                ),
+                format_args!("`{other}` is not one of registration, enrolment, progress, completion, rating"),
             ))
         }
     };
-    Ok(Parsed::Event(Event {
-        id,
-        ts,
-        user,
-        org: Some(org),
-        kind,
-    }))
+    Ok(Parsed::Event(Event { id, ts, user, org: Some(org), kind }))
 }
 
 /// `ts`: an RFC 3339 string with an offset, or integer epoch milliseconds.
 fn event_time(v: Option<Scalar<'_>>) -> Result<Millis, Rejection> {
     match v {
         None => Err(Rejection::missing("ts")),
-        Some(Scalar::Str(s)) => parse_rfc3339(&s).ok_or_else(|| {
-            Rejection::invalid(
-                "ts",
-                format_args!("`{s}` is not an RFC 3339 time with an offset"),
-            )
-        }),
+        Some(Scalar::Str(s)) => parse_rfc3339(&s)
+            .ok_or_else(|| Rejection::invalid("ts", format_args!("`{s}` is not an RFC 3339 time with an offset"))),
         Some(other) => other.as_integer().ok_or_else(|| {
             Rejection::invalid(
                 "ts",
-                format_args!(
-                    "must be an RFC 3339 string or integer epoch milliseconds, not {}",
-                    other.kind()
-                ),
+                format_args!("must be an RFC 3339 string or integer epoch milliseconds, not {}", other.kind()),
             )
         }),
     }

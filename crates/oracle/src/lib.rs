@@ -14,26 +14,17 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{Datelike, NaiveDate};
 use pulse_model::{
-    parse, parse_org, parse_target, Event, EventKind, InputFormat, OrgRecord, OrgUpdate, Parsed,
-    TargetKpi, TargetRecord, TargetUpdate, TimeRules,
+    parse, parse_org, parse_target, Event, EventKind, InputFormat, OrgRecord, OrgUpdate, Parsed, TargetKpi,
+    TargetRecord, TargetUpdate, TimeRules,
 };
 use serde_json::{json, Map, Value};
 
 /// One message as it arrives on a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Event {
-        format: InputFormat,
-        value: Vec<u8>,
-    },
-    Org {
-        key: Option<Vec<u8>>,
-        value: Option<Vec<u8>>,
-    },
-    Target {
-        key: Option<Vec<u8>>,
-        value: Option<Vec<u8>>,
-    },
+    Event { format: InputFormat, value: Vec<u8> },
+    Org { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
+    Target { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -48,9 +39,7 @@ const IST_MS: i64 = 19_800_000;
 
 /// The financial year (by first calendar year) of an instant, via the IST date.
 fn fy_of(ts: i64) -> i32 {
-    let date = chrono::DateTime::from_timestamp_millis(ts + IST_MS)
-        .expect("timestamp in range")
-        .date_naive();
+    let date = chrono::DateTime::from_timestamp_millis(ts + IST_MS).expect("timestamp in range").date_naive();
     if date.month() >= 4 {
         date.year()
     } else {
@@ -60,11 +49,7 @@ fn fy_of(ts: i64) -> i32 {
 
 fn april_first(year: i32) -> i64 {
     let d = NaiveDate::from_ymd_opt(year, 4, 1).expect("valid date");
-    d.and_hms_opt(0, 0, 0)
-        .expect("midnight")
-        .and_utc()
-        .timestamp_millis()
-        - IST_MS
+    d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis() - IST_MS
 }
 
 fn fy_name(fy: i32) -> String {
@@ -87,19 +72,13 @@ struct World {
 }
 
 fn world(messages: &[Message], s: &Settings) -> World {
-    let mut w = World {
-        events: vec![],
-        orgs: BTreeMap::new(),
-        targets: BTreeMap::new(),
-    };
+    let mut w = World { events: vec![], orgs: BTreeMap::new(), targets: BTreeMap::new() };
     let mut ids = HashSet::new();
     for m in messages {
         match m {
             Message::Event { format, value } => {
                 if let Ok(Parsed::Event(ev)) = parse(*format, value) {
-                    if s.time_rules.check(ev.ts, s.ingest_now).is_ok()
-                        && ids.insert(ev.id.to_string())
-                    {
+                    if s.time_rules.check(ev.ts, s.ingest_now).is_ok() && ids.insert(ev.id.to_string()) {
                         w.events.push(ev.into_owned());
                     }
                 }
@@ -115,17 +94,15 @@ fn world(messages: &[Message], s: &Settings) -> World {
                 }
                 Err(_) => {}
             },
-            Message::Target { key, value } => {
-                match parse_target(key.as_deref(), value.as_deref()) {
-                    Ok(TargetUpdate::Upsert(t)) => {
-                        w.targets.insert(t.id.clone(), t);
-                    }
-                    Ok(TargetUpdate::Remove(id)) => {
-                        w.targets.remove(&id);
-                    }
-                    Err(_) => {}
+            Message::Target { key, value } => match parse_target(key.as_deref(), value.as_deref()) {
+                Ok(TargetUpdate::Upsert(t)) => {
+                    w.targets.insert(t.id.clone(), t);
                 }
-            }
+                Ok(TargetUpdate::Remove(id)) => {
+                    w.targets.remove(&id);
+                }
+                Err(_) => {}
+            },
         }
     }
     w
@@ -198,16 +175,12 @@ fn user_facts(events: &[&Event<'static>]) -> UserFacts {
         f.active_fys.insert(fy_of(e.ts));
         let c = f.courses.entry(course.to_string()).or_default();
         match &e.kind {
-            EventKind::Enrolment { .. } => {
-                c.enrolled = Some(c.enrolled.map_or(e.ts, |t| t.min(e.ts)))
-            }
+            EventKind::Enrolment { .. } => c.enrolled = Some(c.enrolled.map_or(e.ts, |t| t.min(e.ts))),
             EventKind::Completion { .. } => {
                 c.enrolled = Some(c.enrolled.map_or(e.ts, |t| t.min(e.ts)));
                 c.completed = Some(c.completed.map_or(e.ts, |t| t.min(e.ts)));
             }
-            EventKind::Progress {
-                minutes, percent, ..
-            } => {
+            EventKind::Progress { minutes, percent, .. } => {
                 c.minutes += minutes.0;
                 *f.minutes_by_fy.entry(fy_of(e.ts)).or_default() += minutes.0;
                 if let Some(p) = percent {
@@ -215,10 +188,7 @@ fn user_facts(events: &[&Event<'static>]) -> UserFacts {
                 }
             }
             EventKind::Rating { stars, .. } => {
-                let newer = c
-                    .rating
-                    .as_ref()
-                    .is_none_or(|(ts, id, _)| (e.ts, e.id.as_bytes()) > (*ts, id.as_bytes()));
+                let newer = c.rating.as_ref().is_none_or(|(ts, id, _)| (e.ts, e.id.as_bytes()) > (*ts, id.as_bytes()));
                 if newer {
                     c.rating = Some((e.ts, e.id.to_string(), stars.0));
                 }
@@ -285,11 +255,7 @@ fn events_by_user<'a>(events: &'a [Event<'static>]) -> BTreeMap<String, Vec<&'a 
 /// node of its chain.
 fn node_sums(w: &World, fy: i32, meeting_minutes: u32) -> BTreeMap<String, Sums> {
     let mut nodes: BTreeMap<String, Sums> = BTreeMap::new();
-    for id in ["national", "unassigned"]
-        .into_iter()
-        .map(String::from)
-        .chain(w.orgs.keys().cloned())
-    {
+    for id in ["national", "unassigned"].into_iter().map(String::from).chain(w.orgs.keys().cloned()) {
         nodes.insert(id, Sums::default());
     }
     for events in events_by_user(&w.events).values() {
@@ -300,11 +266,7 @@ fn node_sums(w: &World, fy: i32, meeting_minutes: u32) -> BTreeMap<String, Sums>
         };
         let enrolled: Vec<i64> = f.courses.values().filter_map(|c| c.enrolled).collect();
         let completed: Vec<i64> = f.courses.values().filter_map(|c| c.completed).collect();
-        let ratings: Vec<i64> = f
-            .courses
-            .values()
-            .filter_map(|c| c.rating.as_ref().map(|r| r.2))
-            .collect();
+        let ratings: Vec<i64> = f.courses.values().filter_map(|c| c.rating.as_ref().map(|r| r.2)).collect();
         let minutes_fy = f.minutes_by_fy.get(&fy).copied().unwrap_or(0);
         for node in chain(&w.orgs, &place) {
             let s = nodes.get_mut(&node).expect("every chain node is a node");
@@ -319,19 +281,14 @@ fn node_sums(w: &World, fy: i32, meeting_minutes: u32) -> BTreeMap<String, Sums>
             s.completions_fy += completed.iter().filter(|&&t| fy_of(t) == fy).count() as i64;
             s.minutes_fy += minutes_fy;
             s.active_fy += i64::from(f.active_fys.contains(&fy));
-            s.meeting_fy +=
-                i64::from(minutes_fy > 0 && minutes_fy >= i64::from(meeting_minutes) * 60_000);
+            s.meeting_fy += i64::from(minutes_fy > 0 && minutes_fy >= i64::from(meeting_minutes) * 60_000);
         }
     }
     nodes
 }
 
 fn employees(w: &World, node: &str) -> u64 {
-    w.orgs
-        .values()
-        .filter(|o| chain(&w.orgs, &o.org).iter().any(|n| n == node))
-        .map(|o| o.employees)
-        .sum()
+    w.orgs.values().filter(|o| chain(&w.orgs, &o.org).iter().any(|n| n == node)).map(|o| o.employees).sum()
 }
 
 /// The `pulse report --all` document for these messages.
@@ -374,23 +331,19 @@ pub fn report(messages: &[Message], s: &Settings, fy: i32, now: i64) -> Value {
     for (id, t) in &w.targets {
         let target_fy = t.fy.0;
         let actual = if sums.contains_key(&t.org) {
-            let node = node_sums(&w, target_fy, s.meeting_minutes)
-                .remove(&t.org)
-                .unwrap_or_default();
+            let node = node_sums(&w, target_fy, s.meeting_minutes).remove(&t.org).unwrap_or_default();
             let kpis = node_json(&node, employees(&w, &t.org));
             kpis[t.kpi.name()].as_f64()
         } else {
             None
         };
-        let expected = if matches!(
-            t.kpi,
-            TargetKpi::OnboardingRatio | TargetKpi::CompletionRatio | TargetKpi::AverageRating
-        ) {
-            t.value
-        } else {
-            let (start, end) = (april_first(target_fy), april_first(target_fy + 1));
-            t.value * ((now - start) as f64 / (end - start) as f64).clamp(0.0, 1.0)
-        };
+        let expected =
+            if matches!(t.kpi, TargetKpi::OnboardingRatio | TargetKpi::CompletionRatio | TargetKpi::AverageRating) {
+                t.value
+            } else {
+                let (start, end) = (april_first(target_fy), april_first(target_fy + 1));
+                t.value * ((now - start) as f64 / (end - start) as f64).clamp(0.0, 1.0)
+            };
         let progress = match actual {
             Some(a) if expected != 0.0 => json!(a / expected),
             _ => Value::Null,

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use pulse_engine::{
-    CourseKpis, Engine, EngineConfig, IngestStats, MemStore, NodeKpis, Report, UserReport,
-};
+use pulse_engine::{CourseKpis, Engine, EngineConfig, IngestStats, MemStore, NodeKpis, Report, UserReport};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::{Fy, InputFormat, Millis, TimeRules};
 use serde::Serialize;
@@ -20,11 +18,7 @@ use crate::files::{replay_file, snapshot_path, Source};
 const SHARDS: u16 = 16;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "pulse",
-    version,
-    about = "Pulse: live KPIs for Mission Karmayogi"
-)]
+#[command(name = "pulse", version, about = "Pulse: live KPIs for Mission Karmayogi")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,19 +93,13 @@ struct ReportArgs {
 }
 
 fn parse_input(s: &str) -> Result<(InputFormat, PathBuf), String> {
-    let (format, path) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not FORMAT=PATH"))?;
-    Ok((
-        format.parse().map_err(|e| format!("{e}"))?,
-        PathBuf::from(path),
-    ))
+    let (format, path) = s.split_once('=').ok_or_else(|| format!("`{s}` is not FORMAT=PATH"))?;
+    Ok((format.parse().map_err(|e| format!("{e}"))?, PathBuf::from(path)))
 }
 
 fn parse_time(s: &str) -> Result<Millis, String> {
-    parse_rfc3339(s).ok_or_else(|| {
-        format!("`{s}` is not an RFC 3339 time with an offset, like 2026-01-15T00:00:00+05:30")
-    })
+    parse_rfc3339(s)
+        .ok_or_else(|| format!("`{s}` is not an RFC 3339 time with an offset, like 2026-01-15T00:00:00+05:30"))
 }
 
 fn parse_fy(s: &str) -> Result<Fy, String> {
@@ -119,24 +107,14 @@ fn parse_fy(s: &str) -> Result<Fy, String> {
 }
 
 fn wall_clock() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// Runs the command line, writing its output to `out`.
-pub fn run(
-    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
+pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>, out: &mut dyn Write) -> anyhow::Result<()> {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             write!(out, "{e}")?;
             return Ok(());
         }
@@ -148,11 +126,7 @@ pub fn run(
     }
 }
 
-fn open_engine(
-    data_dir: &Path,
-    config: EngineConfig,
-    create: bool,
-) -> anyhow::Result<Engine<MemStore>> {
+fn open_engine(data_dir: &Path, config: EngineConfig, create: bool) -> anyhow::Result<Engine<MemStore>> {
     let path = snapshot_path(data_dir);
     let store = if path.exists() {
         MemStore::open(&path)?
@@ -161,10 +135,7 @@ fn open_engine(
             .with_context(|| format!("failed to create data directory {}", data_dir.display()))?;
         MemStore::new(SHARDS)
     } else {
-        bail!(
-            "no Pulse state in {}; run `pulse replay --data-dir {0}` first",
-            data_dir.display()
-        );
+        bail!("no Pulse state in {}; run `pulse replay --data-dir {0}` first", data_dir.display());
     };
     Ok(Engine::open(store, config)?)
 }
@@ -179,9 +150,7 @@ struct ReplaySummary {
 
 fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let config = EngineConfig {
-        time_rules: TimeRules {
-            max_age_ms: i64::from(args.max_age_days) * 86_400_000,
-        },
+        time_rules: TimeRules { max_age_ms: i64::from(args.max_age_days) * 86_400_000 },
         ..EngineConfig::default()
     };
     let mut engine = open_engine(&args.state.data_dir, config, true)?;
@@ -200,42 +169,18 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         dead_letter_file: None,
     };
     if let Some(path) = &args.orgs {
-        replay_file(
-            &mut engine,
-            Source::Orgs,
-            path,
-            now,
-            &mut summary.orgs,
-            &mut dead,
-        )?;
+        replay_file(&mut engine, Source::Orgs, path, now, &mut summary.orgs, &mut dead)?;
     }
     if let Some(path) = &args.targets {
-        replay_file(
-            &mut engine,
-            Source::Targets,
-            path,
-            now,
-            &mut summary.targets,
-            &mut dead,
-        )?;
+        replay_file(&mut engine, Source::Targets, path, now, &mut summary.targets, &mut dead)?;
     }
     for (format, path) in &args.inputs {
-        replay_file(
-            &mut engine,
-            Source::Input(*format),
-            path,
-            now,
-            &mut summary.events,
-            &mut dead,
-        )?;
+        replay_file(&mut engine, Source::Input(*format), path, now, &mut summary.events, &mut dead)?;
     }
-    dead.flush()
-        .with_context(|| format!("failed to write {}", dead_path.display()))?;
+    dead.flush().with_context(|| format!("failed to write {}", dead_path.display()))?;
     engine.commit()?;
     engine.store().save(&snapshot_path(&args.state.data_dir))?;
-    let any_dead = [&summary.events, &summary.orgs, &summary.targets]
-        .iter()
-        .any(|s| !s.dead_letters.is_empty());
+    let any_dead = [&summary.events, &summary.orgs, &summary.targets].iter().any(|s| !s.dead_letters.is_empty());
     summary.dead_letter_file = any_dead.then_some(dead_path);
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(())
@@ -251,27 +196,19 @@ fn report(args: ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     } else if let Some(org) = scope.org {
         let view = engine.view();
         let node = view.node(&org).with_context(|| {
-            format!("no node `{org}`: it is not `national`, `unassigned` or a registered org (see `pulse report --all`)")
+            format!(
+                "no node `{org}`: it is not `national`, `unassigned` or a registered org (see `pulse report --all`)"
+            )
         })?;
-        let report = Report {
-            nodes: Some(vec![(org.clone(), NodeKpis::of(node, fy))]),
-            ..Report::header(fy, now)
-        };
+        let report = Report { nodes: Some(vec![(org.clone(), NodeKpis::of(node, fy))]), ..Report::header(fy, now) };
         serde_json::to_string_pretty(&report)?
     } else if let Some(course) = scope.course {
         let totals = engine.course_totals();
-        let t = totals
-            .get(&course)
-            .with_context(|| format!("no course `{course}` has any accepted event"))?;
-        let report = Report {
-            courses: Some([(course.clone(), CourseKpis::of(t))].into()),
-            ..Report::header(fy, now)
-        };
+        let t = totals.get(&course).with_context(|| format!("no course `{course}` has any accepted event"))?;
+        let report = Report { courses: Some([(course.clone(), CourseKpis::of(t))].into()), ..Report::header(fy, now) };
         serde_json::to_string_pretty(&report)?
     } else if let Some(user) = scope.user {
-        let state = engine
-            .user(&user)?
-            .with_context(|| format!("no user `{user}` has any accepted event"))?;
+        let state = engine.user(&user)?.with_context(|| format!("no user `{user}` has any accepted event"))?;
         serde_json::to_string_pretty(&UserReport::of(&user, &state, fy))?
     } else {
         unreachable!("clap requires exactly one of --all, --org, --user, --course")

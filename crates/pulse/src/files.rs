@@ -75,13 +75,8 @@ pub(crate) fn replay_file(
             Source::Input(format) => engine.ingest(format, line.as_bytes(), now)?,
         };
         if let Disposition::Dead(r) = &disposition {
-            let letter = DeadLetter {
-                source: &name,
-                line: i + 1,
-                reason: r.reason.code(),
-                detail: &r.detail,
-                value: &line,
-            };
+            let letter =
+                DeadLetter { source: &name, line: i + 1, reason: r.reason.code(), detail: &r.detail, value: &line };
             serde_json::to_writer(&mut *dead, &letter)?;
             dead.write_all(b"\n")?;
         }
@@ -100,10 +95,7 @@ mod tests {
     #[test]
     fn registry_lines_are_json_or_key_tab_value() {
         assert_eq!(split_record(r#"{"v":1}"#), (None, Some(&br#"{"v":1}"#[..])));
-        assert_eq!(
-            split_record("M_1\t{\"v\":1}"),
-            (Some(&b"M_1"[..]), Some(&b"{\"v\":1}"[..]))
-        );
+        assert_eq!(split_record("M_1\t{\"v\":1}"), (Some(&b"M_1"[..]), Some(&b"{\"v\":1}"[..])));
         assert_eq!(split_record("M_1\t"), (Some(&b"M_1"[..]), None));
         assert_eq!(split_record("garbage"), (None, Some(&b"garbage"[..])));
     }
