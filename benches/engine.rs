@@ -9,6 +9,10 @@ use pulse_engine::{Engine, EngineConfig, MemStore};
 use pulse_loadgen::{World, WorldSpec};
 use pulse_model::{parse, Fy, InputFormat, TimeRules};
 
+/// The allocator of the `pulse` binary, so the figures match it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Messages per commit, as `pulse replay` does.
 const COMMIT_EVERY: usize = 50_000;
 

@@ -13,7 +13,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 use crate::registry::Registry;
 use crate::report::{CourseKpis, NodeKpis, Report, TargetStatus};
 use crate::rollup::OrgView;
-use crate::state::{CourseState, CourseTotals, Totals, UserState};
+use crate::state::{CourseTotals, Totals, UserState};
 use crate::store::{Batch, SeenKey, ShardId, Store, StoreError};
 use crate::table::{FastMap, FastSet, Interner, Table};
 
@@ -221,17 +221,13 @@ impl<S: Store> Engine<S> {
         // The user's share moves: out of the totals it counted in before the
         // event, into those it counts in after (a different org if it moved).
         let before = (!is_new).then(|| (org_keys.id(user.org_key()), user.totals(*meeting_ms)));
-        let course = ev.kind.course();
-        let course_before = course.map(|c| user.courses.get(c).map(CourseState::totals).unwrap_or_default());
-        user.apply(ev);
+        let course_change = user.apply(ev);
         let after = (org_keys.id(user.org_key()), user.totals(*meeting_ms));
-        let course_after = course.and_then(|c| user.courses.get(c)).map(CourseState::totals);
-
         if let Some((org, totals)) = before {
             shard.orgs.update(org, |t| t.add(&totals, -1));
         }
         shard.orgs.update(after.0, |t| t.add(&after.1, 1));
-        if let (Some(c), Some(before), Some(after)) = (course, course_before, course_after) {
+        if let (Some(c), Some((before, after))) = (ev.kind.course(), course_change) {
             shard.courses.update(course_keys.id(c), |t| {
                 t.add(&before, -1);
                 t.add(&after, 1);

@@ -65,8 +65,9 @@ impl UserState {
         self.org.as_ref().map_or(crate::UNASSIGNED, |o| &o.org)
     }
 
-    /// Applies one accepted (not duplicate) event.
-    pub(crate) fn apply(&mut self, ev: &Event<'_>) {
+    /// Applies one accepted (not duplicate) event. For an event on a course,
+    /// returns that (user, course)'s share of the course totals before and after.
+    pub(crate) fn apply(&mut self, ev: &Event<'_>) -> Option<(CourseTotals, CourseTotals)> {
         if let Some(org) = &ev.org {
             match &mut self.org {
                 Some(cur) if !later(ev.ts, &ev.id, cur.ts, &cur.id) => {}
@@ -78,15 +79,16 @@ impl UserState {
                 None => self.org = Some(OrgStamp { ts: ev.ts, id: ev.id.to_string(), org: org.to_string() }),
             }
         }
-        let Some(course) = ev.kind.course() else { return };
+        let course = ev.kind.course()?;
         let fy = Fy::of(ev.ts);
         if let Err(at) = self.active_fys.binary_search(&fy) {
             self.active_fys.insert(at, fy);
         }
-        if !self.courses.contains_key(course) {
-            self.courses.insert(course.to_owned(), CourseState::default());
-        }
-        let Some(c) = self.courses.get_mut(course) else { return };
+        let c = match self.courses.get_mut(course) {
+            Some(c) => c,
+            None => self.courses.entry(course.to_owned()).or_default(),
+        };
+        let before = c.totals();
         let earliest = |cur: Option<Millis>| Some(cur.map_or(ev.ts, |t| t.min(ev.ts)));
         match &ev.kind {
             EventKind::Registration => {}
@@ -112,6 +114,7 @@ impl UserState {
                 None => c.rating = Some(RatingStamp { ts: ev.ts, id: ev.id.to_string(), stars: stars.0 }),
             },
         }
+        Some((before, c.totals()))
     }
 
     /// This user's share of the totals of the org it counts under.

@@ -162,12 +162,12 @@ struct CourseFacts {
 }
 
 fn user_facts(events: &[&Event<'static>]) -> UserFacts {
-    let mut f = UserFacts::default();
-    f.org = events
+    let org = events
         .iter()
         .filter(|e| e.org.is_some())
         .max_by(|a, b| (a.ts, a.id.as_bytes()).cmp(&(b.ts, b.id.as_bytes())))
         .and_then(|e| e.org.as_ref().map(|o| o.to_string()));
+    let mut f = UserFacts { org, ..UserFacts::default() };
     for e in events {
         let Some(course) = e.kind.course() else {
             continue;

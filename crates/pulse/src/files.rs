@@ -24,7 +24,7 @@ fn split_record(line: &str) -> (Option<&[u8]>, Option<&[u8]>) {
         return (None, Some(line.as_bytes()));
     }
     match line.split_once('\t') {
-        Some((key, value)) if value.is_empty() => (Some(key.as_bytes()), None),
+        Some((key, "")) => (Some(key.as_bytes()), None),
         Some((key, value)) => (Some(key.as_bytes()), Some(value.as_bytes())),
         None => (None, Some(line.as_bytes())),
     }
