@@ -6,10 +6,12 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
-use pulse_engine::{Engine, EngineConfig, MemStore};
+use pulse_engine::{Engine, EngineConfig, MemStore, Store};
 use pulse_model::{InputFormat, TimeRules};
+use pulse_oracle::json_diff;
 use pulse_oracle::{Message, Settings};
-use pulse_tests::{deliver, json_diff};
+use pulse_store::{RocksStore, StoreOptions};
+use pulse_tests::deliver;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -245,13 +247,60 @@ fn arrival(h: &History, events: &[Message], registry: &[Message], rng: &mut impl
     stream
 }
 
+/// Where the engine keeps its state in a run, and what a crash does to it.
+trait Backend {
+    type S: Store;
+    fn fresh(&mut self, shards: u16) -> Self::S;
+    /// The process dies: everything not committed is gone; the store reopens.
+    fn crash(&mut self, store: Self::S) -> Self::S;
+}
+
+struct Memory;
+
+impl Backend for Memory {
+    type S = MemStore;
+    fn fresh(&mut self, shards: u16) -> MemStore {
+        MemStore::new(shards)
+    }
+    fn crash(&mut self, store: MemStore) -> MemStore {
+        store
+    }
+}
+
+struct Rocks {
+    dir: tempfile::TempDir,
+    runs: usize,
+}
+
+impl Rocks {
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join(self.runs.to_string())
+    }
+}
+
+impl Backend for Rocks {
+    type S = RocksStore;
+    fn fresh(&mut self, shards: u16) -> RocksStore {
+        self.runs += 1;
+        RocksStore::open(
+            &self.path(),
+            &StoreOptions { shards, block_cache_bytes: 1 << 20, write_buffer_bytes: 1 << 20 },
+        )
+        .unwrap()
+    }
+    fn crash(&mut self, store: RocksStore) -> RocksStore {
+        drop(store);
+        RocksStore::open(&self.path(), &StoreOptions::default()).unwrap()
+    }
+}
+
 /// Runs one arrival order through the engine with random crashes (losing
 /// everything uncommitted, then redelivering from the last commit, as Kafka
 /// does from the stored offset) and clean restarts.
-fn run_engine(h: &History, stream: &[Message], rng: &mut impl Rng) -> Engine<MemStore> {
+fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, backend: &mut B) -> Engine<B::S> {
     let config = EngineConfig::default();
     let now = settings().ingest_now;
-    let mut engine = Engine::open(MemStore::new(h.shards), config.clone()).unwrap();
+    let mut engine = Engine::open(backend.fresh(h.shards), config.clone()).unwrap();
     let mut committed = 0;
     let mut i = 0;
     let mut crashes = 0;
@@ -265,7 +314,7 @@ fn run_engine(h: &History, stream: &[Message], rng: &mut impl Rng) -> Engine<Mem
             }
             1 if crashes < 3 => {
                 crashes += 1;
-                engine = Engine::open(engine.into_store(), config.clone()).unwrap();
+                engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
                 i = committed;
             }
             _ => {}
@@ -273,12 +322,12 @@ fn run_engine(h: &History, stream: &[Message], rng: &mut impl Rng) -> Engine<Mem
     }
     if rng.gen_bool(0.5) {
         engine.commit().unwrap();
-        engine = Engine::open(engine.into_store(), config).unwrap();
+        engine = Engine::open(backend.crash(engine.into_store()), config).unwrap();
     }
     engine
 }
 
-fn check(h: History) -> Result<(), TestCaseError> {
+fn check<B: Backend>(h: History, backend: &mut B) -> Result<(), TestCaseError> {
     let events: Vec<Message> = h.events.iter().enumerate().map(|(i, e)| render(i, e)).collect();
     let registry: Vec<Message> = h.registry.iter().map(render_registry).collect();
     let all: Vec<Message> = events.iter().chain(&registry).cloned().collect();
@@ -288,7 +337,7 @@ fn check(h: History) -> Result<(), TestCaseError> {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(h.seed);
     for order in 0..3 {
         let stream = arrival(&h, &events, &registry, &mut rng);
-        let engine = run_engine(&h, &stream, &mut rng);
+        let engine = run_engine(&h, &stream, &mut rng, backend);
         for (fy, expected) in [2024, 2025].into_iter().zip(&expected) {
             let mut actual = serde_json::to_value(engine.report(pulse_model::Fy(fy), now)).unwrap();
             actual.as_object_mut().unwrap().remove("now");
@@ -321,6 +370,16 @@ proptest! {
 
     #[test]
     fn engine_equals_reference_model(h in history()) {
-        check(h)?;
+        check(h, &mut Memory)?;
+    }
+}
+
+proptest! {
+    // Fewer cases: each opens real RocksDB directories, and crashes reopen them.
+    #![proptest_config(Config { cases: 64, max_shrink_iters: 500, ..Config::default() })]
+
+    #[test]
+    fn engine_on_rocksdb_equals_reference_model(h in history()) {
+        check(h, &mut Rocks { dir: tempfile::tempdir().unwrap(), runs: 0 })?;
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use pulse_model::time::format_ist;
 use pulse_model::{parse, parse_org, parse_target, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate};
-use pulse_tests::json_diff;
+use pulse_oracle::json_diff;
 use serde_json::{json, Value};
 
 fn golden_dir() -> PathBuf {

@@ -107,6 +107,9 @@ pub struct Engine<S> {
     course_keys: Interner,
     pending_orgs: BTreeMap<String, Option<OrgRecord>>,
     pending_targets: BTreeMap<String, Option<TargetRecord>>,
+    /// Next offsets, committed and pending, by (topic, partition).
+    offsets: BTreeMap<(String, i32), i64>,
+    pending_offsets: BTreeMap<(String, i32), i64>,
     /// Set until the threshold is first written to a fresh store.
     record_meeting_minutes: bool,
     uncommitted: usize,
@@ -146,6 +149,8 @@ impl<S: Store> Engine<S> {
             course_keys,
             pending_orgs: BTreeMap::new(),
             pending_targets: BTreeMap::new(),
+            offsets: loaded.offsets,
+            pending_offsets: BTreeMap::new(),
             uncommitted: 0,
             poisoned: false,
             store,
@@ -280,6 +285,34 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// The next offset to consume from a partition, including messages
+    /// applied but not yet committed; `None` if nothing was ever consumed.
+    pub fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        let key = (topic.to_owned(), partition);
+        self.pending_offsets.get(&key).or_else(|| self.offsets.get(&key)).copied()
+    }
+
+    /// Records that every message of a partition before `next` has been
+    /// applied; the next commit writes it together with their effect.
+    pub fn set_next_offset(&mut self, topic: &str, partition: i32, next: i64) {
+        self.pending_offsets.insert((topic.to_owned(), partition), next);
+    }
+
+    /// Forgets the registry and the targets (in memory and, at the next
+    /// commit, in the store), before they are read again from the start of
+    /// their compacted topics: replaying the topic onto an empty registry
+    /// gives exactly the registry the topic describes.
+    pub fn clear_registry(&mut self) {
+        let orgs: Vec<String> = self.registry.orgs().map(|o| o.org.clone()).collect();
+        for org in orgs {
+            self.registry.remove(&org);
+            self.pending_orgs.insert(org, None);
+        }
+        for id in std::mem::take(&mut self.targets).into_keys() {
+            self.pending_targets.insert(id, None);
+        }
+    }
+
     /// Writes every change since the last commit to the store in one batch.
     pub fn commit(&mut self) -> Result<(), EngineError> {
         if self.poisoned {
@@ -289,6 +322,7 @@ impl<S: Store> Engine<S> {
             meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
             orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
             targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
+            offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             ..Batch::default()
         };
         for (i, shard) in self.shards.iter_mut().enumerate() {
@@ -310,6 +344,7 @@ impl<S: Store> Engine<S> {
             self.poisoned = true;
             return Err(e.into());
         }
+        self.offsets.append(&mut self.pending_offsets);
         self.record_meeting_minutes = false;
         self.uncommitted = 0;
         Ok(())

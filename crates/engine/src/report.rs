@@ -31,13 +31,9 @@ pub struct NodeKpis {
     pub employees: u64,
     pub onboarding_ratio: Option<f64>,
     pub learners: i64,
-    pub enrolments: i64,
-    pub completions: i64,
-    pub in_progress: i64,
-    pub completion_ratio: Option<f64>,
-    pub learning_minutes: f64,
-    pub ratings: i64,
-    pub average_rating: Option<f64>,
+    /// enrolments .. average_rating: the KPIs that courses have too.
+    #[serde(flatten)]
+    pub course_kpis: CourseKpis,
     pub enrolments_fy: i64,
     pub completions_fy: i64,
     pub learning_minutes_fy: f64,
@@ -57,13 +53,13 @@ impl NodeKpis {
             employees: node.employees,
             onboarding_ratio: ratio(users, node.employees as f64),
             learners: t.learners,
-            enrolments: t.enrolments,
-            completions: t.completions,
-            in_progress: t.enrolments - t.completions,
-            completion_ratio: ratio(t.completions as f64, t.enrolments as f64),
-            learning_minutes: minutes(t.minutes_ms),
-            ratings: t.ratings,
-            average_rating: average_stars(t.rating_milli_sum, t.ratings),
+            course_kpis: CourseKpis::of(&CourseTotals {
+                enrolments: t.enrolments,
+                completions: t.completions,
+                minutes_ms: t.minutes_ms,
+                ratings: t.ratings,
+                rating_milli_sum: t.rating_milli_sum,
+            }),
             enrolments_fy: f.enrolments,
             completions_fy: f.completions,
             learning_minutes_fy: minutes(f.minutes_ms),
@@ -83,8 +79,8 @@ impl NodeKpis {
             TargetKpi::LearningMinutesPerUserFy => self.learning_minutes_per_user_fy,
             TargetKpi::UsersMeetingHoursRatio => self.users_meeting_hours_ratio,
             TargetKpi::OnboardingRatio => self.onboarding_ratio,
-            TargetKpi::CompletionRatio => self.completion_ratio,
-            TargetKpi::AverageRating => self.average_rating,
+            TargetKpi::CompletionRatio => self.course_kpis.completion_ratio,
+            TargetKpi::AverageRating => self.course_kpis.average_rating,
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct LoadedState {
     pub org_totals: Vec<HashMap<String, Totals>>,
     pub course_totals: Vec<HashMap<String, CourseTotals>>,
     pub max_ts: Vec<Millis>,
+    /// The next offset to consume, by (topic, partition), as committed with
+    /// the state it produced.
+    pub offsets: BTreeMap<(String, i32), i64>,
 }
 
 /// One atomic commit: every change since the previous one. `None` deletes.
@@ -64,6 +67,8 @@ pub struct Batch {
     pub max_ts: Vec<(ShardId, Millis)>,
     pub orgs: Vec<(String, Option<OrgRecord>)>,
     pub targets: Vec<(String, Option<TargetRecord>)>,
+    /// Next offset per (topic, partition) covered by this batch.
+    pub offsets: Vec<((String, i32), i64)>,
 }
 
 /// What the engine needs from durable storage. A [`Batch`] is applied
@@ -202,6 +207,7 @@ impl Store for MemStore {
                 None => self.state.targets.remove(&id),
             };
         }
+        self.state.offsets.extend(batch.offsets);
         Ok(())
     }
 }

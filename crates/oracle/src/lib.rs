@@ -219,13 +219,9 @@ fn minutes(ms: i64) -> f64 {
     ms as f64 / 60_000.0
 }
 
-fn node_json(s: &Sums, employees: u64) -> Value {
-    let users = s.users as f64;
+/// The KPIs that nodes and courses share.
+fn course_json(s: &Sums) -> Value {
     json!({
-        "registered_users": s.users,
-        "employees": employees,
-        "onboarding_ratio": ratio(users, employees as f64),
-        "learners": s.learners,
         "enrolments": s.enrolments,
         "completions": s.completions,
         "in_progress": s.enrolments - s.completions,
@@ -233,6 +229,17 @@ fn node_json(s: &Sums, employees: u64) -> Value {
         "learning_minutes": minutes(s.minutes),
         "ratings": s.ratings,
         "average_rating": ratio(s.stars as f64 / 1000.0, s.ratings as f64),
+    })
+}
+
+fn node_json(s: &Sums, employees: u64) -> Value {
+    let users = s.users as f64;
+    let mut node = course_json(s);
+    let rest = json!({
+        "registered_users": s.users,
+        "employees": employees,
+        "onboarding_ratio": ratio(users, employees as f64),
+        "learners": s.learners,
         "enrolments_fy": s.enrolments_fy,
         "completions_fy": s.completions_fy,
         "learning_minutes_fy": minutes(s.minutes_fy),
@@ -240,7 +247,11 @@ fn node_json(s: &Sums, employees: u64) -> Value {
         "active_users_fy": s.active_fy,
         "users_meeting_hours_fy": s.meeting_fy,
         "users_meeting_hours_ratio": ratio(s.meeting_fy as f64, users),
-    })
+    });
+    if let (Value::Object(node), Value::Object(rest)) = (&mut node, rest) {
+        node.extend(rest);
+    }
+    node
 }
 
 fn events_by_user<'a>(events: &'a [Event<'static>]) -> BTreeMap<String, Vec<&'a Event<'static>>> {
@@ -314,15 +325,7 @@ pub fn report(messages: &[Message], s: &Settings, fy: i32, now: i64) -> Value {
     let courses: Map<String, Value> = courses
         .into_iter()
         .map(|(id, s)| {
-            let v = json!({
-                "enrolments": s.enrolments,
-                "completions": s.completions,
-                "in_progress": s.enrolments - s.completions,
-                "completion_ratio": ratio(s.completions as f64, s.enrolments as f64),
-                "learning_minutes": minutes(s.minutes),
-                "ratings": s.ratings,
-                "average_rating": ratio(s.stars as f64 / 1000.0, s.ratings as f64),
-            });
+            let v = course_json(&s);
             (id, v)
         })
         .collect();
@@ -385,4 +388,32 @@ pub fn user_report(messages: &[Message], s: &Settings, user: &str, fy: i32) -> O
         "ratings": count(|c| c.rating.is_some()),
         "courses": courses,
     }))
+}
+
+/// Compares two JSON documents; numbers may differ by a relative 1e-9.
+/// Returns the path and both values of the first difference.
+pub fn json_diff(actual: &Value, expected: &Value) -> Option<String> {
+    fn walk(path: &str, a: &Value, e: &Value) -> Option<String> {
+        match (a, e) {
+            (Value::Object(x), Value::Object(y)) => {
+                for k in x.keys().chain(y.keys()) {
+                    let (va, ve) = (x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null));
+                    if x.contains_key(k) != y.contains_key(k) {
+                        return Some(format!("{path}.{k}: present in only one ({va} vs {ve})"));
+                    }
+                    if let Some(d) = walk(&format!("{path}.{k}"), va, ve) {
+                        return Some(d);
+                    }
+                }
+                None
+            }
+            (Value::Number(x), Value::Number(y)) => {
+                let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+                let close = x == y || (x - y).abs() <= 1e-9 * x.abs().max(y.abs());
+                (!close).then(|| format!("{path}: {x} vs expected {y}"))
+            }
+            _ => (a != e).then(|| format!("{path}: {a} vs expected {e}")),
+        }
+    }
+    walk("$", actual, expected)
 }

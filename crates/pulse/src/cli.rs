@@ -5,17 +5,16 @@ use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use pulse_engine::{CourseKpis, Engine, EngineConfig, IngestStats, MemStore, NodeKpis, Report, UserReport};
+use pulse_engine::{CourseKpis, Engine, EngineConfig, IngestStats, NodeKpis, Report, UserReport};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::{Fy, InputFormat, Millis, TimeRules};
 use serde::Serialize;
 
-use crate::files::{replay_file, snapshot_path, Source};
+use pulse_store::{RocksStore, StoreOptions};
 
-/// Shards of a new data directory; fixed once the directory is created.
-const SHARDS: u16 = 16;
+use crate::files::{replay_file, Source};
 
 #[derive(Parser, Debug)]
 #[command(name = "pulse", version, about = "Pulse: live KPIs for Mission Karmayogi")]
@@ -30,6 +29,15 @@ enum Command {
     Replay(ReplayArgs),
     /// Print KPIs from the state in --data-dir as JSON.
     Report(ReportArgs),
+    /// Consume the Kafka topics of --config and keep the state up to date until SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// TOML configuration; `PULSE_SECTION__KEY` environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -106,10 +114,6 @@ fn parse_fy(s: &str) -> Result<Fy, String> {
     s.parse().map_err(|e| format!("{e}"))
 }
 
-fn wall_clock() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
-}
-
 /// Runs the command line, writing its output to `out`.
 pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>, out: &mut dyn Write) -> anyhow::Result<()> {
     let cli = match Cli::try_parse_from(args) {
@@ -123,21 +127,21 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>, out: &mu
     match cli.command {
         Command::Replay(args) => replay(args, out),
         Command::Report(args) => report(args, out),
+        Command::Run(args) => crate::run::run(&args.config),
     }
 }
 
-fn open_engine(data_dir: &Path, config: EngineConfig, create: bool) -> anyhow::Result<Engine<MemStore>> {
-    let path = snapshot_path(data_dir);
-    let store = if path.exists() {
-        MemStore::open(&path)?
-    } else if create {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("failed to create data directory {}", data_dir.display()))?;
-        MemStore::new(SHARDS)
-    } else {
-        bail!("no Pulse state in {}; run `pulse replay --data-dir {0}` first", data_dir.display());
-    };
-    Ok(Engine::open(store, config)?)
+/// Opens the state of a data directory read-only: also while `pulse run` holds it.
+fn open_engine_read_only(data_dir: &Path) -> anyhow::Result<Engine<RocksStore>> {
+    let store = RocksStore::open_read_only(data_dir)?;
+    // The stored threshold is the one to report with.
+    let meeting_minutes = store_meeting_minutes(&store)?;
+    Ok(Engine::open(store, EngineConfig { meeting_minutes, ..EngineConfig::default() })?)
+}
+
+fn store_meeting_minutes(store: &RocksStore) -> anyhow::Result<u32> {
+    use pulse_engine::Store;
+    Ok(store.load()?.meeting_minutes.unwrap_or(EngineConfig::default().meeting_minutes))
 }
 
 #[derive(Serialize)]
@@ -153,8 +157,9 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         time_rules: TimeRules { max_age_ms: i64::from(args.max_age_days) * 86_400_000 },
         ..EngineConfig::default()
     };
-    let mut engine = open_engine(&args.state.data_dir, config, true)?;
-    let now = args.now.unwrap_or_else(wall_clock);
+    let store = RocksStore::open(&args.state.data_dir, &StoreOptions::default())?;
+    let mut engine = Engine::open(store, config)?;
+    let now = args.now.unwrap_or_else(crate::run::wall_clock);
     let dead_path = args.state.data_dir.join("dead-letters.ndjson");
     let dead_file = OpenOptions::new()
         .create(true)
@@ -179,7 +184,6 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     dead.flush().with_context(|| format!("failed to write {}", dead_path.display()))?;
     engine.commit()?;
-    engine.store().save(&snapshot_path(&args.state.data_dir))?;
     let any_dead = [&summary.events, &summary.orgs, &summary.targets].iter().any(|s| !s.dead_letters.is_empty());
     summary.dead_letter_file = any_dead.then_some(dead_path);
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
@@ -187,8 +191,8 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 fn report(args: ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let engine = open_engine(&args.state.data_dir, EngineConfig::default(), false)?;
-    let now = args.now.unwrap_or_else(wall_clock);
+    let engine = open_engine_read_only(&args.state.data_dir)?;
+    let now = args.now.unwrap_or_else(crate::run::wall_clock);
     let fy = args.fy.unwrap_or_else(|| Fy::of(now));
     let scope = args.scope;
     let json = if scope.all {

@@ -2,20 +2,15 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use pulse_engine::{Disposition, Engine, IngestStats, MemStore};
+use pulse_engine::{Disposition, Engine, IngestStats, Store};
 use pulse_model::{InputFormat, Millis};
 use serde::Serialize;
 
 /// Messages per commit while replaying.
 const COMMIT_EVERY: usize = 50_000;
-
-/// Where `pulse replay` keeps the state until the RocksDB store lands.
-pub(crate) fn snapshot_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("state.snapshot")
-}
 
 /// Registry topics in file mode: each line is a JSON record (keyed by its own
 /// id) or `KEY<TAB>VALUE`, where an empty VALUE is a tombstone.
@@ -48,8 +43,8 @@ struct DeadLetter<'a> {
 }
 
 /// Applies every line of a file; dead letters are appended to `dead`.
-pub(crate) fn replay_file(
-    engine: &mut Engine<MemStore>,
+pub(crate) fn replay_file<S: Store>(
+    engine: &mut Engine<S>,
     source: Source,
     path: &Path,
     now: Millis,

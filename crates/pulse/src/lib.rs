@@ -5,4 +5,6 @@
 //! and prints what the engine reports.
 
 pub mod cli;
+pub mod config;
 mod files;
+mod run;

@@ -1,0 +1,194 @@
+//! The consumer loop: the consumer group on the input topics, feeding the
+//! engine on this (blocking, dedicated) thread.
+//!
+//! Offset protocol, in one place:
+//! - the stored offset of a partition is the *next* offset to consume; it is
+//!   written in the same store batch as the effect of every message before it;
+//! - on assignment, each partition is assigned at its stored offset (the
+//!   earliest offset when none is stored), inside the rebalance callback, so
+//!   no message is fetched from anywhere else;
+//! - a message below the stored offset is skipped (its effect is already in);
+//! - on revocation, the state and offsets are committed before the partitions
+//!   are released;
+//! - after each store commit, the offsets are also committed to the group,
+//!   asynchronously, only so that lag tools see progress.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pulse_engine::{Disposition, Engine, IngestStats, Store};
+use pulse_model::{InputFormat, Millis};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use crate::dead_letters::{DeadLetters, Source};
+use crate::registry::{partitions, RegistryReader};
+use crate::{client_config, kafka_err, Error, Settings};
+
+/// What the loop did, by message source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunStats {
+    pub events: IngestStats,
+    pub registry: IngestStats,
+}
+
+fn lock<S>(engine: &Mutex<Engine<S>>) -> MutexGuard<'_, Engine<S>> {
+    // A panic while holding the lock aborts the loop anyway; the state in
+    // the store is still consistent, so recovering the guard is safe.
+    engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the rebalance protocol against the engine that owns the offsets.
+struct GroupContext<S> {
+    engine: Arc<Mutex<Engine<S>>>,
+    /// A failure inside a callback, reported by the loop after `poll` returns.
+    failure: Mutex<Option<String>>,
+}
+
+impl<S: Store + Send + 'static> ClientContext for GroupContext<S> {}
+
+impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let mut engine = lock(&self.engine);
+        let outcome = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                let mut resume = Vec::new();
+                for (topic, p) in &assigned {
+                    // The stored offset is already the next one to read.
+                    let offset = engine.next_offset(topic, *p).map_or(Offset::Beginning, Offset::Offset);
+                    resume.push(format!("{topic}/{p}@{offset:?}"));
+                    if let Err(e) = tpl.set_partition_offset(topic, *p, offset) {
+                        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    }
+                }
+                info!(partitions = ?resume, "assigned; resuming at the stored offsets");
+                consumer.assign(tpl).map_err(|e| e.to_string())
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let persisted = engine.commit().map_err(|e| e.to_string());
+                info!(ok = persisted.is_ok(), "revoked; state and offsets persisted first");
+                persisted.and_then(|()| consumer.unassign().map_err(|e| e.to_string()))
+            }
+            other => {
+                warn!(error = ?other, "rebalance failed; dropping the assignment");
+                consumer.unassign().map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = outcome {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+    }
+}
+
+/// Consumes until `stop` is set, then persists, commits and returns.
+pub fn run<S: Store + Send + 'static>(
+    settings: &Settings,
+    engine: Engine<S>,
+    stop: &AtomicBool,
+    clock: fn() -> Millis,
+) -> Result<RunStats, Error> {
+    let engine = Arc::new(Mutex::new(engine));
+    let context = GroupContext { engine: Arc::clone(&engine), failure: Mutex::new(None) };
+    let consumer: BaseConsumer<GroupContext<S>> = client_config(&settings.brokers, &settings.options)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        .create_with_context(context)
+        .map_err(kafka_err("failed to create the consumer"))?;
+    let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
+    for topic in formats.keys().chain([&settings.dlq_topic]) {
+        partitions(&consumer, topic)?;
+    }
+    let dead = DeadLetters::new(settings)?;
+    let mut registry = RegistryReader::new(settings)?;
+    let mut stats = RunStats::default();
+    {
+        // The registry and targets are rebuilt from their topics on every
+        // start, before any event is applied.
+        let mut engine = lock(&engine);
+        engine.clear_registry();
+        registry.catch_up(&mut engine, &dead, &mut stats.registry, stop)?;
+        engine.commit()?;
+        info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
+    }
+    let topics: Vec<&str> = formats.keys().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(kafka_err("failed to subscribe to the input topics"))?;
+
+    let mut since_commit = 0usize;
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if registry.poll(&mut lock(&engine), &dead, &mut stats.registry, Duration::ZERO, stop)? > 0 {
+            since_commit += 1;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => log_transient(&e),
+            Some(Ok(msg)) => {
+                let mut engine = lock(&engine);
+                let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+                if engine.next_offset(topic, partition).is_some_and(|next| offset < next) {
+                    continue;
+                }
+                let format = formats.get(topic).copied().unwrap_or(InputFormat::PulseV1);
+                let disposition = engine.ingest(format, msg.payload().unwrap_or_default(), clock())?;
+                if let Disposition::Dead(why) = &disposition {
+                    dead.send(msg.key(), msg.payload(), why, &Source { topic, partition, offset }, stop)?;
+                }
+                stats.events.record(&disposition);
+                // `offset` is applied: the next one to read is `offset + 1`.
+                engine.set_next_offset(topic, partition, offset + 1);
+                since_commit += 1;
+            }
+        }
+        if let Some(failure) = consumer.context().failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(Error::Setup(format!("rebalance failed: {failure}")));
+        }
+        if since_commit >= settings.commit_messages
+            || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval)
+        {
+            commit(&consumer, &mut lock(&engine), CommitMode::Async)?;
+            since_commit = 0;
+            last_commit = Instant::now();
+        }
+    }
+    info!("stopping: persisting state and offsets");
+    commit(&consumer, &mut lock(&engine), CommitMode::Sync)?;
+    consumer.unsubscribe();
+    Ok(stats)
+}
+
+/// Persists state and offsets, then tells the group (advisory).
+fn commit<S: Store + Send + 'static>(
+    consumer: &BaseConsumer<GroupContext<S>>,
+    engine: &mut Engine<S>,
+    mode: CommitMode,
+) -> Result<(), Error> {
+    engine.commit()?;
+    let Ok(assignment) = consumer.assignment() else { return Ok(()) };
+    let mut tpl = TopicPartitionList::new();
+    for e in assignment.elements() {
+        if let Some(next) = engine.next_offset(e.topic(), e.partition()) {
+            let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            // Only lag dashboards read these; Pulse resumes from its own store.
+            warn!(error = %e, "group offset commit failed (advisory only)");
+        }
+    }
+    Ok(())
+}
+
+fn log_transient(e: &KafkaError) {
+    warn!(error = %e, "kafka error; librdkafka retries and reconnects by itself");
+}

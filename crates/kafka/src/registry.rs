@@ -1,0 +1,142 @@
+//! Readers of the compacted registry topics (orgs and targets): every
+//! partition, from the beginning, without a consumer group, so every Pulse
+//! instance holds the whole registry.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use pulse_engine::{Disposition, Engine, IngestStats, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::dead_letters::{DeadLetters, Source};
+use crate::{client_config, kafka_err, Error, Settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Orgs,
+    Targets,
+}
+
+pub(crate) struct RegistryReader {
+    consumer: BaseConsumer,
+    topics: BTreeMap<String, Kind>,
+    partitions: Vec<(String, i32)>,
+}
+
+/// How long startup waits for a registry topic's metadata and end.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) fn partitions(
+    consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
+    topic: &str,
+) -> Result<Vec<i32>, Error> {
+    let md = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(kafka_err(format!("failed to read the metadata of topic `{topic}` (is Kafka reachable?)")))?;
+    let t = md.topics().first().ok_or_else(|| Error::Setup(format!("no metadata for topic `{topic}`")))?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Err(Error::Setup(format!(
+            "topic `{topic}` does not exist; create it (the registry and targets topics compacted, with any partition count)"
+        )));
+    }
+    Ok(t.partitions().iter().map(|p| p.id()).collect())
+}
+
+impl RegistryReader {
+    pub(crate) fn new(settings: &Settings) -> Result<RegistryReader, Error> {
+        let consumer: BaseConsumer = client_config(&settings.brokers, &settings.options)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()
+            .map_err(kafka_err("failed to create the registry reader"))?;
+        let topics: BTreeMap<String, Kind> =
+            [(settings.orgs_topic.clone(), Kind::Orgs), (settings.targets_topic.clone(), Kind::Targets)].into();
+        let mut tpl = TopicPartitionList::new();
+        let mut all = Vec::new();
+        for topic in topics.keys() {
+            for p in partitions(&consumer, topic)? {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .map_err(kafka_err("failed to build an assignment"))?;
+                all.push((topic.clone(), p));
+            }
+        }
+        consumer.assign(&tpl).map_err(kafka_err("failed to assign the registry topics"))?;
+        Ok(RegistryReader { consumer, topics, partitions: all })
+    }
+
+    /// Applies every registry message available now, waiting at most `wait`
+    /// for the first one. Returns how many were read.
+    pub(crate) fn poll<S: Store>(
+        &mut self,
+        engine: &mut Engine<S>,
+        dead: &DeadLetters,
+        stats: &mut IngestStats,
+        wait: Duration,
+        stop: &AtomicBool,
+    ) -> Result<usize, Error> {
+        let mut read = 0;
+        let mut timeout = wait;
+        while let Some(result) = self.consumer.poll(timeout) {
+            timeout = Duration::ZERO;
+            let msg = match result {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry reader");
+                    break;
+                }
+            };
+            let (key, value) = (msg.key(), msg.payload());
+            let disposition = match self.topics.get(msg.topic()) {
+                Some(Kind::Orgs) => engine.apply_org_message(key, value),
+                Some(Kind::Targets) => engine.apply_target_message(key, value),
+                None => continue,
+            };
+            if let Disposition::Dead(why) = &disposition {
+                let source = Source { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
+                dead.send(key, value, why, &source, stop)?;
+            }
+            stats.record(&disposition);
+            read += 1;
+        }
+        Ok(read)
+    }
+
+    /// Reads until every partition reached the end it had when this started.
+    pub(crate) fn catch_up<S: Store>(
+        &mut self,
+        engine: &mut Engine<S>,
+        dead: &DeadLetters,
+        stats: &mut IngestStats,
+        stop: &AtomicBool,
+    ) -> Result<(), Error> {
+        let mut ends = Vec::new();
+        for (topic, p) in &self.partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(topic, *p, METADATA_TIMEOUT)
+                .map_err(kafka_err(format!("failed to read the end of topic `{topic}`")))?;
+            ends.push((topic.clone(), *p, high));
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            // The fetch position moves past compacted gaps, so compare it, not
+            // the offsets of the messages read, with each partition's end.
+            let position = self.consumer.position().map_err(kafka_err("failed to read the registry position"))?;
+            let behind = ends.iter().any(|(topic, p, high)| {
+                let at = position.find_partition(topic, *p).and_then(|e| e.offset().to_raw()).unwrap_or(0);
+                *high > 0 && at < *high
+            });
+            if !behind {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Setup(
+                    "the registry and targets topics could not be read to their end within 120s".into(),
+                ));
+            }
+            self.poll(engine, dead, stats, Duration::from_millis(200), stop)?;
+        }
+    }
+}

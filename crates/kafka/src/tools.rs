@@ -1,0 +1,157 @@
+//! Small admin and produce helpers for tests, scripts and the load generator.
+//! They block the calling thread; do not use them on an async worker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::{client_config, kafka_err, Error};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn config(brokers: &str) -> rdkafka::ClientConfig {
+    client_config(brokers, &BTreeMap::new())
+}
+
+/// Creates a topic (replication factor 1); `compacted` for registry topics.
+pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool) -> Result<(), Error> {
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        config(brokers).create().map_err(kafka_err("failed to create an admin client"))?;
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    if compacted {
+        topic = topic.set("cleanup.policy", "compact");
+    }
+    let results = futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .map_err(kafka_err(format!("failed to create topic `{name}`")))?;
+    for r in results {
+        r.map_err(|(t, code)| Error::Setup(format!("failed to create topic `{t}`: {code}")))?;
+    }
+    Ok(())
+}
+
+/// Produces messages (key, value; `None` value is a tombstone) and waits for
+/// every acknowledgement. Keys pick partitions with librdkafka's default
+/// partitioner.
+pub fn produce(brokers: &str, topic: &str, messages: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) -> Result<(), Error> {
+    let producer: BaseProducer =
+        config(brokers).set("linger.ms", "5").create().map_err(kafka_err("failed to create a producer"))?;
+    for (key, value) in messages {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(k) = key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = value {
+            record = record.payload(v.as_slice());
+        }
+        let mut pending = record;
+        loop {
+            match producer.send(pending) {
+                Ok(()) => break,
+                Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    producer.poll(Duration::from_millis(50));
+                    pending = back;
+                }
+                Err((e, _)) => return Err(kafka_err(format!("failed to produce to `{topic}`"))(e)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).map_err(kafka_err(format!("failed to flush to `{topic}`")))
+}
+
+/// The high watermark (next offset) of every partition of a topic.
+pub fn high_watermarks(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, Error> {
+    let consumer: BaseConsumer = config(brokers).create().map_err(kafka_err("failed to create a consumer"))?;
+    let mut out = BTreeMap::new();
+    for p in crate::registry::partitions(&consumer, topic)? {
+        let (_, high) =
+            consumer.fetch_watermarks(topic, p, TIMEOUT).map_err(kafka_err("failed to fetch watermarks"))?;
+        out.insert(p, high);
+    }
+    Ok(out)
+}
+
+/// The offsets a group committed on a topic's partitions (absent: none).
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str) -> Result<BTreeMap<i32, i64>, Error> {
+    let consumer: BaseConsumer =
+        config(brokers).set("group.id", group).create().map_err(kafka_err("failed to create a consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in crate::registry::partitions(&consumer, topic)? {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, TIMEOUT).map_err(kafka_err("failed to read committed offsets"))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) => Some((e.partition(), n)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// One message read back from a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every message of a topic, partition by partition.
+pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<Record>, Error> {
+    let ends = high_watermarks(brokers, topic)?;
+    let consumer: BaseConsumer = config(brokers).create().map_err(kafka_err("failed to create a consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(kafka_err("failed to build an assignment"))?;
+    }
+    consumer.assign(&tpl).map_err(kafka_err("failed to assign"))?;
+    let total: i64 = ends.values().sum();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while (out.len() as i64) < total && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record { key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers });
+        }
+    }
+    Ok(out)
+}
+
+/// The consume ceiling: reads every message of a topic from the beginning
+/// with one plain consumer and does nothing with them. Returns the count.
+pub fn consume_all(brokers: &str, topic: &str) -> Result<u64, Error> {
+    let ends = high_watermarks(brokers, topic)?;
+    let consumer: BaseConsumer = config(brokers)
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "4194304")
+        .create()
+        .map_err(kafka_err("failed to create a consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(kafka_err("failed to build an assignment"))?;
+    }
+    consumer.assign(&tpl).map_err(kafka_err("failed to assign"))?;
+    let total: i64 = ends.values().sum();
+    let mut read = 0i64;
+    while read < total {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(_)) => read += 1,
+            Some(Err(e)) => return Err(kafka_err("failed while consuming")(e)),
+            None => return Err(Error::Setup(format!("no message for 10s after {read} of {total}"))),
+        }
+    }
+    Ok(read as u64)
+}

@@ -1,0 +1,367 @@
+//! `pulse run` configuration: a TOML file, `PULSE_` environment overrides,
+//! and a `validate` step that turns it into checked settings or names the bad key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The file as written. Every section and key is optional; defaults are
+/// documented on each field and in `deploy/pulse.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub kafka: RawKafka,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub engine: RawEngine,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// Bootstrap servers (default `127.0.0.1:9092`).
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group of the input topics (default `pulse`).
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Input topics with their formats (default one `pulse.telemetry` in `pulse-v1`).
+    #[serde(default = "default_inputs")]
+    pub inputs: Vec<RawInput>,
+    #[serde(default = "default_orgs_topic")]
+    pub orgs_topic: String,
+    #[serde(default = "default_targets_topic")]
+    pub targets_topic: String,
+    #[serde(default = "default_dlq_topic")]
+    pub dlq_topic: String,
+    /// Kafka group session timeout (default `45s`).
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: String,
+    /// Longest time between commits of state and offsets (default `100ms`).
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: String,
+    /// Messages after which a commit happens sooner (default 20000).
+    #[serde(default = "default_commit_messages")]
+    pub commit_messages: usize,
+    /// Raw librdkafka settings passed through (e.g. `security.protocol`, `sasl.*`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInput {
+    pub topic: String,
+    pub format: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// State directory (default `./data`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// RocksDB block cache in MiB (default 256).
+    #[serde(default = "default_block_cache_mib")]
+    pub block_cache_mib: usize,
+    /// RocksDB memtable size per column family in MiB (default 32).
+    #[serde(default = "default_write_buffer_mib")]
+    pub write_buffer_mib: usize,
+    /// Shards of a new state directory (default 16; an existing one keeps its own).
+    #[serde(default = "default_shards")]
+    pub shards: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    /// How long event ids are remembered, in event time (default `7d`).
+    #[serde(default = "default_dedup_horizon")]
+    pub dedup_horizon: String,
+    /// Events older than this are dead letters, `too_old` (default `400d`).
+    #[serde(default = "default_max_age")]
+    pub max_age: String,
+    /// Learning minutes a user needs in a year for `users_meeting_hours_fy` (default 240).
+    #[serde(default = "default_meeting_minutes")]
+    pub meeting_minutes: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Address of `/metrics`, health and the API (default `127.0.0.1:9464`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_group() -> String {
+    "pulse".into()
+}
+fn default_inputs() -> Vec<RawInput> {
+    vec![RawInput { topic: "pulse.telemetry".into(), format: "pulse-v1".into() }]
+}
+fn default_orgs_topic() -> String {
+    "pulse.orgs".into()
+}
+fn default_targets_topic() -> String {
+    "pulse.targets".into()
+}
+fn default_dlq_topic() -> String {
+    "pulse.dlq".into()
+}
+fn default_session_timeout() -> String {
+    "45s".into()
+}
+fn default_commit_interval() -> String {
+    "100ms".into()
+}
+fn default_commit_messages() -> usize {
+    20_000
+}
+fn default_data_dir() -> PathBuf {
+    "./data".into()
+}
+fn default_block_cache_mib() -> usize {
+    256
+}
+fn default_write_buffer_mib() -> usize {
+    32
+}
+fn default_shards() -> u16 {
+    16
+}
+fn default_dedup_horizon() -> String {
+    "7d".into()
+}
+fn default_max_age() -> String {
+    "400d".into()
+}
+fn default_meeting_minutes() -> u32 {
+    240
+}
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+impl Default for RawStore {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+impl Default for RawEngine {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+impl Default for RawHttp {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// Checked settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub kafka: pulse_kafka::Settings,
+    pub data_dir: PathBuf,
+    pub block_cache_bytes: usize,
+    pub write_buffer_bytes: usize,
+    pub shards: u16,
+    pub dedup_horizon: Duration,
+    pub max_age: Duration,
+    pub meeting_minutes: u32,
+    pub listen: SocketAddr,
+}
+
+fn duration(key: &str, value: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(value)
+        .with_context(|| format!("`{key}` = \"{value}\" is not a duration like \"100ms\", \"45s\" or \"7d\""))
+}
+
+fn non_empty<'a>(key: &str, value: &'a str) -> anyhow::Result<&'a str> {
+    if value.trim().is_empty() {
+        bail!("`{key}` is empty");
+    }
+    Ok(value)
+}
+
+impl RawConfig {
+    /// Reads a TOML file (an empty file means every default) and applies
+    /// `PULSE_SECTION__KEY=value` environment overrides.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<RawConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("failed to read config {}", path.display()))?;
+        RawConfig::parse(&text, env).with_context(|| format!("bad config {}", path.display()))
+    }
+
+    pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<RawConfig> {
+        let mut doc: toml::Table = toml::from_str(text)?;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix("PULSE_") else { continue };
+            let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            // A value that parses as TOML (a number, a list) keeps its type; anything else is a string.
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value.clone()));
+            let mut table = &mut doc;
+            for key in &keys[..keys.len() - 1] {
+                table = table
+                    .entry(key.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .with_context(|| format!("{name}: `{key}` is not a section"))?;
+            }
+            table.insert(keys[keys.len() - 1].clone(), parsed);
+        }
+        Ok(doc.try_into()?)
+    }
+
+    /// Checks every value, naming the key of the first bad one.
+    pub fn validate(self) -> anyhow::Result<Config> {
+        let k = self.kafka;
+        if k.inputs.is_empty() {
+            bail!("`kafka.inputs` is empty: list at least one {{ topic, format }}");
+        }
+        let mut inputs = Vec::new();
+        for (i, input) in k.inputs.iter().enumerate() {
+            let topic = non_empty(&format!("kafka.inputs[{i}].topic"), &input.topic)?.to_owned();
+            let format = input.format.parse().with_context(|| format!("`kafka.inputs[{i}].format`"))?;
+            inputs.push((topic, format));
+        }
+        let session_timeout = duration("kafka.session_timeout", &k.session_timeout)?;
+        let commit_interval = duration("kafka.commit_interval", &k.commit_interval)?;
+        // A revocation flushes and persists inside the rebalance; the group
+        // must not give up on the member meanwhile.
+        if commit_interval * 3 > session_timeout {
+            bail!(
+                "`kafka.commit_interval` ({}) must be under a third of `kafka.session_timeout` ({}), so a revocation's flush finishes in time",
+                k.commit_interval,
+                k.session_timeout
+            );
+        }
+        if k.commit_messages == 0 {
+            bail!("`kafka.commit_messages` must be at least 1");
+        }
+        let s = self.store;
+        if s.shards == 0 {
+            bail!("`store.shards` must be at least 1");
+        }
+        if s.block_cache_mib == 0 || s.write_buffer_mib == 0 {
+            bail!("`store.block_cache_mib` and `store.write_buffer_mib` must be at least 1");
+        }
+        let e = self.engine;
+        if e.meeting_minutes == 0 {
+            bail!("`engine.meeting_minutes` must be at least 1");
+        }
+        Ok(Config {
+            kafka: pulse_kafka::Settings {
+                brokers: non_empty("kafka.brokers", &k.brokers)?.to_owned(),
+                group_id: non_empty("kafka.group_id", &k.group_id)?.to_owned(),
+                inputs,
+                orgs_topic: non_empty("kafka.orgs_topic", &k.orgs_topic)?.to_owned(),
+                targets_topic: non_empty("kafka.targets_topic", &k.targets_topic)?.to_owned(),
+                dlq_topic: non_empty("kafka.dlq_topic", &k.dlq_topic)?.to_owned(),
+                session_timeout,
+                commit_interval,
+                commit_messages: k.commit_messages,
+                options: k.options,
+            },
+            data_dir: s.data_dir,
+            block_cache_bytes: s.block_cache_mib << 20,
+            write_buffer_bytes: s.write_buffer_mib << 20,
+            shards: s.shards,
+            dedup_horizon: duration("engine.dedup_horizon", &e.dedup_horizon)?,
+            max_age: duration("engine.max_age", &e.max_age)?,
+            meeting_minutes: e.meeting_minutes,
+            listen: self.http.listen.parse().with_context(|| {
+                format!("`http.listen` = \"{}\" is not an address like 127.0.0.1:9464", self.http.listen)
+            })?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pulse_model::InputFormat;
+
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        RawConfig::parse(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())))?.validate()
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.inputs, [("pulse.telemetry".to_owned(), InputFormat::PulseV1)]);
+        assert_eq!(c.kafka.commit_interval, Duration::from_millis(100));
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.dedup_horizon, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = parse(
+            r#"
+            [kafka]
+            brokers = "127.0.0.1:9092"
+            group_id = "pulse"
+            inputs = [{ topic = "pulse.telemetry", format = "pulse-v1" }, { topic = "sb", format = "sunbird-telemetry" }]
+            orgs_topic = "pulse.orgs"
+            targets_topic = "pulse.targets"
+            dlq_topic = "pulse.dlq"
+            [kafka.options]
+            "security.protocol" = "SASL_SSL"
+            [store]
+            data_dir = "./data"
+            [http]
+            listen = "127.0.0.1:9464"
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.inputs[1], ("sb".to_owned(), InputFormat::SunbirdTelemetry));
+        assert_eq!(c.kafka.options["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = |text: &str, env: &[(&str, &str)]| format!("{:#}", parse(text, env).unwrap_err());
+        assert!(err("[kafka]\nbrokerz = \"x\"", &[]).contains("brokerz"));
+        assert!(err("[store]\nshards = 0", &[]).contains("store.shards"));
+        assert!(err("[kafka]\ncommit_interval = \"soon\"", &[]).contains("kafka.commit_interval"));
+        assert!(err("[kafka]\ncommit_interval = \"20s\"", &[]).contains("kafka.session_timeout"));
+        assert!(err("[kafka]\ninputs = [{ topic = \"t\", format = \"csv\" }]", &[]).contains("kafka.inputs[0].format"));
+        assert!(err("", &[("PULSE_KAFKA__NOPE", "1")]).contains("nope"));
+        assert!(err("[http]\nlisten = \"here\"", &[]).contains("http.listen"));
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let c = parse(
+            "[kafka]\nbrokers = \"a:1\"",
+            &[("PULSE_KAFKA__BROKERS", "b:2"), ("PULSE_STORE__SHARDS", "4"), ("HOME", "/root")],
+        )
+        .unwrap();
+        assert_eq!((c.kafka.brokers.as_str(), c.shards), ("b:2", 4));
+    }
+}

@@ -1,0 +1,172 @@
+//! The one key encoding of Pulse's RocksDB state.
+//!
+//! Every key starts with a keyspace byte; integers are big-endian and
+//! fixed-width (signed ones with the sign bit flipped, so byte order is numeric
+//! order); a string that is not last is length-prefixed. Decoding returns a
+//! typed error instead of panicking on foreign bytes.
+
+use pulse_engine::ShardId;
+
+/// Keyspace bytes. Each column family holds one or more keyspaces.
+pub const USER: u8 = b'u';
+pub const SEEN: u8 = b's';
+pub const ORG_TOTALS: u8 = b'o';
+pub const COURSE_TOTALS: u8 = b'c';
+pub const ORG: u8 = b'r';
+pub const TARGET: u8 = b't';
+pub const OFFSET: u8 = b'x';
+pub const MAX_TS: u8 = b'w';
+/// The store's own description: format version and shard count.
+pub const FORMAT: u8 = b'f';
+pub const MEETING_MINUTES: u8 = b'h';
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key is {0} bytes, too short for its keyspace")]
+    TooShort(usize),
+    #[error("key starts with keyspace byte {0:#04x}, expected {1:#04x}")]
+    WrongKeyspace(u8, u8),
+    #[error("key holds a string that is not UTF-8")]
+    NotUtf8,
+}
+
+fn flip_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn unflip_i64(b: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+}
+
+fn with_shard(space: u8, shard: ShardId, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + extra);
+    k.push(space);
+    k.extend_from_slice(&shard.to_be_bytes());
+    k
+}
+
+/// `[space][shard u16][text]`: users, and org and course totals.
+pub fn sharded_text(space: u8, shard: ShardId, text: &str) -> Vec<u8> {
+    let mut k = with_shard(space, shard, text.len());
+    k.extend_from_slice(text.as_bytes());
+    k
+}
+
+pub fn decode_sharded_text(space: u8, key: &[u8]) -> Result<(ShardId, &str), KeyError> {
+    let rest = check_space(space, key, 3)?;
+    let shard = ShardId::from_be_bytes([rest[0], rest[1]]);
+    let text = std::str::from_utf8(&rest[2..]).map_err(|_| KeyError::NotUtf8)?;
+    Ok((shard, text))
+}
+
+/// `[SEEN][shard u16][bucket i64][hash u128]`: ordered by bucket within a
+/// shard, so forgetting old buckets is one range delete.
+pub fn seen(shard: ShardId, bucket: i64, hash: u128) -> Vec<u8> {
+    let mut k = with_shard(SEEN, shard, 24);
+    k.extend_from_slice(&flip_i64(bucket));
+    k.extend_from_slice(&hash.to_be_bytes());
+    k
+}
+
+/// The first seen key of a bucket (inclusive range bound).
+pub fn seen_bucket_start(shard: ShardId, bucket: i64) -> Vec<u8> {
+    let mut k = with_shard(SEEN, shard, 8);
+    k.extend_from_slice(&flip_i64(bucket));
+    k
+}
+
+/// `[space][text]`: registry and target records.
+pub fn text(space: u8, text: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + text.len());
+    k.push(space);
+    k.extend_from_slice(text.as_bytes());
+    k
+}
+
+pub fn decode_text(space: u8, key: &[u8]) -> Result<&str, KeyError> {
+    std::str::from_utf8(check_space(space, key, 1)?).map_err(|_| KeyError::NotUtf8)
+}
+
+/// `[OFFSET][topic length u16][topic][partition i32]`.
+pub fn offset(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(7 + topic.len());
+    k.push(OFFSET);
+    k.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    k.extend_from_slice(topic.as_bytes());
+    k.extend_from_slice(&(((partition as u32) ^ (1 << 31)).to_be_bytes()));
+    k
+}
+
+pub fn decode_offset(key: &[u8]) -> Result<(&str, i32), KeyError> {
+    let rest = check_space(OFFSET, key, 3)?;
+    let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+    let rest = &rest[2..];
+    if rest.len() != len + 4 {
+        return Err(KeyError::TooShort(key.len()));
+    }
+    let topic = std::str::from_utf8(&rest[..len]).map_err(|_| KeyError::NotUtf8)?;
+    let p = u32::from_be_bytes([rest[len], rest[len + 1], rest[len + 2], rest[len + 3]]) ^ (1 << 31);
+    Ok((topic, p as i32))
+}
+
+/// `[MAX_TS][shard u16]`.
+pub fn max_ts(shard: ShardId) -> Vec<u8> {
+    with_shard(MAX_TS, shard, 0)
+}
+
+pub fn decode_max_ts(key: &[u8]) -> Result<ShardId, KeyError> {
+    let rest = check_space(MAX_TS, key, 3)?;
+    Ok(ShardId::from_be_bytes([rest[0], rest[1]]))
+}
+
+pub fn decode_i64(value: &[u8]) -> Result<i64, KeyError> {
+    let b: [u8; 8] = value.try_into().map_err(|_| KeyError::TooShort(value.len()))?;
+    Ok(unflip_i64(b))
+}
+
+pub fn encode_i64(v: i64) -> [u8; 8] {
+    flip_i64(v)
+}
+
+fn check_space(space: u8, key: &[u8], min_len: usize) -> Result<&[u8], KeyError> {
+    match key.first() {
+        _ if key.len() < min_len => Err(KeyError::TooShort(key.len())),
+        Some(&b) if b == space => Ok(&key[1..]),
+        Some(&b) => Err(KeyError::WrongKeyspace(b, space)),
+        None => Err(KeyError::TooShort(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_keys_sort_by_shard_then_bucket_including_negative_buckets() {
+        let keys = [seen(0, -5, u128::MAX), seen(0, -1, 0), seen(0, 0, 7), seen(0, 9, 1), seen(1, -9, 0)];
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
+        assert!(seen_bucket_start(0, 0) <= seen(0, 0, 0) && seen(0, -1, u128::MAX) < seen_bucket_start(0, 0));
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(decode_sharded_text(USER, &sharded_text(USER, 513, "u-17")).unwrap(), (513, "u-17"));
+        assert_eq!(decode_text(ORG, &text(ORG, "M_12")).unwrap(), "M_12");
+        assert_eq!(decode_offset(&offset("pulse.telemetry", -1)).unwrap(), ("pulse.telemetry", -1));
+        assert_eq!(decode_max_ts(&max_ts(7)).unwrap(), 7);
+        for v in [i64::MIN, -1, 0, 1, i64::MAX] {
+            assert_eq!(decode_i64(&encode_i64(v)).unwrap(), v);
+        }
+        assert!(offset("t", -1) < offset("t", 0) && offset("t", 0) < offset("t", 1));
+    }
+
+    #[test]
+    fn foreign_keys_are_typed_errors() {
+        assert_eq!(decode_text(ORG, b"t-x"), Err(KeyError::WrongKeyspace(b't', b'r')));
+        assert_eq!(decode_sharded_text(USER, b"u"), Err(KeyError::TooShort(1)));
+        assert_eq!(decode_offset(&[OFFSET, 0, 9, b'x']), Err(KeyError::TooShort(4)));
+        assert_eq!(decode_text(ORG, &[ORG, 0xff]), Err(KeyError::NotUtf8));
+    }
+}

@@ -1,0 +1,322 @@
+//! Pulse's durable state: the engine's [`Store`] trait on RocksDB.
+//!
+//! This crate owns the on-disk layout: column families ([`CF_USERS`],
+//! [`CF_SEEN`], [`CF_TOTALS`], [`CF_META`]), the key encoding ([`keys`]), the
+//! versioned value encoding, and the atomic commit: one `WriteBatch` carries
+//! every change of a commit interval together with the next offset of every
+//! partition it covers. Forgetting dedup ids past the horizon is a range
+//! delete of whole time buckets, never a scan. Memory is bounded by the block
+//! cache and write buffer sizes of [`StoreOptions`], not by the number of users.
+//!
+//! `rocksdb::` appears in this crate only. It must not depend on Kafka or HTTP.
+
+pub mod keys;
+
+use std::path::Path;
+
+use pulse_engine::{Batch, LoadedState, SeenKey, ShardId, Store, StoreError, UserState};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Users by (shard, user id).
+pub const CF_USERS: &str = "users";
+/// Remembered event ids by (shard, hour bucket, id hash).
+pub const CF_SEEN: &str = "seen";
+/// Org and course totals by (shard, key).
+pub const CF_TOTALS: &str = "totals";
+/// Registry, targets, offsets, newest event times and the store's format.
+pub const CF_META: &str = "meta";
+const FAMILIES: [&str; 4] = [CF_USERS, CF_SEEN, CF_TOTALS, CF_META];
+
+/// Version of the value encoding, the first byte of every value.
+const VALUE_VERSION: u8 = 1;
+/// Version of the directory layout, stored under [`keys::FORMAT`].
+const LAYOUT_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Shards of a new state directory (an existing one keeps its own).
+    pub shards: ShardId,
+    /// RocksDB block cache, shared by all column families (index and filter
+    /// blocks included, so it bounds read memory).
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family (two at most per family).
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { shards: 16, block_cache_bytes: 256 << 20, write_buffer_bytes: 32 << 20 }
+    }
+}
+
+/// The engine's state in a RocksDB directory.
+pub struct RocksStore {
+    db: DB,
+    shards: ShardId,
+    cache: Option<Cache>,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore").field("path", &self.db.path()).field("shards", &self.shards).finish()
+    }
+}
+
+fn err(context: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    let context = context.into();
+    move |e| StoreError::new(context, e)
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![VALUE_VERSION];
+    bincode::serialize_into(&mut out, v).map_err(|e| StoreError::new("failed to encode a value", e))?;
+    Ok(out)
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&VALUE_VERSION, rest)) => {
+            bincode::deserialize(rest).map_err(|e| StoreError::new(format!("failed to decode {what}"), e))
+        }
+        other => Err(StoreError::new(
+            format!("failed to decode {what}"),
+            format!(
+                "value format {:?} is not {VALUE_VERSION}; this state was written by another Pulse version",
+                other.map(|o| o.0)
+            ),
+        )),
+    }
+}
+
+fn key_err(e: keys::KeyError) -> StoreError {
+    StoreError::new("the state directory holds a key Pulse did not write", e)
+}
+
+impl RocksStore {
+    /// Opens (or creates) the state in `path` for reading and writing. Only
+    /// one process can hold it this way; RocksDB's lock file refuses another.
+    pub fn open(path: &Path, opts: &StoreOptions) -> Result<RocksStore, StoreError> {
+        let fresh = match std::fs::read_dir(path) {
+            Err(_) => true,
+            Ok(mut entries) => entries.next().is_none(),
+        };
+        if !fresh && !path.join("CURRENT").exists() {
+            return Err(StoreError::new(
+                format!("failed to open state directory {}", path.display()),
+                "it is not empty and holds no Pulse state; point store.data_dir at an empty directory or at one Pulse wrote",
+            ));
+        }
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
+        cf_opts.set_max_write_buffer_number(2);
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut db_opts = cf_opts.clone();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        let families = FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+        let db = DB::open_cf_descriptors(&db_opts, path, families).map_err(err(format!(
+            "failed to open state directory {} (is another `pulse run` using it?)",
+            path.display()
+        )))?;
+        let mut store = RocksStore { db, shards: opts.shards.max(1), cache: Some(cache) };
+        store.check_format(fresh, opts.shards.max(1))?;
+        Ok(store)
+    }
+
+    /// Opens the state read-only, also while `pulse run` holds it; it sees
+    /// what was committed when it opened.
+    pub fn open_read_only(path: &Path) -> Result<RocksStore, StoreError> {
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::new(
+                format!("failed to open state directory {}", path.display()),
+                "it holds no Pulse state; run `pulse replay` or `pulse run` with this data directory first",
+            ));
+        }
+        let db = DB::open_cf_for_read_only(&Options::default(), path, FAMILIES, false)
+            .map_err(err(format!("failed to open state directory {} read-only", path.display())))?;
+        let mut store = RocksStore { db, shards: 1, cache: None };
+        store.check_format(false, 1)?;
+        Ok(store)
+    }
+
+    /// Reads (or, in a new directory, writes) the layout version and shard count.
+    fn check_format(&mut self, fresh: bool, shards: ShardId) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META);
+        let ctx = "failed to read the state's format";
+        match self.db.get_cf(meta, [keys::FORMAT]).map_err(err(ctx))? {
+            Some(v) if v.len() == 3 && v[0] == LAYOUT_VERSION => {
+                self.shards = ShardId::from_be_bytes([v[1], v[2]]);
+                Ok(())
+            }
+            Some(v) => Err(StoreError::new(
+                ctx,
+                format!(
+                    "layout version {:?} is not {LAYOUT_VERSION}; this state was written by another Pulse version",
+                    v.first()
+                ),
+            )),
+            None if fresh => {
+                let [a, b] = shards.to_be_bytes();
+                self.db.put_cf(meta, [keys::FORMAT], [LAYOUT_VERSION, a, b]).map_err(err(ctx))?;
+                self.shards = shards;
+                Ok(())
+            }
+            None => Err(StoreError::new(ctx, "the directory holds a RocksDB database that Pulse did not create")),
+        }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("every column family is opened with the database")
+    }
+
+    /// Bytes of live data files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        FAMILIES
+            .iter()
+            .filter_map(|cf| self.db.property_int_value_cf(self.cf(cf), "rocksdb.total-sst-files-size").ok().flatten())
+            .sum()
+    }
+
+    /// Bytes held in the block cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::get_usage)
+    }
+}
+
+impl Store for RocksStore {
+    fn shards(&self) -> ShardId {
+        self.shards
+    }
+
+    fn load(&self) -> Result<LoadedState, StoreError> {
+        let n = usize::from(self.shards);
+        let mut state = LoadedState {
+            shards: self.shards,
+            org_totals: vec![Default::default(); n],
+            course_totals: vec![Default::default(); n],
+            max_ts: vec![i64::MIN; n],
+            ..LoadedState::default()
+        };
+        let ctx = "failed to load the state";
+        for item in self.db.iterator_cf(self.cf(CF_TOTALS), IteratorMode::Start) {
+            let (k, v) = item.map_err(err(ctx))?;
+            let space = k.first().copied().unwrap_or_default();
+            let (shard, key) = keys::decode_sharded_text(space, &k).map_err(key_err)?;
+            let shard = usize::from(shard).min(n - 1);
+            match space {
+                keys::ORG_TOTALS => {
+                    state.org_totals[shard].insert(key.to_owned(), decode("org totals", &v)?);
+                }
+                keys::COURSE_TOTALS => {
+                    state.course_totals[shard].insert(key.to_owned(), decode("course totals", &v)?);
+                }
+                other => return Err(key_err(keys::KeyError::WrongKeyspace(other, keys::ORG_TOTALS))),
+            }
+        }
+        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::Start) {
+            let (k, v) = item.map_err(err(ctx))?;
+            match k.first().copied() {
+                Some(keys::ORG) => {
+                    state
+                        .orgs
+                        .insert(keys::decode_text(keys::ORG, &k).map_err(key_err)?.to_owned(), decode("an org", &v)?);
+                }
+                Some(keys::TARGET) => {
+                    let id = keys::decode_text(keys::TARGET, &k).map_err(key_err)?.to_owned();
+                    state.targets.insert(id, decode("a target", &v)?);
+                }
+                Some(keys::OFFSET) => {
+                    let (topic, partition) = keys::decode_offset(&k).map_err(key_err)?;
+                    state.offsets.insert((topic.to_owned(), partition), keys::decode_i64(&v).map_err(key_err)?);
+                }
+                Some(keys::MAX_TS) => {
+                    let shard = usize::from(keys::decode_max_ts(&k).map_err(key_err)?).min(n - 1);
+                    state.max_ts[shard] = keys::decode_i64(&v).map_err(key_err)?;
+                }
+                Some(keys::MEETING_MINUTES) => state.meeting_minutes = Some(decode("the hours threshold", &v)?),
+                Some(keys::FORMAT) => {}
+                other => return Err(key_err(keys::KeyError::WrongKeyspace(other.unwrap_or_default(), keys::ORG))),
+            }
+        }
+        Ok(state)
+    }
+
+    fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
+        let key = keys::sharded_text(keys::USER, shard, user);
+        match self.db.get_pinned_cf(self.cf(CF_USERS), key).map_err(err("failed to read a user"))? {
+            Some(v) => Ok(Some(decode("a user", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
+        let k = keys::seen(shard, key.bucket, key.hash);
+        Ok(self.db.get_pinned_cf(self.cf(CF_SEEN), k).map_err(err("failed to read an event id"))?.is_some())
+    }
+
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        let (users, seen, totals, meta) = (self.cf(CF_USERS), self.cf(CF_SEEN), self.cf(CF_TOTALS), self.cf(CF_META));
+        let mut wb = WriteBatch::default();
+        if let Some(m) = batch.meeting_minutes {
+            wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m)?);
+        }
+        for (shard, user, state) in &batch.users {
+            wb.put_cf(users, keys::sharded_text(keys::USER, *shard, user), encode(state)?);
+        }
+        for (shard, k) in &batch.seen {
+            wb.put_cf(seen, keys::seen(*shard, k.bucket, k.hash), []);
+        }
+        for (shard, before) in &batch.forget_before {
+            wb.delete_range_cf(
+                seen,
+                keys::seen_bucket_start(*shard, i64::MIN),
+                keys::seen_bucket_start(*shard, *before),
+            );
+        }
+        for (shard, key, t) in &batch.org_totals {
+            let k = keys::sharded_text(keys::ORG_TOTALS, *shard, key);
+            match t {
+                Some(t) => wb.put_cf(totals, k, encode(t)?),
+                None => wb.delete_cf(totals, k),
+            }
+        }
+        for (shard, key, t) in &batch.course_totals {
+            let k = keys::sharded_text(keys::COURSE_TOTALS, *shard, key);
+            match t {
+                Some(t) => wb.put_cf(totals, k, encode(t)?),
+                None => wb.delete_cf(totals, k),
+            }
+        }
+        for (shard, ts) in &batch.max_ts {
+            wb.put_cf(meta, keys::max_ts(*shard), keys::encode_i64(*ts));
+        }
+        for (id, rec) in &batch.orgs {
+            match rec {
+                Some(r) => wb.put_cf(meta, keys::text(keys::ORG, id), encode(r)?),
+                None => wb.delete_cf(meta, keys::text(keys::ORG, id)),
+            }
+        }
+        for (id, rec) in &batch.targets {
+            match rec {
+                Some(r) => wb.put_cf(meta, keys::text(keys::TARGET, id), encode(r)?),
+                None => wb.delete_cf(meta, keys::text(keys::TARGET, id)),
+            }
+        }
+        for ((topic, partition), next) in &batch.offsets {
+            wb.put_cf(meta, keys::offset(topic, *partition), keys::encode_i64(*next));
+        }
+        // No fsync: the write-ahead log survives a killed process; a machine
+        // crash may lose the last commits, whose offsets are lost with them,
+        // so those messages are consumed again.
+        self.db.write(wb).map_err(err("failed to commit a batch to the state directory"))
+    }
+}

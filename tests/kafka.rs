@@ -1,0 +1,434 @@
+//! Integration tests against a real Apache Kafka broker (`scripts/kafka start`;
+//! `KAFKA_PORT` picks the port, default 9092). Each test has its own topics,
+//! consumer group and state directory, and runs the real `pulse` binary.
+//! The one test that restarts the broker runs alone (a write lock).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use pulse_kafka::tools;
+use pulse_loadgen::{World, WorldSpec};
+use pulse_model::{Fy, InputFormat, TimeRules};
+use pulse_oracle::{json_diff, Message, Settings};
+use serde_json::{json, Value};
+
+/// Held for reading by every test, for writing by the broker restart test.
+static BROKER: RwLock<()> = RwLock::new(());
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+fn brokers() -> String {
+    format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into()))
+}
+
+/// The report's fixed clock and year: the generated history lies before it.
+const NOW: &str = "2026-01-15T00:00:00+05:30";
+const FY: i32 = 2025;
+
+type Kv = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+struct Case {
+    name: String,
+    events: String,
+    orgs: String,
+    targets: String,
+    dlq: String,
+    group: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    /// Everything produced so far, for the reference model.
+    sent: Vec<Message>,
+}
+
+impl Case {
+    fn new(partitions: i32) -> Case {
+        let id = format!("{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand_suffix());
+        let name = |t: &str| format!("test.{t}.{id}");
+        let (events, orgs, targets, dlq) = (name("events"), name("orgs"), name("targets"), name("dlq"));
+        let b = brokers();
+        tools::create_topic(&b, &events, partitions, false).unwrap();
+        tools::create_topic(&b, &orgs, 1, true).unwrap();
+        tools::create_topic(&b, &targets, 1, true).unwrap();
+        tools::create_topic(&b, &dlq, 1, false).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("pulse.toml");
+        let toml = format!(
+            r#"
+            [kafka]
+            brokers = "{b}"
+            group_id = "{group}"
+            inputs = [{{ topic = "{events}", format = "pulse-v1" }}]
+            orgs_topic = "{orgs}"
+            targets_topic = "{targets}"
+            dlq_topic = "{dlq}"
+            commit_interval = "50ms"
+            session_timeout = "10s"
+            [store]
+            data_dir = "{data}"
+            shards = 4
+            [engine]
+            max_age = "3650d"
+            "#,
+            group = name("group"),
+            data = dir.path().join("data").display(),
+        );
+        std::fs::write(&config, toml).unwrap();
+        let group = name("group");
+        Case { name: id, events, orgs, targets, dlq, group, dir, config, sent: Vec::new() }
+    }
+
+    fn produce_events(&mut self, messages: &[Kv]) {
+        tools::produce(&brokers(), &self.events, messages).unwrap();
+        self.sent.extend(
+            messages
+                .iter()
+                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap_or_default() }),
+        );
+    }
+
+    fn produce_orgs(&mut self, messages: &[Kv]) {
+        tools::produce(&brokers(), &self.orgs, messages).unwrap();
+        self.sent.extend(messages.iter().map(|(k, v)| Message::Org { key: k.clone(), value: v.clone() }));
+    }
+
+    fn produce_targets(&mut self, messages: &[Kv]) {
+        tools::produce(&brokers(), &self.targets, messages).unwrap();
+        self.sent.extend(messages.iter().map(|(k, v)| Message::Target { key: k.clone(), value: v.clone() }));
+    }
+
+    fn start(&self) -> Child {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("pulse.log")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        let mut s = String::new();
+        let _ = std::fs::File::open(self.dir.path().join("pulse.log")).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    /// Waits until the group's committed offsets reach the end of every
+    /// input partition. Pulse commits them to the group only after the state
+    /// that includes them is persisted.
+    fn wait_caught_up(&self, child: &mut Child) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{}: pulse exited with {status} before catching up:\n{}", self.name, self.log());
+            }
+            let high = tools::high_watermarks(&brokers(), &self.events).unwrap();
+            let committed = tools::committed_offsets(&brokers(), &self.group, &self.events).unwrap_or_default();
+            if high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: not caught up in 180s ({committed:?} of {high:?}):\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn report(&self) -> Value {
+        let data = self.dir.path().join("data");
+        let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(["report", "--all", "--now", NOW, "--fy", "2025-26", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pulse report failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("now");
+        v
+    }
+
+    fn assert_equals_model(&self) {
+        let settings = Settings {
+            meeting_minutes: 240,
+            time_rules: TimeRules { max_age_ms: 3650 * 86_400_000 },
+            ingest_now: wall_clock(),
+        };
+        let now = pulse_model::time::parse_rfc3339(NOW).unwrap();
+        let expected = pulse_oracle::report(&self.sent, &settings, FY, now);
+        let actual = self.report();
+        if let Some(d) = json_diff(&actual, &expected) {
+            panic!("{}: report differs from the reference model: {d}\n{}", self.name, self.log());
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000
+}
+
+fn wall_clock() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// SIGTERM, then the exit status must be success.
+fn stop(child: &mut Child, case: &Case) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{}: pulse exited with {status} on SIGTERM:\n{}", case.name, case.log());
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: pulse did not stop within 60s of SIGTERM", case.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A small iGOT-shaped world and `n` of its events, keyed by user, with some
+/// exact duplicates mixed in. Event time lies in FY 2024-25 and 2025-26.
+fn history(seed: u64, n: usize) -> (Vec<Kv>, Vec<Kv>) {
+    let world = World::new(WorldSpec {
+        seed,
+        top_level: 6,
+        departments: 12,
+        organisations: 40,
+        users: 3_000,
+        courses: 60,
+        first_fy: Fy(FY - 1),
+    });
+    let orgs = world
+        .orgs
+        .iter()
+        .zip(world.org_lines())
+        .map(|(o, line)| (Some(o.id.clone().into_bytes()), Some(line.into_bytes())))
+        .collect();
+    let mut line = String::new();
+    let mut events: Vec<Kv> = world
+        .events()
+        // Spread over three quarters of the two years: both sides of 1 April 2025, none after NOW.
+        .spread_over(n as u64 * 4 / 3)
+        .take(n)
+        .map(|e| {
+            world.pulse_v1(&e, &mut line);
+            (Some(format!("u-{}", e.user).into_bytes()), Some(line.clone().into_bytes()))
+        })
+        .collect();
+    let duplicates: Vec<Kv> = events.iter().step_by(97).cloned().collect();
+    events.extend(duplicates);
+    (orgs, events)
+}
+
+fn target_records() -> Vec<Kv> {
+    let t = |id: &str, org: &str, kpi: &str, value: f64| {
+        let v = json!({"v": 1, "id": id, "org": org, "kpi": kpi, "value": value, "fy": "2025-26"});
+        (Some(id.as_bytes().to_vec()), Some(v.to_string().into_bytes()))
+    };
+    vec![t("t-national", "national", "completions_fy", 500.0), t("t-m0", "M_0", "learning_minutes_per_user_fy", 240.0)]
+}
+
+#[test]
+fn catch_up_equals_the_reference_model() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(4);
+    let (orgs, events) = history(11, 8_000);
+    case.produce_orgs(&orgs);
+    case.produce_targets(&target_records());
+    case.produce_events(&events);
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
+}
+
+#[test]
+fn a_graceful_stop_midstream_and_a_restart_lose_nothing() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(3);
+    let (orgs, events) = history(12, 6_000);
+    case.produce_orgs(&orgs);
+    let (first, second) = events.split_at(events.len() / 2);
+    case.produce_events(first);
+    let mut pulse = case.start();
+    // Stop while the second half is still arriving.
+    let producer = {
+        let (b, topic, rest) = (brokers(), case.events.clone(), second.to_vec());
+        std::thread::spawn(move || {
+            for chunk in rest.chunks(500) {
+                tools::produce(&b, &topic, chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // Stop once some, not all, of the stream is in.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tools::committed_offsets(&brokers(), &case.group, &case.events).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "pulse committed nothing in 120s:\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(&mut pulse, &case);
+    producer.join().unwrap();
+    case.sent
+        .extend(second.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }));
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing_and_counts_nothing_twice() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(4);
+    let (orgs, events) = history(13, 30_000);
+    case.produce_orgs(&orgs);
+    case.produce_targets(&target_records());
+    case.produce_events(&events);
+    let mut pulse = case.start();
+    let mut rng_state = 0x9e37_79b9_u64;
+    for _ in 0..6 {
+        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(300 + (rng_state >> 33) % 1500));
+        pulse.kill().unwrap(); // SIGKILL
+        pulse.wait().unwrap();
+        pulse = case.start();
+    }
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
+}
+
+#[test]
+fn every_dead_letter_reason_reaches_the_dlq_with_its_headers_and_the_offset_passes_it() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(1);
+    let ev = |fields: Value| Some(fields.to_string().into_bytes());
+    let ok = |id: &str| json!({"v": 1, "id": id, "type": "registration", "ts": "2025-06-02T09:00:00+05:30", "user": "u1", "org": "A"});
+    let mut bad: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("invalid_json", Some(b"{not json".to_vec())),
+        ("unsupported_version", ev(json!({"v": 2, "id": "x"}))),
+        ("missing_field", ev(json!({"v": 1, "id": "x", "type": "registration", "ts": 1}))),
+        ("invalid_field", ev(json!({"v": 1, "id": "x", "type": "like", "ts": 1, "user": "u", "org": "A"}))),
+        ("too_large", Some(vec![b' '; 64 * 1024 + 1])),
+        (
+            "future_timestamp",
+            ev(
+                json!({"v": 1, "id": "f", "type": "registration", "ts": wall_clock() + 3 * 86_400_000, "user": "u", "org": "A"}),
+            ),
+        ),
+        ("too_old", ev(json!({"v": 1, "id": "o", "type": "registration", "ts": 0, "user": "u", "org": "A"}))),
+    ];
+    let mut events: Vec<Kv> = vec![(Some(b"u1".to_vec()), ev(ok("good-1")))];
+    events.extend(bad.iter().map(|(_, v)| (Some(b"k-bad".to_vec()), v.clone())));
+    events.push((Some(b"u1".to_vec()), ev(ok("good-2"))));
+    case.produce_events(&events);
+    // An org whose parent link would close a cycle.
+    let org = |id: &str, parent: Option<&str>| {
+        (Some(id.as_bytes().to_vec()), Some(json!({"v": 1, "org": id, "parent": parent}).to_string().into_bytes()))
+    };
+    let cycle = org("A", Some("B"));
+    case.produce_orgs(&[org("A", None), org("B", Some("A")), cycle.clone()]);
+    bad.push(("org_cycle", cycle.1));
+
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+
+    let letters = tools::read_all(&brokers(), &case.dlq).unwrap();
+    assert_eq!(letters.len(), bad.len(), "one dead letter per bad message");
+    for (reason, value) in &bad {
+        let letter = letters
+            .iter()
+            .find(|l| l.headers.get("pulse.reason").map(String::as_str) == Some(reason))
+            .unwrap_or_else(|| panic!("no dead letter with reason {reason}"));
+        assert_eq!(&letter.value, value, "{reason}: the value is untouched");
+        assert!(!letter.headers["pulse.detail"].is_empty());
+        let source = &letter.headers["pulse.source.topic"];
+        assert!(source == &case.events || source == &case.orgs, "{reason}: source topic {source}");
+        assert!(letter.headers["pulse.source.offset"].parse::<i64>().is_ok());
+        assert!(letter.headers["pulse.source.partition"].parse::<i32>().is_ok());
+        if source == &case.events {
+            assert_eq!(letter.key.as_deref(), Some(&b"k-bad"[..]), "{reason}: the key is untouched");
+        }
+    }
+    // Both good events, on either side of the bad ones, were applied.
+    let report = case.report();
+    assert_eq!(report["nodes"]["national"]["registered_users"], 1);
+    case.assert_equals_model();
+}
+
+fn kafka_script(arg: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka");
+    let out = Command::new(script).arg(arg).output().unwrap();
+    assert!(out.status.success(), "scripts/kafka {arg}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_broker_restart_under_a_running_pulse_is_waited_out() {
+    let _broker = BROKER.write().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(2);
+    let (orgs, events) = history(14, 6_000);
+    case.produce_orgs(&orgs);
+    let (first, second) = events.split_at(events.len() / 2);
+    case.produce_events(first);
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+    kafka_script("stop");
+    std::thread::sleep(Duration::from_secs(3));
+    kafka_script("start");
+    case.produce_events(second);
+    case.wait_caught_up(&mut pulse);
+    assert!(pulse.try_wait().unwrap().is_none(), "pulse kept running through the broker restart");
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
+}
+
+#[test]
+fn a_reparented_org_and_a_migrated_user_move_their_numbers() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(2);
+    let org = |id: &str, parent: Option<&str>, employees: u64| {
+        let v = json!({"v": 1, "org": id, "parent": parent, "employees": employees});
+        (Some(id.as_bytes().to_vec()), Some(v.to_string().into_bytes()))
+    };
+    case.produce_orgs(&[
+        org("M_A", None, 10),
+        org("M_B", None, 10),
+        org("D_1", Some("M_A"), 5),
+        org("D_2", Some("M_B"), 5),
+    ]);
+    let ev = |id: &str, ts: &str, user: &str, org: &str| {
+        let v = json!({"v": 1, "id": id, "type": "progress", "ts": ts, "user": user, "org": org, "course": "c", "minutes": 30});
+        (Some(user.as_bytes().to_vec()), Some(v.to_string().into_bytes()))
+    };
+    case.produce_events(&[
+        ev("a1", "2025-05-01T10:00:00+05:30", "alice", "D_1"),
+        ev("b1", "2025-05-01T10:00:00+05:30", "bob", "D_1"),
+    ]);
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+    let before = case.report();
+    assert_eq!(before["nodes"]["M_A"]["registered_users"], 2);
+    // D_1 moves under M_B; bob moves to D_2 by a later event.
+    case.produce_orgs(&[org("D_1", Some("M_B"), 5)]);
+    case.produce_events(&[ev("b2", "2025-06-01T10:00:00+05:30", "bob", "D_2")]);
+    case.wait_caught_up(&mut pulse);
+    // The registry reader polls on its own; give it a moment past the events.
+    std::thread::sleep(Duration::from_secs(1));
+    stop(&mut pulse, &case);
+    let after = case.report();
+    assert_eq!(after["nodes"]["M_A"]["registered_users"], 0);
+    assert_eq!(after["nodes"]["M_B"]["registered_users"], 2);
+    assert_eq!(after["nodes"]["D_1"]["registered_users"], 1);
+    assert_eq!(after["nodes"]["D_2"]["learning_minutes"], 60.0, "bob's whole history moved with him");
+    assert_eq!(after["nodes"]["M_B"]["employees"], 20);
+    case.assert_equals_model();
+}

@@ -1,0 +1,147 @@
+//! One conformance suite for every implementation of the engine's `Store`:
+//! the in-memory store and the RocksDB store must answer alike, and the
+//! RocksDB store must answer alike again after it is closed and reopened.
+
+use std::collections::{BTreeMap, HashMap};
+
+use pulse_engine::{Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenKey, Store, Totals, UserState};
+use pulse_model::{Fy, OrgRecord, TargetKpi, TargetRecord};
+use pulse_store::{RocksStore, StoreOptions};
+
+fn user(org: &str) -> UserState {
+    UserState {
+        org: Some(OrgStamp { ts: 5, id: "e".into(), org: org.into() }),
+        fy_minutes_ms: [(Fy(2025), 60_000)].into(),
+        active_fys: vec![Fy(2025)],
+        ..UserState::default()
+    }
+}
+
+fn org(id: &str) -> OrgRecord {
+    OrgRecord { org: id.into(), name: id.into(), parent: None, kind: "ministry".into(), employees: 7 }
+}
+
+fn target(id: &str) -> TargetRecord {
+    TargetRecord { id: id.into(), org: "A".into(), kpi: TargetKpi::CompletionsFy, value: 3.0, fy: Fy(2025) }
+}
+
+fn seen(bucket: i64, hash: u128) -> SeenKey {
+    SeenKey { bucket, hash }
+}
+
+fn totals(users: i64) -> Totals {
+    Totals { registered_users: users, minutes_ms: 9, ..Totals::default() }
+}
+
+fn course(enrolments: i64) -> CourseTotals {
+    CourseTotals { enrolments, ..CourseTotals::default() }
+}
+
+/// Runs the suite; `reopen` closes and reopens the store (identity in memory).
+fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
+    assert_eq!(store.shards(), 2);
+    let empty = store.load().unwrap();
+    assert!(empty.orgs.is_empty() && empty.offsets.is_empty() && empty.meeting_minutes.is_none());
+    assert_eq!(store.user(0, "u1").unwrap(), None);
+
+    store
+        .commit(Batch {
+            meeting_minutes: Some(240),
+            users: vec![(0, "u1".into(), user("A")), (1, "u2".into(), user("B"))],
+            seen: vec![(0, seen(-3, 1)), (0, seen(10, 2)), (0, seen(11, 3)), (1, seen(10, 4))],
+            org_totals: vec![(0, "A".into(), Some(totals(1))), (1, "B".into(), Some(totals(2)))],
+            course_totals: vec![(0, "c1".into(), Some(course(1)))],
+            max_ts: vec![(0, 1_000), (1, -5)],
+            orgs: vec![("A".into(), Some(org("A"))), ("B".into(), Some(org("B")))],
+            targets: vec![("t1".into(), Some(target("t1"))), ("t2".into(), Some(target("t2")))],
+            offsets: vec![(("events".into(), 0), 10), (("events".into(), -1), 1), (("other".into(), 3), 7)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.user(0, "u1").unwrap(), Some(user("A")));
+    assert_eq!(store.user(1, "u1").unwrap(), None, "users are per shard");
+    assert!(store.is_seen(0, seen(10, 2)).unwrap());
+    assert!(!store.is_seen(1, seen(10, 2)).unwrap(), "ids are per shard");
+
+    store
+        .commit(Batch {
+            users: vec![(0, "u1".into(), user("C"))],
+            seen: vec![(0, seen(20, 5))],
+            // Forget shard 0's buckets below 11: -3 and 10 go, 11 and 20 stay; shard 1 keeps its 10.
+            forget_before: vec![(0, 11)],
+            org_totals: vec![(0, "A".into(), None), (0, "C".into(), Some(totals(1)))],
+            course_totals: vec![(0, "c1".into(), None), (1, "c2".into(), Some(course(2)))],
+            max_ts: vec![(0, 2_000)],
+            orgs: vec![("B".into(), None)],
+            targets: vec![("t2".into(), None)],
+            offsets: vec![(("events".into(), 0), 12)],
+            ..Batch::default()
+        })
+        .unwrap();
+
+    let expected = LoadedState {
+        shards: 2,
+        meeting_minutes: Some(240),
+        orgs: [("A".to_owned(), org("A"))].into(),
+        targets: [("t1".to_owned(), target("t1"))].into(),
+        org_totals: vec![HashMap::from([("C".to_owned(), totals(1))]), HashMap::from([("B".to_owned(), totals(2))])],
+        course_totals: vec![HashMap::new(), HashMap::from([("c2".to_owned(), course(2))])],
+        max_ts: vec![2_000, -5],
+        offsets: BTreeMap::from([
+            (("events".to_owned(), -1), 1),
+            (("events".to_owned(), 0), 12),
+            (("other".to_owned(), 3), 7),
+        ]),
+    };
+    let check = |store: &S| {
+        assert_eq!(store.load().unwrap(), expected);
+        assert_eq!(store.user(0, "u1").unwrap(), Some(user("C")));
+        assert_eq!(store.user(1, "u2").unwrap(), Some(user("B")));
+        let seen_now: Vec<bool> =
+            [(0, seen(-3, 1)), (0, seen(10, 2)), (0, seen(11, 3)), (0, seen(20, 5)), (1, seen(10, 4))]
+                .iter()
+                .map(|(shard, k)| store.is_seen(*shard, *k).unwrap())
+                .collect();
+        assert_eq!(seen_now, [false, false, true, true, true]);
+    };
+    check(&store);
+    let store = reopen(store);
+    check(&store);
+}
+
+#[test]
+fn the_in_memory_store_conforms() {
+    conformance(MemStore::new(2), |s| s);
+}
+
+#[test]
+fn the_rocksdb_store_conforms_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions { shards: 2, ..StoreOptions::default() };
+    let store = RocksStore::open(dir.path(), &options).unwrap();
+    conformance(store, |s| {
+        drop(s);
+        // A reopened directory keeps its shard count, whatever is configured now.
+        RocksStore::open(dir.path(), &StoreOptions { shards: 9, ..StoreOptions::default() }).unwrap()
+    });
+}
+
+#[test]
+fn a_foreign_directory_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not pulse").unwrap();
+    let err = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("holds no Pulse state"), "{err}");
+    let err = RocksStore::open_read_only(tempfile::tempdir().unwrap().path()).unwrap_err().to_string();
+    assert!(err.contains("run `pulse replay` or `pulse run`"), "{err}");
+}
+
+#[test]
+fn a_second_writer_is_refused_but_a_reader_may_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let err = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("another `pulse run`"), "{err}");
+    let reader = RocksStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.shards(), 16);
+}
