@@ -47,6 +47,9 @@ pub(crate) fn partitions(
 impl RegistryReader {
     pub(crate) fn new(settings: &Settings) -> Result<RegistryReader, Error> {
         let consumer: BaseConsumer = client_config(&settings.brokers, &settings.options)
+            // librdkafka wants a group id even for `assign`; this reader never
+            // joins the group or commits, so its name only shows in broker logs.
+            .set("group.id", format!("{}.registry", settings.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create()

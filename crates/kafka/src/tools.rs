@@ -15,7 +15,10 @@ use crate::{client_config, kafka_err, Error};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn config(brokers: &str) -> rdkafka::ClientConfig {
-    client_config(brokers, &BTreeMap::new())
+    let mut c = client_config(brokers, &BTreeMap::new());
+    // Needed by `assign` in librdkafka; these readers never join or commit.
+    c.set("group.id", "pulse.tools").set("enable.auto.commit", "false");
+    c
 }
 
 /// Creates a topic (replication factor 1); `compacted` for registry topics.

@@ -30,6 +30,7 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let config = RawConfig::load(config_path, std::env::vars())?.validate()?;
