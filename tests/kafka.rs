@@ -28,7 +28,7 @@ fn brokers() -> String {
 const NOW: &str = "2026-01-15T00:00:00+05:30";
 const FY: i32 = 2025;
 
-type Kv = (Option<Vec<u8>>, Option<Vec<u8>>);
+use tools::KeyValue as Kv;
 
 struct Case {
     name: String,

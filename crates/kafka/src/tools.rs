@@ -14,6 +14,9 @@ use crate::{client_config, kafka_err, Error};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A message to produce: key and value (`None` value: a tombstone).
+pub type KeyValue = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 fn config(brokers: &str) -> rdkafka::ClientConfig {
     let mut c = client_config(brokers, &BTreeMap::new());
     // Needed by `assign` in librdkafka; these readers never join or commit.
@@ -40,7 +43,7 @@ pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool)
 /// Produces messages (key, value; `None` value is a tombstone) and waits for
 /// every acknowledgement. Keys pick partitions with librdkafka's default
 /// partitioner.
-pub fn produce(brokers: &str, topic: &str, messages: &[(Option<Vec<u8>>, Option<Vec<u8>>)]) -> Result<(), Error> {
+pub fn produce(brokers: &str, topic: &str, messages: &[KeyValue]) -> Result<(), Error> {
     let producer: BaseProducer =
         config(brokers).set("linger.ms", "5").create().map_err(kafka_err("failed to create a producer"))?;
     for (key, value) in messages {
