@@ -54,6 +54,8 @@ impl DeadLetters {
         let producer = client_config(&settings.brokers, &settings.options)
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // Each dead letter is awaited on its own: do not wait to batch it.
+            .set("linger.ms", "0")
             .create_with_context(Acks::default())
             .map_err(kafka_err("failed to create the dead-letter producer"))?;
         Ok(DeadLetters { producer, topic: settings.dlq_topic.clone() })
