@@ -157,14 +157,6 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    pub fn config(&self) -> &EngineConfig {
-        &self.config
-    }
-
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-
     /// Gives the store back, dropping everything not committed (as a crash would).
     pub fn into_store(self) -> S {
         self.store

@@ -82,9 +82,4 @@ impl OrgView {
     pub fn node(&self, id: &str) -> Option<&NodeView> {
         self.index.get(id).map(|&i| &self.nodes[i])
     }
-
-    /// The direct children of a node, by id.
-    pub fn children<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a NodeView> + 'a {
-        self.nodes.iter().filter(move |n| n.parent.as_deref() == Some(id))
-    }
 }

@@ -1,7 +1,6 @@
 //! The storage trait the engine works on, and its in-memory implementation.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 use pulse_model::{Millis, OrgRecord, TargetRecord};
 use serde::{Deserialize, Serialize};
@@ -82,9 +81,8 @@ pub trait Store {
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
 }
 
-/// The in-memory store. It can be saved to and loaded from a snapshot file,
-/// written atomically (temp file, then rename).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The in-memory store, for tests: what it holds is exactly what was committed.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemStore {
     state: LoadedState,
     users: Vec<FastMap<String, UserState>>,
@@ -92,9 +90,6 @@ pub struct MemStore {
     seen: Vec<FastMap<u128, i64>>,
     seen_buckets: Vec<BTreeMap<i64, Vec<u128>>>,
 }
-
-/// Snapshot format version, written first in the file.
-const SNAPSHOT_VERSION: u32 = 1;
 
 impl MemStore {
     pub fn new(shards: ShardId) -> MemStore {
@@ -110,34 +105,6 @@ impl MemStore {
             users: vec![FastMap::default(); n],
             seen: vec![FastMap::default(); n],
             seen_buckets: vec![BTreeMap::new(); n],
-        }
-    }
-
-    /// Number of users held, over all shards.
-    pub fn user_count(&self) -> usize {
-        self.users.iter().map(FastMap::len).sum()
-    }
-
-    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
-        let ctx = || format!("failed to write snapshot {}", path.display());
-        let tmp = path.with_extension("snapshot.tmp");
-        let mut bytes = SNAPSHOT_VERSION.to_le_bytes().to_vec();
-        bincode::serialize_into(&mut bytes, self).map_err(|e| StoreError::new(ctx(), e))?;
-        std::fs::write(&tmp, bytes).map_err(|e| StoreError::new(ctx(), e))?;
-        std::fs::rename(&tmp, path).map_err(|e| StoreError::new(ctx(), e))
-    }
-
-    pub fn open(path: &Path) -> Result<MemStore, StoreError> {
-        let ctx = || format!("failed to read snapshot {}", path.display());
-        let bytes = std::fs::read(path).map_err(|e| StoreError::new(ctx(), e))?;
-        match bytes.split_first_chunk::<4>() {
-            Some((v, rest)) if u32::from_le_bytes(*v) == SNAPSHOT_VERSION => {
-                bincode::deserialize(rest).map_err(|e| StoreError::new(ctx(), e))
-            }
-            _ => Err(StoreError::new(
-                ctx(),
-                format!("not a Pulse snapshot of version {SNAPSHOT_VERSION}; point --data-dir at a directory written by `pulse replay`"),
-            )),
         }
     }
 }

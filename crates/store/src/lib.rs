@@ -55,7 +55,6 @@ impl Default for StoreOptions {
 pub struct RocksStore {
     db: DB,
     shards: ShardId,
-    cache: Option<Cache>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -127,7 +126,7 @@ impl RocksStore {
             "failed to open state directory {} (is another `pulse run` using it?)",
             path.display()
         )))?;
-        let mut store = RocksStore { db, shards: opts.shards.max(1), cache: Some(cache) };
+        let mut store = RocksStore { db, shards: opts.shards.max(1) };
         store.check_format(fresh, opts.shards.max(1))?;
         Ok(store)
     }
@@ -143,7 +142,7 @@ impl RocksStore {
         }
         let db = DB::open_cf_for_read_only(&Options::default(), path, FAMILIES, false)
             .map_err(err(format!("failed to open state directory {} read-only", path.display())))?;
-        let mut store = RocksStore { db, shards: 1, cache: None };
+        let mut store = RocksStore { db, shards: 1 };
         store.check_format(false, 1)?;
         Ok(store)
     }
@@ -176,19 +175,6 @@ impl RocksStore {
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(name).expect("every column family is opened with the database")
-    }
-
-    /// Bytes of live data files on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        FAMILIES
-            .iter()
-            .filter_map(|cf| self.db.property_int_value_cf(self.cf(cf), "rocksdb.total-sst-files-size").ok().flatten())
-            .sum()
-    }
-
-    /// Bytes held in the block cache.
-    pub fn cache_bytes(&self) -> usize {
-        self.cache.as_ref().map_or(0, Cache::get_usage)
     }
 }
 
