@@ -2,6 +2,9 @@
 //! arrival, duplicates, crashes and restarts; every KPI of every node, course,
 //! target and user must be equal.
 
+// Test helpers unwrap freely: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;

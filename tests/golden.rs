@@ -3,6 +3,9 @@
 //! --test golden` rewrites the parse goldens; read the diff before committing.
 //! The scenario's expected report was computed by hand (see its README).
 
+// Test helpers unwrap freely: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use pulse_model::time::format_ist;

@@ -3,6 +3,9 @@
 //! consumer group and state directory, and runs the real `pulse` binary.
 //! The one test that restarts the broker runs alone (a write lock).
 
+// Test helpers unwrap freely: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

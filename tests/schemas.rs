@@ -2,6 +2,9 @@
 //! input that the parser accepts is valid under the schema, and every input it
 //! dead-letters for a field or version reason is invalid under it.
 
+// Test helpers unwrap freely: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use jsonschema::{Draft, JSONSchema};

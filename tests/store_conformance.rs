@@ -2,6 +2,9 @@
 //! the in-memory store and the RocksDB store must answer alike, and the
 //! RocksDB store must answer alike again after it is closed and reopened.
 
+// Test helpers unwrap freely: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashMap};
 
 use pulse_engine::{Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenKey, Store, Totals, UserState};
