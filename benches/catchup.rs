@@ -103,7 +103,15 @@ fn main() {
     let t = Instant::now();
     let worker = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || pulse_kafka::run(&settings, engine, &stop, wall_clock))
+        std::thread::spawn(move || {
+            // As `pulse run` does: publish the org-level snapshot at every commit.
+            let snapshot = pulse_http::SnapshotCell::default();
+            let metrics = pulse_kafka::IngestMetrics::default();
+            let mut on_commit = |e: &pulse_engine::Engine<RocksStore>| snapshot.set(e.snapshot());
+            let engine = Arc::new(std::sync::Mutex::new(engine));
+            let shared = pulse_kafka::Shared { engine, metrics: &metrics, on_commit: &mut on_commit };
+            pulse_kafka::run(&settings, shared, &stop, wall_clock)
+        })
     };
     let high = tools::high_watermarks(&brokers, &events).expect("watermarks");
     loop {

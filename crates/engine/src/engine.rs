@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 
 use pulse_model::{
-    parse, parse_org, parse_target, Event, Fy, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed, Rejection,
-    TargetRecord, TargetUpdate, TimeRules,
+    parse, parse_org, parse_target, Event, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed, Rejection, TargetRecord,
+    TargetUpdate, TimeRules,
 };
 use serde::Serialize;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::registry::Registry;
-use crate::report::{CourseKpis, NodeKpis, Report, TargetStatus};
+use crate::report::Snapshot;
 use crate::rollup::OrgView;
 use crate::state::{CourseTotals, Totals, UserState};
 use crate::store::{Batch, SeenKey, ShardId, Store, StoreError};
@@ -160,6 +160,15 @@ impl<S: Store> Engine<S> {
     /// Gives the store back, dropping everything not committed (as a crash would).
     pub fn into_store(self) -> S {
         self.store
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The event time of the newest event applied, if any.
+    pub fn newest_event(&self) -> Option<Millis> {
+        self.shards.iter().map(|s| s.max_ts).max().filter(|&ts| ts != Millis::MIN)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -352,13 +361,13 @@ impl<S: Store> Engine<S> {
     }
 
     /// Every node's totals over its subtree, as the registry is now.
-    pub fn view(&self) -> OrgView {
+    fn view(&self) -> OrgView {
         let leaves = self.shards.iter().flat_map(|s| s.orgs.iter()).map(|(k, t)| (self.org_keys.name(k), t));
         OrgView::build(&self.registry, leaves)
     }
 
     /// Course totals summed over the shards.
-    pub fn course_totals(&self) -> BTreeMap<String, CourseTotals> {
+    fn course_totals(&self) -> BTreeMap<String, CourseTotals> {
         let mut all: BTreeMap<String, CourseTotals> = BTreeMap::new();
         for (course, t) in self.shards.iter().flat_map(|s| s.courses.iter()) {
             all.entry(self.course_keys.name(course).to_owned()).or_default().add(t, 1);
@@ -366,14 +375,15 @@ impl<S: Store> Engine<S> {
         all
     }
 
-    /// The whole `pulse report --all` document.
-    pub fn report(&self, fy: Fy, now: Millis) -> Report {
-        let view = self.view();
-        Report {
-            nodes: Some(view.nodes().iter().map(|n| (n.id.clone(), NodeKpis::of(n, fy))).collect()),
-            courses: Some(self.course_totals().iter().map(|(c, t)| (c.clone(), CourseKpis::of(t))).collect()),
-            targets: Some(self.targets.iter().map(|(id, t)| (id.clone(), TargetStatus::of(t, &view, now))).collect()),
-            ..Report::header(fy, now)
+    /// The org-level state as it is now (including uncommitted changes).
+    pub fn snapshot(&self) -> Snapshot {
+        let leaves: FastSet<&str> =
+            self.shards.iter().flat_map(|s| s.orgs.iter()).map(|(k, _)| self.org_keys.name(k)).collect();
+        Snapshot {
+            view: self.view(),
+            courses: self.course_totals(),
+            targets: self.targets.clone(),
+            unknown_orgs: leaves.iter().filter(|o| **o != crate::UNASSIGNED && self.registry.get(o).is_none()).count(),
         }
     }
 }

@@ -27,7 +27,7 @@ mod table;
 
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats};
 pub use registry::Registry;
-pub use report::{CourseKpis, NodeKpis, Report, TargetStatus, UserCourse, UserReport};
+pub use report::{CourseKpis, NodeKpis, Report, Snapshot, TargetStatus, UserCourse, UserReport};
 pub use rollup::{NodeView, OrgView};
 pub use state::{CourseState, CourseTotals, FyTotals, OrgStamp, RatingStamp, Totals, UserState};
 pub use store::{Batch, LoadedState, MemStore, SeenKey, ShardId, Store, StoreError};

@@ -140,6 +140,15 @@ impl TargetStatus {
             progress: actual.and_then(|a| ratio(a, expected)),
         }
     }
+
+    /// Behind its pace: progress below 1, or no actual value at all while
+    /// some progress is already expected.
+    pub fn is_behind(&self) -> bool {
+        match self.progress {
+            Some(p) => p < 1.0,
+            None => self.expected > 0.0,
+        }
+    }
 }
 
 /// The `pulse report` document. Sections left `None` are omitted, so one
@@ -228,5 +237,69 @@ impl UserReport {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The org-level state as of one commit: everything `/metrics`, the node,
+/// course and target queries and `pulse report --all` read. Building one costs
+/// O(orgs + courses + targets); it never touches user state, so readers on
+/// other threads can share it while the engine goes on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub view: OrgView,
+    pub courses: BTreeMap<String, CourseTotals>,
+    pub targets: BTreeMap<String, TargetRecord>,
+    /// Org ids that events name but the registry does not know (their users
+    /// count under `unassigned`).
+    pub unknown_orgs: usize,
+}
+
+impl Snapshot {
+    /// Every financial year with a non-zero total, oldest first.
+    pub fn fys(&self) -> impl Iterator<Item = Fy> + '_ {
+        self.view.node(crate::NATIONAL).into_iter().flat_map(|n| n.totals.fys.iter().map(|(fy, _)| *fy))
+    }
+
+    pub fn target_status(&self, target: &TargetRecord, now: Millis) -> TargetStatus {
+        TargetStatus::of(target, &self.view, now)
+    }
+
+    /// `pulse report --all`: every node, course and target.
+    pub fn report(&self, fy: Fy, now: Millis) -> Report {
+        Report {
+            nodes: Some(self.view.nodes().iter().map(|n| (n.id.clone(), NodeKpis::of(n, fy))).collect()),
+            courses: Some(self.courses.iter().map(|(c, t)| (c.clone(), CourseKpis::of(t))).collect()),
+            targets: Some(self.targets.iter().map(|(id, t)| (id.clone(), self.target_status(t, now))).collect()),
+            ..Report::header(fy, now)
+        }
+    }
+
+    /// One node; `None` when it is not `national`, `unassigned` or registered.
+    pub fn node_report(&self, org: &str, fy: Fy, now: Millis) -> Option<Report> {
+        let node = self.view.node(org)?;
+        Some(Report { nodes: Some(vec![(node.id.clone(), NodeKpis::of(node, fy))]), ..Report::header(fy, now) })
+    }
+
+    /// The direct children of a node, by id; `None` when the node is unknown.
+    pub fn children_report(&self, org: &str, fy: Fy, now: Millis) -> Option<Report> {
+        self.view.node(org)?;
+        let children = self.view.nodes().iter().filter(|n| n.parent.as_deref() == Some(org));
+        Some(Report {
+            nodes: Some(children.map(|n| (n.id.clone(), NodeKpis::of(n, fy))).collect()),
+            ..Report::header(fy, now)
+        })
+    }
+
+    /// One course; `None` when no accepted event names it.
+    pub fn course_report(&self, course: &str, fy: Fy, now: Millis) -> Option<Report> {
+        let t = self.courses.get(course)?;
+        Some(Report { courses: Some([(course.to_owned(), CourseKpis::of(t))].into()), ..Report::header(fy, now) })
+    }
+
+    /// Every target, or only those behind their pace (progress below 1).
+    pub fn targets_report(&self, behind_only: bool, fy: Fy, now: Millis) -> Report {
+        let statuses = self.targets.iter().map(|(id, t)| (id.clone(), self.target_status(t, now)));
+        let targets = statuses.filter(|(_, s)| !behind_only || s.is_behind()).collect();
+        Report { targets: Some(targets), ..Report::header(fy, now) }
     }
 }

@@ -22,11 +22,13 @@ use pulse_engine::{Disposition, Engine, IngestStats, Store};
 use pulse_model::{InputFormat, Millis};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use crate::dead_letters::{DeadLetters, Source};
+use crate::metrics::{IngestCounts, IngestMetrics, Position};
 use crate::registry::{partitions, RegistryReader};
 use crate::{client_config, kafka_err, Error, Settings};
 
@@ -46,11 +48,29 @@ fn lock<S>(engine: &Mutex<Engine<S>>) -> MutexGuard<'_, Engine<S>> {
 /// Runs the rebalance protocol against the engine that owns the offsets.
 struct GroupContext<S> {
     engine: Arc<Mutex<Engine<S>>>,
+    /// Whether the group has given this member its partitions (maybe none).
+    assigned: AtomicBool,
+    /// Each partition's end offset, from librdkafka's statistics (no
+    /// broker round trip; refreshed every `STATS_INTERVAL`).
+    ends: Mutex<BTreeMap<(String, i32), i64>>,
     /// A failure inside a callback, reported by the loop after `poll` returns.
     failure: Mutex<Option<String>>,
 }
 
-impl<S: Store + Send + 'static> ClientContext for GroupContext<S> {}
+impl<S: Store + Send + 'static> ClientContext for GroupContext<S> {
+    fn stats(&self, statistics: Statistics) {
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in &statistics.topics {
+            // Partition -1 is librdkafka's internal "unassigned" queue.
+            for (p, part) in t.partitions.iter().filter(|(p, part)| **p >= 0 && part.hi_offset >= 0) {
+                ends.insert((topic.clone(), *p), part.hi_offset);
+            }
+        }
+    }
+}
+
+/// How often librdkafka reports partition ends (and so how fresh lag is).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -69,11 +89,13 @@ impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
                     }
                 }
                 info!(partitions = ?resume, "assigned; resuming at the stored offsets");
+                self.assigned.store(true, Ordering::Relaxed);
                 consumer.assign(tpl).map_err(|e| e.to_string())
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let persisted = engine.commit().map_err(|e| e.to_string());
                 info!(ok = persisted.is_ok(), "revoked; state and offsets persisted first");
+                self.assigned.store(false, Ordering::Relaxed);
                 persisted.and_then(|()| consumer.unassign().map_err(|e| e.to_string()))
             }
             other => {
@@ -87,21 +109,42 @@ impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
     }
 }
 
+/// What the loop shares with the rest of the process.
+pub struct Shared<'a, S> {
+    /// The engine; other threads may lock it briefly (user lookups).
+    pub engine: Arc<Mutex<Engine<S>>>,
+    pub metrics: &'a IngestMetrics,
+    /// Called after every commit of state and offsets, with the lock held.
+    pub on_commit: &'a mut dyn FnMut(&Engine<S>),
+}
+
+impl<S> std::fmt::Debug for Shared<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
 /// Consumes until `stop` is set, then persists, commits and returns.
 pub fn run<S: Store + Send + 'static>(
     settings: &Settings,
-    engine: Engine<S>,
+    shared: Shared<'_, S>,
     stop: &AtomicBool,
     clock: fn() -> Millis,
 ) -> Result<RunStats, Error> {
-    let engine = Arc::new(Mutex::new(engine));
-    let context = GroupContext { engine: Arc::clone(&engine), failure: Mutex::new(None) };
+    let Shared { engine, metrics, on_commit } = shared;
+    let context = GroupContext {
+        engine: Arc::clone(&engine),
+        assigned: AtomicBool::new(false),
+        ends: Mutex::new(BTreeMap::new()),
+        failure: Mutex::new(None),
+    };
     let consumer: BaseConsumer<GroupContext<S>> = client_config(&settings.brokers, &settings.options)
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        .set("statistics.interval.ms", STATS_INTERVAL.as_millis().to_string())
         .create_with_context(context)
         .map_err(kafka_err("failed to create the consumer"))?;
     let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
@@ -110,14 +153,20 @@ pub fn run<S: Store + Send + 'static>(
     }
     let dead = DeadLetters::new(settings)?;
     let mut registry = RegistryReader::new(settings)?;
-    let mut stats = RunStats::default();
+    let mut registry_stats = IngestStats::default();
+    let mut counts = IngestCounts::default();
+    // Kafka timestamps of the messages applied since the last commit.
+    let mut arrivals: Vec<Millis> = Vec::new();
     {
         // The registry and targets are rebuilt from their topics on every
         // start, before any event is applied.
         let mut engine = lock(&engine);
         engine.clear_registry();
-        registry.catch_up(&mut engine, &dead, &mut stats.registry, stop)?;
+        registry.catch_up(&mut engine, &dead, &mut registry_stats, stop)?;
         engine.commit()?;
+        counts.registry_read();
+        on_commit(&engine);
+        metrics.publish(&counts);
         info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
     }
     let topics: Vec<&str> = formats.keys().map(String::as_str).collect();
@@ -125,8 +174,9 @@ pub fn run<S: Store + Send + 'static>(
 
     let mut since_commit = 0usize;
     let mut last_commit = Instant::now();
+    let mut last_publish = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        if registry.poll(&mut lock(&engine), &dead, &mut stats.registry, Duration::ZERO, stop)? > 0 {
+        if registry.poll(&mut lock(&engine), &dead, &mut registry_stats, Duration::ZERO, stop)? > 0 {
             since_commit += 1;
         }
         match consumer.poll(Duration::from_millis(100)) {
@@ -139,11 +189,13 @@ pub fn run<S: Store + Send + 'static>(
                     continue;
                 }
                 let format = formats.get(topic).copied().unwrap_or(InputFormat::PulseV1);
-                let disposition = engine.ingest(format, msg.payload().unwrap_or_default(), clock())?;
+                let now = clock();
+                let disposition = engine.ingest(format, msg.payload().unwrap_or_default(), now)?;
                 if let Disposition::Dead(why) = &disposition {
                     dead.send(msg.key(), msg.payload(), why, &Source { topic, partition, offset }, stop)?;
                 }
-                stats.events.record(&disposition);
+                counts.message(topic, format, &disposition);
+                arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
                 // `offset` is applied: the next one to read is `offset + 1`.
                 engine.set_next_offset(topic, partition, offset + 1);
                 since_commit += 1;
@@ -152,20 +204,60 @@ pub fn run<S: Store + Send + 'static>(
         if let Some(failure) = consumer.context().failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(Error::Setup(format!("rebalance failed: {failure}")));
         }
-        if since_commit >= settings.commit_messages
-            || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval)
-        {
-            commit(&consumer, &mut lock(&engine), CommitMode::Async)?;
-            since_commit = 0;
-            last_commit = Instant::now();
+        let due = since_commit >= settings.commit_messages
+            || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval);
+        if due || last_publish.elapsed() >= PUBLISH_IDLE {
+            let mut engine = lock(&engine);
+            if due {
+                let started = Instant::now();
+                commit(&consumer, &mut engine, CommitMode::Async)?;
+                counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
+                arrivals.clear();
+                on_commit(&engine);
+                since_commit = 0;
+                last_commit = Instant::now();
+            }
+            record_positions(&consumer, &engine, &mut counts);
+            metrics.publish(&counts);
+            last_publish = Instant::now();
         }
     }
     info!("stopping: persisting state and offsets");
-    commit(&consumer, &mut lock(&engine), CommitMode::Sync)?;
+    let mut engine = lock(&engine);
+    commit(&consumer, &mut engine, CommitMode::Sync)?;
+    on_commit(&engine);
     consumer.unsubscribe();
-    Ok(stats)
+    Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
 }
 
+/// How often positions and lag are refreshed while no commit happens.
+const PUBLISH_IDLE: Duration = Duration::from_secs(1);
+
+/// Each assigned partition's next offset and last fetched end.
+fn record_positions<S: Store + Send + 'static>(
+    consumer: &BaseConsumer<GroupContext<S>>,
+    engine: &Engine<S>,
+    counts: &mut IngestCounts,
+) {
+    if !consumer.context().assigned.load(Ordering::Relaxed) {
+        counts.unassigned();
+        return;
+    }
+    let Ok(assignment) = consumer.assignment() else { return };
+    let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner());
+    let positions = assignment
+        .elements()
+        .iter()
+        .map(|e| {
+            let key = (e.topic().to_owned(), e.partition());
+            // With nothing stored yet, the loop starts at the beginning.
+            let next = engine.next_offset(&key.0, key.1).unwrap_or(0);
+            let high = ends.get(&key).copied();
+            (key, Position { next, high })
+        })
+        .collect();
+    counts.positions(positions);
+}
 /// Persists state and offsets, then tells the group (advisory).
 fn commit<S: Store + Send + 'static>(
     consumer: &BaseConsumer<GroupContext<S>>,

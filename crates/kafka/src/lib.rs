@@ -14,13 +14,15 @@
 
 mod dead_letters;
 mod group;
+mod metrics;
 mod registry;
 pub mod tools;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use group::{run, RunStats};
+pub use group::{run, RunStats, Shared};
+pub use metrics::IngestMetrics;
 use pulse_model::InputFormat;
 use rdkafka::ClientConfig;
 

@@ -1,4 +1,4 @@
-//! The command line: `pulse replay` and `pulse report`.
+//! The command line: `pulse replay`, `report`, `run` and `serve`.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use pulse_engine::{CourseKpis, Engine, EngineConfig, IngestStats, NodeKpis, Report, UserReport};
+use pulse_engine::{Engine, EngineConfig, IngestStats, UserReport};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::{Fy, InputFormat, Millis, TimeRules};
 use serde::Serialize;
@@ -29,8 +29,27 @@ enum Command {
     Replay(ReplayArgs),
     /// Print KPIs from the state in --data-dir as JSON.
     Report(ReportArgs),
-    /// Consume the Kafka topics of --config and keep the state up to date until SIGTERM.
+    /// Consume the Kafka topics of --config and keep the state up to date until
+    /// SIGTERM, serving /metrics and the API meanwhile.
     Run(RunArgs),
+    /// Serve /metrics and the API from the state in --data-dir, without consuming
+    /// (after a `pulse replay`, or read-only beside a running `pulse run`).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Address to serve on. User endpoints need PULSE_HTTP__TOKEN set.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: std::net::SocketAddr,
+    /// How often to reopen the state to pick up new commits.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    refresh: std::time::Duration,
+    /// Add the per-course families to /metrics.
+    #[arg(long)]
+    course_metrics: bool,
 }
 
 #[derive(Args, Debug)]
@@ -128,11 +147,17 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>, out: &mu
         Command::Replay(args) => replay(args, out),
         Command::Report(args) => report(args, out),
         Command::Run(args) => crate::run::run(&args.config),
+        Command::Serve(args) => crate::run::serve(&crate::run::ServeSettings {
+            data_dir: args.state.data_dir,
+            listen: args.listen,
+            refresh: args.refresh,
+            course_metrics: args.course_metrics,
+        }),
     }
 }
 
 /// Opens the state of a data directory read-only: also while `pulse run` holds it.
-fn open_engine_read_only(data_dir: &Path) -> anyhow::Result<Engine<RocksStore>> {
+pub(crate) fn open_engine_read_only(data_dir: &Path) -> anyhow::Result<Engine<RocksStore>> {
     let store = RocksStore::open_read_only(data_dir)?;
     // The stored threshold is the one to report with.
     let meeting_minutes = store_meeting_minutes(&store)?;
@@ -195,27 +220,27 @@ fn report(args: ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let now = args.now.unwrap_or_else(crate::run::wall_clock);
     let fy = args.fy.unwrap_or_else(|| Fy::of(now));
     let scope = args.scope;
-    let json = if scope.all {
-        serde_json::to_string_pretty(&engine.report(fy, now))?
-    } else if let Some(org) = scope.org {
-        let view = engine.view();
-        let node = view.node(&org).with_context(|| {
-            format!(
-                "no node `{org}`: it is not `national`, `unassigned` or a registered org (see `pulse report --all`)"
-            )
-        })?;
-        let report = Report { nodes: Some(vec![(org.clone(), NodeKpis::of(node, fy))]), ..Report::header(fy, now) };
-        serde_json::to_string_pretty(&report)?
-    } else if let Some(course) = scope.course {
-        let totals = engine.course_totals();
-        let t = totals.get(&course).with_context(|| format!("no course `{course}` has any accepted event"))?;
-        let report = Report { courses: Some([(course.clone(), CourseKpis::of(t))].into()), ..Report::header(fy, now) };
-        serde_json::to_string_pretty(&report)?
-    } else if let Some(user) = scope.user {
+    let json = if let Some(user) = scope.user {
         let state = engine.user(&user)?.with_context(|| format!("no user `{user}` has any accepted event"))?;
         serde_json::to_string_pretty(&UserReport::of(&user, &state, fy))?
     } else {
-        unreachable!("clap requires exactly one of --all, --org, --user, --course")
+        let snapshot = engine.snapshot();
+        let report = if scope.all {
+            snapshot.report(fy, now)
+        } else if let Some(org) = scope.org {
+            snapshot.node_report(&org, fy, now).with_context(|| {
+                format!(
+                    "no node `{org}`: it is not `national`, `unassigned` or a registered org (see `pulse report --all`)"
+                )
+            })?
+        } else if let Some(course) = scope.course {
+            snapshot
+                .course_report(&course, fy, now)
+                .with_context(|| format!("no course `{course}` has any accepted event"))?
+        } else {
+            unreachable!("clap requires exactly one of --all, --org, --user, --course")
+        };
+        serde_json::to_string_pretty(&report)?
     };
     writeln!(out, "{json}")?;
     Ok(())

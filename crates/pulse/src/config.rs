@@ -100,8 +100,23 @@ pub struct RawHttp {
     /// Address of `/metrics`, health and the API (default `127.0.0.1:9464`).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Bearer token of the user endpoints (`/api/v1/users/..`); unset turns
+    /// them off. Prefer the `PULSE_HTTP__TOKEN` environment variable.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// `/readyz` answers ready once every assigned partition is at most this
+    /// many messages behind its end (default 1000).
+    #[serde(default = "default_ready_max_lag")]
+    pub ready_max_lag: i64,
+    /// Per-course families on `/metrics` (one series per course and KPI;
+    /// default false, for cardinality).
+    #[serde(default)]
+    pub course_metrics: bool,
 }
 
+fn default_ready_max_lag() -> i64 {
+    1000
+}
 fn default_brokers() -> String {
     "127.0.0.1:9092".into()
 }
@@ -186,7 +201,15 @@ pub struct Config {
     pub dedup_horizon: Duration,
     pub max_age: Duration,
     pub meeting_minutes: u32,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
     pub listen: SocketAddr,
+    pub token: Option<String>,
+    pub ready_max_lag: i64,
+    pub course_metrics: bool,
 }
 
 fn duration(key: &str, value: &str) -> anyhow::Result<Duration> {
@@ -270,6 +293,10 @@ impl RawConfig {
         if e.meeting_minutes == 0 {
             bail!("`engine.meeting_minutes` must be at least 1");
         }
+        let h = self.http;
+        if h.ready_max_lag < 0 {
+            bail!("`http.ready_max_lag` must not be negative");
+        }
         Ok(Config {
             kafka: pulse_kafka::Settings {
                 brokers: non_empty("kafka.brokers", &k.brokers)?.to_owned(),
@@ -290,9 +317,17 @@ impl RawConfig {
             dedup_horizon: duration("engine.dedup_horizon", &e.dedup_horizon)?,
             max_age: duration("engine.max_age", &e.max_age)?,
             meeting_minutes: e.meeting_minutes,
-            listen: self.http.listen.parse().with_context(|| {
-                format!("`http.listen` = \"{}\" is not an address like 127.0.0.1:9464", self.http.listen)
-            })?,
+            http: HttpSettings {
+                listen: h.listen.parse().with_context(|| {
+                    format!("`http.listen` = \"{}\" is not an address like 127.0.0.1:9464", h.listen)
+                })?,
+                token: match h.token {
+                    Some(t) if t.trim().is_empty() => bail!("`http.token` is empty: remove it or set a secret"),
+                    t => t,
+                },
+                ready_max_lag: h.ready_max_lag,
+                course_metrics: h.course_metrics,
+            },
         })
     }
 }
@@ -315,7 +350,9 @@ mod tests {
         assert_eq!(c.kafka.commit_interval, Duration::from_millis(100));
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.dedup_horizon, Duration::from_secs(7 * 86_400));
-        assert_eq!(c.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.http.token, None);
+        assert_eq!(c.http.ready_max_lag, 1000);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! `rocksdb::` appears in this crate only. It must not depend on Kafka or HTTP.
 
 pub mod keys;
+mod metrics;
+
+pub use metrics::{StoreMetrics, StoreUsage};
 
 use std::path::Path;
 

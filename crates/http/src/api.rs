@@ -1,0 +1,179 @@
+//! The handlers. JSON bodies are the `pulse report` shapes; errors are
+//! `{"error": "..."}` with a message that says what to do.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pulse_engine::{Report, UserReport};
+use pulse_metrics::{Encoder, Format};
+use pulse_model::Fy;
+use serde::Deserialize;
+
+use crate::{encode_kpis, encode_service, AppState};
+
+pub(crate) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.1 }));
+        if self.0 == StatusCode::UNAUTHORIZED {
+            (self.0, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        } else {
+            (self.0, body).into_response()
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn not_found(msg: String) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct FyQuery {
+    fy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TargetsQuery {
+    fy: Option<String>,
+    status: Option<String>,
+}
+
+/// The `fy` query parameter, or the financial year of `now`.
+fn fy(param: Option<&str>, now: pulse_model::Millis) -> ApiResult<Fy> {
+    match param {
+        None => Ok(Fy::of(now)),
+        Some(s) => s.parse().map_err(|_| {
+            ApiError(StatusCode::BAD_REQUEST, format!("`fy` = \"{s}\" is not a financial year like 2025-26"))
+        }),
+    }
+}
+
+/// The whole exposition document.
+pub fn render(state: &AppState, format: Format) -> String {
+    let mut enc = Encoder::new(format);
+    encode_service(&mut enc, (state.readiness)().is_ok());
+    encode_kpis(&mut enc, &state.snapshot.get(), (state.clock)(), state.course_metrics);
+    for c in &state.collectors {
+        c.collect(&mut enc);
+    }
+    enc.finish()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("request task failed: {e}")))
+}
+
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    // Rendering thousands of series is CPU work: keep it off the async workers.
+    let body = blocking(move || render(&state, format)).await?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match (state.readiness)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+pub(crate) async fn node(
+    State(state): State<Arc<AppState>>,
+    Path(org): Path<String>,
+    Query(q): Query<FyQuery>,
+) -> ApiResult<Json<Report>> {
+    let now = (state.clock)();
+    let report = state.snapshot.get().node_report(&org, fy(q.fy.as_deref(), now)?, now);
+    report.map(Json).ok_or_else(|| no_node(&org))
+}
+
+fn no_node(org: &str) -> ApiError {
+    not_found(format!("no node `{org}`: it is not `national`, `unassigned` or a registered org"))
+}
+
+pub(crate) async fn children(
+    State(state): State<Arc<AppState>>,
+    Path(org): Path<String>,
+    Query(q): Query<FyQuery>,
+) -> ApiResult<Json<Report>> {
+    let now = (state.clock)();
+    let report = state.snapshot.get().children_report(&org, fy(q.fy.as_deref(), now)?, now);
+    report.map(Json).ok_or_else(|| no_node(&org))
+}
+
+pub(crate) async fn course(
+    State(state): State<Arc<AppState>>,
+    Path(course): Path<String>,
+    Query(q): Query<FyQuery>,
+) -> ApiResult<Json<Report>> {
+    let now = (state.clock)();
+    let report = state.snapshot.get().course_report(&course, fy(q.fy.as_deref(), now)?, now);
+    report.map(Json).ok_or_else(|| not_found(format!("no course `{course}` has any accepted event")))
+}
+
+pub(crate) async fn targets(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<TargetsQuery>,
+) -> ApiResult<Json<Report>> {
+    let now = (state.clock)();
+    let behind_only = match q.status.as_deref() {
+        None | Some("all") => false,
+        Some("behind") => true,
+        Some(other) => {
+            return Err(ApiError(StatusCode::BAD_REQUEST, format!("`status` = \"{other}\" is not `all` or `behind`")))
+        }
+    };
+    Ok(Json(state.snapshot.get().targets_report(behind_only, fy(q.fy.as_deref(), now)?, now)))
+}
+
+/// Checks `Authorization: Bearer TOKEN` against the configured token.
+fn authorize(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = &state.token else {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "user lookups are off: set http.token (or PULSE_HTTP__TOKEN) to turn them on".into(),
+        ));
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(ApiError(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer <http.token>`".into())),
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not reveal how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(crate) async fn user(
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+    Query(q): Query<FyQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<UserReport>> {
+    authorize(&state, &headers)?;
+    let now = (state.clock)();
+    let fy = fy(q.fy.as_deref(), now)?;
+    let users = Arc::clone(&state.users);
+    let id = user.clone();
+    let found = blocking(move || users.user(&id))
+        .await?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read user state: {e}")))?;
+    let state = found.ok_or_else(|| not_found(format!("no user `{user}` has any accepted event")))?;
+    Ok(Json(UserReport::of(&user, &state, fy)))
+}

@@ -1,0 +1,257 @@
+//! The KPI families of `/metrics`, rendered from a [`Snapshot`] (never from
+//! user state), plus the service's own build and readiness gauges.
+//!
+//! Every KPI is a gauge labelled by `org` (and `fy` for the `_fy` ones).
+//! Learning time is exported in seconds, the Prometheus base unit; ratios are
+//! 0..1 and left out when their denominator is 0 (the contract's null).
+//! Alongside each ratio the summable parts are exported too
+//! (`rating_stars_sum`, the counts), so that recording rules can recompute
+//! every ratio exactly when several instances each export a share.
+
+use pulse_engine::{CourseKpis, NodeKpis, NodeView, Snapshot};
+use pulse_metrics::{Encoder, Kind};
+use pulse_model::{Fy, Millis, Stars};
+
+/// One gauge family over the nodes.
+struct NodeFamily {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&NodeView, &NodeKpis) -> Option<f64>,
+}
+
+fn seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+const NODE_FAMILIES: &[NodeFamily] = &[
+    NodeFamily {
+        name: "pulse_kpi_registered_users",
+        help: "Users with an accepted event whose current org is in the subtree.",
+        value: |_, k| Some(k.registered_users as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_employees",
+        help: "Sanctioned strength over the subtree's registry records.",
+        value: |_, k| Some(k.employees as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_onboarding_ratio",
+        help: "registered_users / employees.",
+        value: |_, k| k.onboarding_ratio,
+    },
+    NodeFamily {
+        name: "pulse_kpi_learners",
+        help: "Users with at least one enrolment.",
+        value: |_, k| Some(k.learners as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_enrolments",
+        help: "(user, course) pairs enrolled.",
+        value: |_, k| Some(k.course_kpis.enrolments as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_completions",
+        help: "(user, course) pairs completed.",
+        value: |_, k| Some(k.course_kpis.completions as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_in_progress",
+        help: "(user, course) pairs enrolled but not completed.",
+        value: |_, k| Some(k.course_kpis.in_progress as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_completion_ratio",
+        help: "completions / enrolments.",
+        value: |_, k| k.course_kpis.completion_ratio,
+    },
+    NodeFamily {
+        name: "pulse_kpi_learning_seconds",
+        help: "Sum of progress time (the contract's learning_minutes, in seconds).",
+        value: |n, _| Some(seconds(n.totals.minutes_ms)),
+    },
+    NodeFamily {
+        name: "pulse_kpi_ratings",
+        help: "Current ratings.",
+        value: |_, k| Some(k.course_kpis.ratings as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_rated_stars",
+        help: "Sum of the current ratings, in stars (average = this / ratings).",
+        value: |n, _| Some(Stars(n.totals.rating_milli_sum).as_f64()),
+    },
+    NodeFamily {
+        name: "pulse_kpi_average_rating_stars",
+        help: "Mean of the current ratings, in stars.",
+        value: |_, k| k.course_kpis.average_rating,
+    },
+];
+
+const FY_FAMILIES: &[NodeFamily] = &[
+    NodeFamily {
+        name: "pulse_kpi_enrolments_fy",
+        help: "Enrolments whose time falls in the financial year.",
+        value: |_, k| Some(k.enrolments_fy as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_completions_fy",
+        help: "Completions whose time falls in the financial year.",
+        value: |_, k| Some(k.completions_fy as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_learning_seconds_fy",
+        help: "Progress time in the financial year, in seconds.",
+        value: |_, k| Some(k.learning_minutes_fy * 60.0),
+    },
+    NodeFamily {
+        name: "pulse_kpi_learning_seconds_per_user_fy",
+        help: "learning_seconds_fy / registered_users.",
+        value: |_, k| k.learning_minutes_per_user_fy.map(|m| m * 60.0),
+    },
+    NodeFamily {
+        name: "pulse_kpi_active_users_fy",
+        help: "Users with a non-registration event in the financial year.",
+        value: |_, k| Some(k.active_users_fy as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_users_meeting_learning_goal_fy",
+        help: "Users with at least the configured learning time in the financial year.",
+        value: |_, k| Some(k.users_meeting_hours_fy as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_users_meeting_learning_goal_ratio",
+        help: "users_meeting_hours_fy / registered_users.",
+        value: |_, k| k.users_meeting_hours_ratio,
+    },
+];
+
+struct CourseFamily {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&CourseKpis) -> Option<f64>,
+}
+
+const COURSE_FAMILIES: &[CourseFamily] = &[
+    CourseFamily {
+        name: "pulse_course_enrolments",
+        help: "Enrolments in the course.",
+        value: |k| Some(k.enrolments as f64),
+    },
+    CourseFamily {
+        name: "pulse_course_completions",
+        help: "Completions of the course.",
+        value: |k| Some(k.completions as f64),
+    },
+    CourseFamily {
+        name: "pulse_course_in_progress",
+        help: "Enrolled but not completed.",
+        value: |k| Some(k.in_progress as f64),
+    },
+    CourseFamily {
+        name: "pulse_course_completion_ratio",
+        help: "completions / enrolments.",
+        value: |k| k.completion_ratio,
+    },
+    CourseFamily {
+        name: "pulse_course_learning_seconds",
+        help: "Progress time on the course, in seconds.",
+        value: |k| Some(k.learning_minutes * 60.0),
+    },
+    CourseFamily {
+        name: "pulse_course_ratings",
+        help: "Current ratings of the course.",
+        value: |k| Some(k.ratings as f64),
+    },
+    CourseFamily {
+        name: "pulse_course_average_rating_stars",
+        help: "Mean current rating of the course, in stars.",
+        value: |k| k.average_rating,
+    },
+];
+
+/// Writes every KPI family of the snapshot. `now` paces the targets.
+pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, courses: bool) {
+    let nodes = snapshot.view.nodes();
+    let fys: Vec<Fy> = snapshot.fys().collect();
+    // The year-independent KPIs read the same from any year's NodeKpis.
+    let base_fy = fys.last().copied().unwrap_or_else(|| Fy::of(now));
+    let base: Vec<NodeKpis> = nodes.iter().map(|n| NodeKpis::of(n, base_fy)).collect();
+    for fam in NODE_FAMILIES {
+        let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
+        for (n, k) in nodes.iter().zip(&base) {
+            if let Some(v) = (fam.value)(n, k) {
+                f.sample(&[("org", &n.id)], v);
+            }
+        }
+    }
+    let per_fy: Vec<(String, Vec<NodeKpis>)> =
+        fys.iter().map(|fy| (fy.to_string(), nodes.iter().map(|n| NodeKpis::of(n, *fy)).collect())).collect();
+    for fam in FY_FAMILIES {
+        let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
+        for (fy, kpis) in &per_fy {
+            for (n, k) in nodes.iter().zip(kpis) {
+                if let Some(v) = (fam.value)(n, k) {
+                    f.sample(&[("org", &n.id), ("fy", fy)], v);
+                }
+            }
+        }
+    }
+    let mut f = enc.family(
+        "pulse_org_info",
+        "One series per node, carrying its name, parent, kind and depth (join with group_left).",
+        Kind::Gauge,
+    );
+    for n in nodes {
+        let depth = n.depth.to_string();
+        let labels = [
+            ("org", n.id.as_str()),
+            ("name", &n.name),
+            ("parent", n.parent.as_deref().unwrap_or("")),
+            ("kind", &n.kind),
+            ("depth", &depth),
+        ];
+        f.sample(&labels, 1.0);
+    }
+    enc.family("pulse_registry_unknown_orgs", "Org ids named by events but not in the registry.", Kind::Gauge)
+        .sample(&[], snapshot.unknown_orgs as f64);
+    encode_targets(enc, snapshot, now);
+    if courses {
+        let kpis: Vec<(&String, CourseKpis)> = snapshot.courses.iter().map(|(c, t)| (c, CourseKpis::of(t))).collect();
+        for fam in COURSE_FAMILIES {
+            let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
+            for (course, k) in &kpis {
+                if let Some(v) = (fam.value)(k) {
+                    f.sample(&[("course", course)], v);
+                }
+            }
+        }
+    }
+}
+
+fn encode_targets(enc: &mut Encoder, snapshot: &Snapshot, now: Millis) {
+    let statuses: Vec<_> = snapshot.targets.iter().map(|(id, t)| (id, snapshot.target_status(t, now))).collect();
+    type Value = fn(&pulse_engine::TargetStatus) -> Option<f64>;
+    let families: [(&'static str, &str, Value); 3] = [
+        ("pulse_target_value", "The target, in the unit of its KPI (minutes for learning_minutes_*).", |s| {
+            Some(s.value)
+        }),
+        ("pulse_target_expected", "Where the KPI should be by now: value × elapsed part of the FY when paced.", |s| {
+            Some(s.expected)
+        }),
+        ("pulse_target_progress_ratio", "Actual / expected; below 1 is behind.", |s| s.progress),
+    ];
+    for (name, help, value) in families {
+        let mut f = enc.family(name, help, Kind::Gauge);
+        for (id, s) in &statuses {
+            if let Some(v) = value(s) {
+                f.sample(&[("target", id), ("org", &s.org), ("kpi", s.kpi.name()), ("fy", &s.fy)], v);
+            }
+        }
+    }
+}
+
+/// `pulse_build_info` and `pulse_ready`.
+pub fn encode_service(enc: &mut Encoder, ready: bool) {
+    enc.family("pulse_build_info", "The running build (always 1).", Kind::Gauge)
+        .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+    enc.family("pulse_ready", "1 when /readyz answers ready.", Kind::Gauge).sample(&[], if ready { 1.0 } else { 0.0 });
+}

@@ -1,0 +1,274 @@
+//! The consumer loop's metrics. The loop counts into [`IngestCounts`] on its
+//! own thread, without locks, and publishes a copy to [`IngestMetrics`] at
+//! every commit (and every second while idle), which `/metrics` and
+//! `/readyz` read.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use pulse_engine::{Disposition, IngestStats};
+use pulse_metrics::{Collect, Encoder, Histogram, Kind, COUNT_BUCKETS, SECONDS_BUCKETS};
+use pulse_model::{InputFormat, Millis};
+
+/// Where the loop stands on one assigned partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The next offset to apply (stored with the state).
+    pub next: i64,
+    /// The partition's end as last fetched; `None` until the first fetch.
+    pub high: Option<i64>,
+}
+
+impl Position {
+    pub fn lag(&self) -> Option<i64> {
+        self.high.map(|h| (h - self.next).max(0))
+    }
+}
+
+/// Everything the loop counts, cumulative since the process started.
+#[derive(Debug, Clone)]
+pub struct IngestCounts {
+    /// By topic (each input topic has one format).
+    messages: BTreeMap<String, (InputFormat, u64)>,
+    events: IngestStats,
+    positions: BTreeMap<(String, i32), Position>,
+    flush_seconds: Histogram,
+    flush_messages: Histogram,
+    persist_latency: Histogram,
+    event_time_lag_ms: Option<i64>,
+    registry_read: bool,
+    assigned: bool,
+}
+
+impl Default for IngestCounts {
+    fn default() -> Self {
+        IngestCounts {
+            messages: BTreeMap::new(),
+            events: IngestStats::default(),
+            positions: BTreeMap::new(),
+            flush_seconds: Histogram::new(SECONDS_BUCKETS),
+            flush_messages: Histogram::new(COUNT_BUCKETS),
+            persist_latency: Histogram::new(SECONDS_BUCKETS),
+            event_time_lag_ms: None,
+            registry_read: false,
+            assigned: false,
+        }
+    }
+}
+
+impl IngestCounts {
+    pub(crate) fn message(&mut self, topic: &str, format: InputFormat, disposition: &Disposition) {
+        match self.messages.get_mut(topic) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.messages.insert(topic.to_owned(), (format, 1));
+            }
+        }
+        self.events.record(disposition);
+    }
+
+    /// A commit persisted `messages` messages; `arrivals` are their Kafka
+    /// timestamps, `newest_event` the newest event time applied so far.
+    pub(crate) fn flushed(&mut self, took: Duration, arrivals: &[Millis], now: Millis, newest_event: Option<Millis>) {
+        self.flush_seconds.observe(took.as_secs_f64());
+        self.flush_messages.observe(arrivals.len() as f64);
+        for ts in arrivals {
+            self.persist_latency.observe((now - ts).max(0) as f64 / 1000.0);
+        }
+        self.event_time_lag_ms = newest_event.map(|ts| (now - ts).max(0));
+    }
+
+    pub(crate) fn events(&self) -> &IngestStats {
+        &self.events
+    }
+
+    pub(crate) fn registry_read(&mut self) {
+        self.registry_read = true;
+    }
+
+    /// The partitions now assigned, replacing the previous assignment.
+    pub(crate) fn positions(&mut self, positions: BTreeMap<(String, i32), Position>) {
+        self.assigned = true;
+        self.positions = positions;
+    }
+
+    pub(crate) fn unassigned(&mut self) {
+        self.assigned = false;
+        self.positions.clear();
+    }
+
+    /// Ready once the registry was read, partitions were assigned, and
+    /// every assigned partition is within `max_lag` messages of its end.
+    pub fn readiness(&self, max_lag: i64) -> Result<(), String> {
+        if !self.registry_read {
+            return Err("reading the org registry and targets".into());
+        }
+        if !self.assigned {
+            return Err("waiting for the consumer group to assign partitions".into());
+        }
+        for ((topic, p), pos) in &self.positions {
+            match pos.lag() {
+                None => return Err(format!("{topic}/{p}: end offset not fetched yet")),
+                Some(lag) if lag > max_lag => {
+                    return Err(format!("{topic}/{p}: {lag} messages behind (max {max_lag})"))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The published copy of the loop's counts; shared with the HTTP server.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    published: Mutex<IngestCounts>,
+}
+
+impl IngestMetrics {
+    pub(crate) fn publish(&self, counts: &IngestCounts) {
+        self.lock().clone_from(counts);
+    }
+
+    /// See [`IngestCounts::readiness`].
+    pub fn readiness(&self, max_lag: i64) -> Result<(), String> {
+        self.lock().readiness(max_lag)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, IngestCounts> {
+        // Counts are plain data: a panic elsewhere cannot leave them torn.
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Collect for IngestMetrics {
+    fn collect(&self, enc: &mut Encoder) {
+        let c = self.lock().clone();
+        let mut f = enc.family("pulse_ingest_messages", "Messages consumed from the input topics.", Kind::Counter);
+        for (topic, (format, n)) in &c.messages {
+            f.sample(&[("topic", topic), ("format", format.name())], *n as f64);
+        }
+        let e = &c.events;
+        enc.family("pulse_ingest_events_applied", "Events applied to the KPI state.", Kind::Counter)
+            .sample(&[], e.accepted as f64);
+        enc.family(
+            "pulse_ingest_duplicates",
+            "Events skipped as duplicates of an id seen within the horizon.",
+            Kind::Counter,
+        )
+        .sample(&[], e.duplicates as f64);
+        enc.family("pulse_ingest_ignored", "Valid messages the contract skips (e.g. other telemetry).", Kind::Counter)
+            .sample(&[], e.ignored as f64);
+        let mut f = enc.family(
+            "pulse_ingest_dead_letters",
+            "Input messages sent to the dead-letter topic, by reason.",
+            Kind::Counter,
+        );
+        for (reason, n) in &e.dead_letters {
+            f.sample(&[("reason", reason)], *n as f64);
+        }
+        let partitions: Vec<(String, String, &Position)> =
+            c.positions.iter().map(|((t, p), pos)| (t.clone(), p.to_string(), pos)).collect();
+        let mut f = enc.family(
+            "pulse_kafka_partition_next_offset",
+            "Next offset to apply, as stored with the state.",
+            Kind::Gauge,
+        );
+        for (t, p, pos) in &partitions {
+            f.sample(&[("topic", t), ("partition", p)], pos.next as f64);
+        }
+        let mut f = enc.family(
+            "pulse_kafka_partition_high_watermark",
+            "End offset of the partition as last fetched.",
+            Kind::Gauge,
+        );
+        for (t, p, pos) in &partitions {
+            if let Some(high) = pos.high {
+                f.sample(&[("topic", t), ("partition", p)], high as f64);
+            }
+        }
+        let mut f = enc.family(
+            "pulse_kafka_partition_lag",
+            "Messages between the next offset to apply and the end.",
+            Kind::Gauge,
+        );
+        for (t, p, pos) in &partitions {
+            if let Some(lag) = pos.lag() {
+                f.sample(&[("topic", t), ("partition", p)], lag as f64);
+            }
+        }
+        enc.family(
+            "pulse_store_flush_duration_seconds",
+            "Time to persist one batch of state and offsets.",
+            Kind::Histogram,
+        )
+        .histogram(&[], &c.flush_seconds);
+        enc.family("pulse_store_flush_messages", "Messages whose effect one batch persisted.", Kind::Histogram)
+            .histogram(&[], &c.flush_messages);
+        enc.family(
+            "pulse_ingest_persist_latency_seconds",
+            "Time from a message's Kafka timestamp to its effect being persisted.",
+            Kind::Histogram,
+        )
+        .histogram(&[], &c.persist_latency);
+        let mut f = enc.family(
+            "pulse_ingest_event_time_lag_seconds",
+            "Wall clock minus the event time of the newest applied event, at the last commit.",
+            Kind::Gauge,
+        );
+        if let Some(ms) = c.event_time_lag_ms {
+            f.sample(&[], ms as f64 / 1000.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(next: i64, high: Option<i64>) -> Position {
+        Position { next, high }
+    }
+
+    #[test]
+    fn readiness_waits_for_registry_assignment_and_every_partition() {
+        let mut c = IngestCounts::default();
+        assert!(c.readiness(10).unwrap_err().contains("registry"));
+        c.registry_read();
+        assert!(c.readiness(10).unwrap_err().contains("assign"));
+        c.positions([(("t".to_owned(), 0), pos(5, Some(20))), (("t".to_owned(), 1), pos(0, None))].into());
+        assert_eq!(c.readiness(10).unwrap_err(), "t/0: 15 messages behind (max 10)");
+        c.positions([(("t".to_owned(), 0), pos(15, Some(20))), (("t".to_owned(), 1), pos(0, None))].into());
+        assert_eq!(c.readiness(10).unwrap_err(), "t/1: end offset not fetched yet");
+        c.positions([(("t".to_owned(), 0), pos(15, Some(20)))].into());
+        assert_eq!(c.readiness(10), Ok(()));
+        c.unassigned();
+        assert!(c.readiness(10).is_err());
+    }
+
+    #[test]
+    fn revoked_partitions_vanish_from_the_exposition() {
+        let metrics = IngestMetrics::default();
+        let mut c = IngestCounts::default();
+        c.positions([(("in".to_owned(), 3), pos(7, Some(9)))].into());
+        metrics.publish(&c);
+        let mut enc = Encoder::new(pulse_metrics::Format::Text);
+        metrics.collect(&mut enc);
+        assert!(enc.finish().contains("pulse_kafka_partition_lag{topic=\"in\",partition=\"3\"} 2\n"));
+        c.unassigned();
+        metrics.publish(&c);
+        let mut enc = Encoder::new(pulse_metrics::Format::Text);
+        metrics.collect(&mut enc);
+        assert!(!enc.finish().contains("partition=\"3\""));
+    }
+
+    #[test]
+    fn flush_records_latency_from_kafka_time_and_the_event_time_lag() {
+        let mut c = IngestCounts::default();
+        c.flushed(Duration::from_millis(3), &[1_000, 1_500, 2_100], 2_000, Some(500));
+        assert_eq!(c.persist_latency.count(), 3);
+        assert_eq!(c.flush_messages.count(), 1);
+        assert_eq!(c.event_time_lag_ms, Some(1_500));
+    }
+}

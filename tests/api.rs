@@ -1,0 +1,354 @@
+//! The HTTP API and `/metrics`, driven through `router` with `oneshot`, on
+//! the hand-checked golden scenario (tests/golden/scenario) replayed into a
+//! RocksDB state directory: the API answers exactly the hand-checked reports,
+//! and every KPI on `/metrics` equals the report's value.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use pulse_engine::{Engine, EngineConfig};
+use pulse_http::{router, AppState, SnapshotCell};
+use pulse_model::time::parse_rfc3339;
+use pulse_model::Millis;
+use pulse_store::{RocksStore, StoreMetrics};
+use serde_json::Value;
+use tower::ServiceExt;
+
+const NOW: &str = "2026-01-15T00:00:00+05:30";
+const TOKEN: &str = "s3cret";
+
+fn now() -> Millis {
+    parse_rfc3339(NOW).unwrap()
+}
+
+fn scenario() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/scenario")
+}
+
+fn pulse(args: &[&str]) {
+    let mut out = Vec::new();
+    pulse::cli::run(std::iter::once("pulse").chain(args.iter().copied()), &mut out)
+        .unwrap_or_else(|e| panic!("pulse {args:?} failed: {e:#}"));
+}
+
+/// Replays the scenario into a fresh state directory.
+fn replayed() -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    let file = |name: &str| scenario().join(name).to_str().unwrap().to_owned();
+    pulse(&[
+        "replay",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--orgs",
+        &file("orgs.ndjson"),
+        "--targets",
+        &file("targets.ndjson"),
+        &format!("--input=pulse-v1={}", file("events.ndjson")),
+        &format!("--input=igot-rating={}", file("igot.ndjson")),
+        &format!("--input=sunbird-telemetry={}", file("sunbird.ndjson")),
+        "--now",
+        NOW,
+    ]);
+    data
+}
+
+struct Api {
+    state: Arc<AppState>,
+}
+
+impl Api {
+    fn open(dir: &Path, ready: Result<(), String>) -> Api {
+        let store = RocksStore::open_read_only(dir).unwrap();
+        let engine = Engine::open(store, EngineConfig::default()).unwrap();
+        let snapshot = Arc::new(SnapshotCell::default());
+        snapshot.set(engine.snapshot());
+        let store_metrics = Arc::new(StoreMetrics::default());
+        store_metrics.record(engine.store());
+        let state = AppState {
+            snapshot,
+            users: Arc::new(Mutex::new(engine)),
+            collectors: vec![store_metrics],
+            readiness: Box::new(move || ready.clone()),
+            token: Some(TOKEN.into()),
+            course_metrics: true,
+            clock: now,
+        };
+        Api { state: Arc::new(state) }
+    }
+
+    async fn call(&self, uri: &str, headers: &[(header::HeaderName, &str)]) -> (StatusCode, String, String) {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(k, *v);
+        }
+        let resp = router(Arc::clone(&self.state)).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let content_type =
+            resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn json(&self, uri: &str, headers: &[(header::HeaderName, &str)]) -> (StatusCode, Value) {
+        let (status, _, body) = self.call(uri, headers).await;
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body}")))
+    }
+}
+
+fn expected(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(scenario().join(name)).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_api_answers_the_hand_checked_reports() {
+    let data = replayed();
+    let api = Api::open(data.path(), Ok(()));
+    let (status, org) = api.json("/api/v1/nodes/S_5_O_1?fy=2025-26", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(org, expected("expected-org-S_5_O_1.json"));
+    let (_, course) = api.json("/api/v1/courses/c3?fy=2025-26", &[]).await;
+    assert_eq!(course, expected("expected-course-c3.json"));
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, user) = api.json("/api/v1/users/u2?fy=2025-26", &[(header::AUTHORIZATION, &bearer)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user, expected("expected-user-u2.json"));
+
+    // Children of `national`: the top-level nodes, with the report's numbers.
+    let all = expected("expected-report.json");
+    let (_, children) = api.json("/api/v1/nodes/national/children?fy=2025-26", &[]).await;
+    let ids: Vec<&String> = children["nodes"].as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["M_12", "S_5", "unassigned"]);
+    for id in ids {
+        assert_eq!(children["nodes"][id], all["nodes"][id], "{id}");
+    }
+    let (_, targets) = api.json("/api/v1/targets?fy=2025-26", &[]).await;
+    assert_eq!(targets["targets"], all["targets"]);
+    // All three scenario targets are behind their pace (progress 0.71, 0.63, 0.04).
+    let (_, behind) = api.json("/api/v1/targets?status=behind&fy=2025-26", &[]).await;
+    assert_eq!(behind["targets"], all["targets"]);
+}
+
+#[tokio::test]
+async fn errors_say_what_is_wrong() {
+    let data = replayed();
+    let api = Api::open(data.path(), Ok(()));
+    let (status, body) = api.json("/api/v1/nodes/NOPE", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("no node `NOPE`"), "{body}");
+    let (status, body) = api.json("/api/v1/nodes/national?fy=2025", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("like 2025-26"), "{body}");
+    let (status, _) = api.json("/api/v1/targets?status=late", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.json("/api/v1/courses/nope", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _) = api.json("/api/v1/users/nobody", &[(header::AUTHORIZATION, &bearer)]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn user_endpoints_need_the_bearer_token() {
+    let data = replayed();
+    let api = Api::open(data.path(), Ok(()));
+    for headers in [vec![], vec![(header::AUTHORIZATION, "Bearer wrong")], vec![(header::AUTHORIZATION, TOKEN)]] {
+        let (status, body) = api.json("/api/v1/users/u2", &headers).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+    }
+    // Without a configured token, user lookups are off altogether.
+    let mut off = Api::open(data.path(), Ok(()));
+    Arc::get_mut(&mut off.state).unwrap().token = None;
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, body) = off.json("/api/v1/users/u2", &[(header::AUTHORIZATION, &bearer)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"].as_str().unwrap().contains("http.token"), "{body}");
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let data = replayed();
+    let ready = Api::open(data.path(), Ok(()));
+    assert_eq!(ready.call("/healthz", &[]).await.0, StatusCode::OK);
+    assert_eq!(ready.call("/readyz", &[]).await.0, StatusCode::OK);
+    assert!(ready.call("/metrics", &[]).await.2.contains("\npulse_ready 1\n"));
+    let behind = Api::open(data.path(), Err("in/0: 5000 messages behind (max 1000)".into()));
+    let (status, _, body) = behind.call("/readyz", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "not ready: in/0: 5000 messages behind (max 1000)\n");
+    assert!(behind.call("/metrics", &[]).await.2.contains("\npulse_ready 0\n"));
+}
+
+/// Samples of a text exposition: `name{labels}` -> value.
+fn samples(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The report's KPI fields and their metric names and unit factors.
+const KPIS: &[(&str, &str, f64)] = &[
+    ("registered_users", "pulse_kpi_registered_users", 1.0),
+    ("employees", "pulse_kpi_employees", 1.0),
+    ("onboarding_ratio", "pulse_kpi_onboarding_ratio", 1.0),
+    ("learners", "pulse_kpi_learners", 1.0),
+    ("enrolments", "pulse_kpi_enrolments", 1.0),
+    ("completions", "pulse_kpi_completions", 1.0),
+    ("in_progress", "pulse_kpi_in_progress", 1.0),
+    ("completion_ratio", "pulse_kpi_completion_ratio", 1.0),
+    ("learning_minutes", "pulse_kpi_learning_seconds", 60.0),
+    ("ratings", "pulse_kpi_ratings", 1.0),
+    ("average_rating", "pulse_kpi_average_rating_stars", 1.0),
+    ("enrolments_fy", "pulse_kpi_enrolments_fy", 1.0),
+    ("completions_fy", "pulse_kpi_completions_fy", 1.0),
+    ("learning_minutes_fy", "pulse_kpi_learning_seconds_fy", 60.0),
+    ("learning_minutes_per_user_fy", "pulse_kpi_learning_seconds_per_user_fy", 60.0),
+    ("active_users_fy", "pulse_kpi_active_users_fy", 1.0),
+    ("users_meeting_hours_fy", "pulse_kpi_users_meeting_learning_goal_fy", 1.0),
+    ("users_meeting_hours_ratio", "pulse_kpi_users_meeting_learning_goal_ratio", 1.0),
+];
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[tokio::test]
+async fn metrics_carry_every_kpi_of_every_node_as_the_report_says() {
+    let data = replayed();
+    let api = Api::open(data.path(), Ok(()));
+    let (status, content_type, body) = api.call("/metrics", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    let got = samples(&body);
+    let report = expected("expected-report.json");
+    let mut checked = 0;
+    for (node, kpis) in report["nodes"].as_object().unwrap() {
+        for (field, metric, factor) in KPIS {
+            let series = if field.ends_with("_fy") || field.ends_with("_ratio") && field.starts_with("users_meeting") {
+                format!("{metric}{{org=\"{node}\",fy=\"2025-26\"}}")
+            } else {
+                format!("{metric}{{org=\"{node}\"}}")
+            };
+            match kpis[field].as_f64() {
+                None => assert!(!got.contains_key(&series), "{series}: null in the report, so absent"),
+                Some(v) => {
+                    let m = got.get(&series).unwrap_or_else(|| panic!("{series} missing"));
+                    assert!(close(*m, v * factor), "{series} = {m}, report says {v} × {factor}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+    // The info series carries what dashboards join on.
+    let info = r#"pulse_org_info{org="S_5_O_1",name="State org with an unknown parent",parent="unassigned",kind="organisation",depth="2"} 1"#;
+    assert!(body.contains(info), "{info}");
+    let target = "{target=\"fy26-enrol-national\",org=\"national\",kpi=\"enrolments_fy\",fy=\"2025-26\"}";
+    let progress = report["targets"]["fy26-enrol-national"]["progress"].as_f64().unwrap();
+    assert!(close(got[&format!("pulse_target_progress_ratio{target}")], progress));
+    assert_eq!(got[&format!("pulse_target_value{target}")], 10.0);
+    assert_eq!(got["pulse_course_enrolments{course=\"c3\"}"], 1.0);
+    assert_eq!(got["pulse_registry_unknown_orgs"], 2.0, "X_UNKNOWN and the tombstoned S_5_O_2");
+    assert!(got["pulse_store_disk_bytes"] > 0.0);
+    // No user id is ever a label or a value.
+    for user in ["u1", "u2", "u3", "u4", "u5", "u6", "u7"] {
+        assert!(!body.contains(&format!("\"{user}\"")), "{user} appears on /metrics");
+    }
+}
+
+#[tokio::test]
+async fn openmetrics_when_asked_and_promtool_finds_nothing_to_lint() {
+    let data = replayed();
+    let api = Api::open(data.path(), Ok(()));
+    let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let (_, content_type, om) = api.call("/metrics", &[(header::ACCEPT, accept)]).await;
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(om.ends_with("# EOF\n"));
+    let (_, _, text) = api.call("/metrics", &[]).await;
+    let lint = promtool_check_metrics(&text);
+    assert_eq!(lint, "", "promtool check metrics:\n{lint}");
+}
+
+/// Runs `promtool check metrics` (Debian's `prometheus` package) on a body.
+pub fn promtool_check_metrics(body: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install Debian's `prometheus` package (.ci/run does)");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn series_of_removed_orgs_and_targets_disappear() {
+    let data = replayed();
+    let dir = data.path().to_str().unwrap();
+    let before = Api::open(data.path(), Ok(())).call("/metrics", &[]).await.2;
+    assert!(before.contains("org=\"S_5_O_1\""));
+    assert!(before.contains("target=\"fy26-onboard-S_5\""));
+    let tombstones = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tombstones.path(), "S_5_O_1\t\n").unwrap();
+    let target_tombstones = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(target_tombstones.path(), "fy26-onboard-S_5\t\n").unwrap();
+    pulse(&[
+        "replay",
+        "--data-dir",
+        dir,
+        "--orgs",
+        tombstones.path().to_str().unwrap(),
+        "--targets",
+        target_tombstones.path().to_str().unwrap(),
+        "--now",
+        NOW,
+    ]);
+    let after = Api::open(data.path(), Ok(())).call("/metrics", &[]).await.2;
+    assert!(!after.contains("org=\"S_5_O_1\""), "the removed org's series are gone");
+    assert!(!after.contains("target=\"fy26-onboard-S_5\""), "the removed target's series are gone");
+    // Its user now counts under `unassigned`, as the contract says.
+    assert!(after.contains("pulse_registry_unknown_orgs 3\n"));
+}
+
+/// `schemas/openapi.yaml` documents exactly the routes the router serves.
+#[test]
+fn the_openapi_document_lists_the_routes() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/openapi.yaml")).unwrap();
+    // Paths are the two-space-indented keys under `paths:`; methods the
+    // four-space-indented keys under them.
+    let mut documented = Vec::new();
+    let mut in_paths = false;
+    let mut path = None;
+    for line in doc.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_paths = line == "paths:";
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /").and_then(|l| l.strip_suffix(':')) {
+            path = Some(format!("/{p}"));
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':')) {
+            if ["get", "put", "post", "delete", "patch"].contains(&m) {
+                documented.push(format!("{} {}", m, path.clone().unwrap()));
+            }
+        }
+    }
+    documented.sort();
+    let mut served: Vec<String> = pulse_http::routes().into_iter().map(|(p, _)| format!("get {p}")).collect();
+    served.sort();
+    assert_eq!(documented, served);
+}
