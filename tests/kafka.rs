@@ -1,6 +1,7 @@
 //! Integration tests against a real Apache Kafka broker (`scripts/kafka start`;
 //! `KAFKA_PORT` picks the port, default 9092). Each test has its own topics,
-//! consumer group and state directory, and runs the real `pulse` binary.
+//! consumer group, state directory and HTTP port, and runs the real `pulse`
+//! binary; the monitoring test also runs the real Prometheus server.
 //! The one test that restarts the broker runs alone (a write lock).
 
 // Test helpers unwrap freely: a failure there is a test failure.
@@ -42,6 +43,8 @@ struct Case {
     group: String,
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// Where `pulse run` serves /metrics and the API.
+    http: String,
     /// Everything produced so far, for the reference model.
     sent: Vec<Message>,
 }
@@ -58,6 +61,7 @@ impl Case {
         tools::create_topic(&b, &dlq, 1, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("pulse.toml");
+        let http = format!("127.0.0.1:{}", free_port());
         let toml = format!(
             r#"
             [kafka]
@@ -74,13 +78,15 @@ impl Case {
             shards = 4
             [engine]
             max_age = "3650d"
+            [http]
+            listen = "{http}"
             "#,
             group = name("group"),
             data = dir.path().join("data").display(),
         );
         std::fs::write(&config, toml).unwrap();
         let group = name("group");
-        Case { name: id, events, orgs, targets, dlq, group, dir, config, sent: Vec::new() }
+        Case { name: id, events, orgs, targets, dlq, group, dir, config, http, sent: Vec::new() }
     }
 
     fn produce_events(&mut self, messages: &[Kv]) {
@@ -171,6 +177,11 @@ impl Case {
             panic!("{}: report differs from the reference model: {d}\n{}", self.name, self.log());
         }
     }
+}
+
+/// A port nothing listens on now (the OS picks it; the listener is dropped).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn rand_suffix() -> u128 {
@@ -438,4 +449,241 @@ fn a_reparented_org_and_a_migrated_user_move_their_numbers() {
     assert_eq!(after["nodes"]["D_2"]["learning_minutes"], 60.0, "bob's whole history moved with him");
     assert_eq!(after["nodes"]["M_B"]["employees"], 20);
     case.assert_equals_model();
+}
+
+/// A minimal HTTP/1.0 GET (no client library needed for loopback tests).
+fn http_get(addr: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    write!(stream, "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The real Prometheus server (Debian's `prometheus` package) scraping a
+/// running Pulse every second, with the repository's rule files loaded.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: ['{}', '{}']\n\
+             scrape_configs: [{{job_name: pulse, static_configs: [{{targets: ['{target}']}}]}}]\n",
+            deploy.join("recording.rules.yml").display(),
+            deploy.join("alerts.rules.yml").display(),
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus not found: install Debian's `prometheus` package (.ci/run does)");
+        Prometheus { child, addr, _dir: dir }
+    }
+
+    /// Runs an instant query; `Err` carries Prometheus's error.
+    fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
+        let (status, body) = http_get(&self.addr, &format!("/api/v1/query?query={}", url_encode(promql)))
+            .map_err(|e| format!("Prometheus at {} does not answer: {e}", self.addr))?;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until `promql` returns data.
+    fn wait_for(&self, promql: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(result) = self.query(promql) {
+                if !result.is_empty() {
+                    return result;
+                }
+            }
+            assert!(Instant::now() < deadline, "Prometheus returned no data for `{promql}` in 90s");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every PromQL expression of the dashboards (panel targets and query
+/// variables) and of the rule files, as (where, expression, must return data).
+fn deployed_expressions() -> Vec<(String, String, bool)> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut exprs = Vec::new();
+    for file in ["recording.rules.yml", "alerts.rules.yml"] {
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(deploy.join("prometheus").join(file)).unwrap()).unwrap();
+        for group in rules["groups"].as_sequence().unwrap() {
+            for rule in group["rules"].as_sequence().unwrap() {
+                let name = rule["record"].as_str().or(rule["alert"].as_str()).unwrap();
+                // An alert's expression returns data only while it fires;
+                // `promtool test rules` checks when it does.
+                let must_have_data = rule["record"].is_string();
+                exprs.push((format!("{file}: {name}"), rule["expr"].as_str().unwrap().to_owned(), must_have_data));
+            }
+        }
+    }
+    let mut dashboards: Vec<PathBuf> =
+        std::fs::read_dir(deploy.join("grafana/dashboards")).unwrap().map(|e| e.unwrap().path()).collect();
+    dashboards.sort();
+    for path in dashboards {
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        collect_exprs(&dashboard, &file, &mut exprs);
+        for var in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+            let query = var["query"]["query"].as_str().or(var["query"].as_str()).unwrap_or_default();
+            // `label_values(SERIES, LABEL)` asks for SERIES' values of LABEL.
+            if let Some(inner) = query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')) {
+                let series = inner.rsplit_once(',').map_or(inner, |(s, _)| s).trim();
+                exprs.push((format!("{file}: variable {}", var["name"]), series.to_owned(), true));
+            }
+        }
+    }
+    exprs
+}
+
+fn collect_exprs(v: &Value, file: &str, out: &mut Vec<(String, String, bool)>) {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(expr)), Some(title)) = (map.get("expr"), map.get("refId")) {
+                out.push((format!("{file}: target {title}"), expr.clone(), true));
+            }
+            for (k, child) in map {
+                if k != "templating" {
+                    collect_exprs(child, file, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, file, out)),
+        _ => {}
+    }
+}
+
+/// Grafana's variables, replaced by real values (every spelling Grafana accepts).
+fn substitute(expr: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = expr.to_owned();
+    for (name, value) in vars {
+        for form in [format!("${{{name}}}"), format!("[[{name}]]"), format!("${name}")] {
+            out = out.replace(&form, value);
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboards_and_rules_return_data_from_a_real_prometheus() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(2);
+    let (orgs, events) = history(21, 6_000);
+    // `$org` of the MDO dashboard: a child of `$ministry` M_0, with a target.
+    let org = orgs
+        .iter()
+        .map(|(_, v)| serde_json::from_slice::<Value>(v.as_ref().unwrap()).unwrap())
+        .find(|o| o["parent"] == "M_0")
+        .unwrap()["org"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mdo_target = json!({"v": 1, "id": "t-mdo", "org": org, "kpi": "enrolments_fy", "value": 50, "fy": "2025-26"});
+    case.produce_orgs(&orgs);
+    case.produce_targets(&target_records());
+    case.produce_targets(&[(Some(b"t-mdo".to_vec()), Some(mdo_target.to_string().into_bytes()))]);
+    // One target of every KPI kind, so that each per-KPI recording rule has data.
+    let kinds: Vec<Kv> = pulse_model::TargetKpi::ALL
+        .iter()
+        .map(|kpi| {
+            let id = format!("t-national-{kpi}");
+            let v = json!({"v": 1, "id": id, "org": "national", "kpi": kpi.name(), "value": 0.5, "fy": "2025-26"});
+            (Some(id.into_bytes()), Some(v.to_string().into_bytes()))
+        })
+        .collect();
+    case.produce_targets(&kinds);
+    case.produce_events(&events);
+    // A few dead letters, so the dead-letter panels have a series.
+    case.produce_events(&[(None, Some(b"{not json".to_vec())), (None, Some(b"[]".to_vec()))]);
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+
+    let (status, metrics) = http_get(&case.http, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("pulse_ingest_dead_letters_total{reason=\"invalid_json\"} 2\n"), "{metrics}");
+
+    let prometheus = Prometheus::start(&case.http);
+    // Two scrapes and the recording rules' evaluations behind them.
+    prometheus.wait_for("org:pulse_kpi_registered_users:sum");
+    prometheus.wait_for("rate(pulse_ingest_messages_total[1m])");
+    prometheus.wait_for("target:pulse_target_progress:ratio{target=\"t-mdo\"}");
+    let vars = [
+        ("fy", "2025-26"),
+        ("ministry", "M_0"),
+        ("org", org.as_str()),
+        ("__rate_interval", "1m"),
+        ("__interval", "15s"),
+        ("__range", "5m"),
+    ];
+    let exprs = deployed_expressions();
+    assert!(exprs.len() > 40, "only {} expressions found", exprs.len());
+    let mut failures = Vec::new();
+    for (place, expr, must_have_data) in &exprs {
+        let promql = substitute(expr, &vars);
+        assert!(!promql.contains('$'), "{place}: unknown variable left in `{promql}`");
+        match prometheus.query(&promql) {
+            Err(e) => failures.push(format!("{place}: `{promql}` failed: {e}")),
+            Ok(result) if result.is_empty() && *must_have_data => {
+                failures.push(format!("{place}: `{promql}` returned no data"))
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} expressions:\n{}", failures.len(), exprs.len(), failures.join("\n\n"));
+
+    // A KPI read through Prometheus (and the recording rules) equals `pulse report`.
+    stop(&mut pulse, &case);
+    let report = case.report();
+    let value = |promql: &str| -> f64 {
+        let result = prometheus.query(promql).unwrap();
+        result[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    for node in ["national", "M_0", org.as_str()] {
+        let kpis = &report["nodes"][node];
+        let users = value(&format!("org:pulse_kpi_registered_users:sum{{org=\"{node}\"}}"));
+        assert_eq!(users, kpis["registered_users"].as_f64().unwrap(), "{node}");
+        let enrolments = value(&format!("org_fy:pulse_kpi_enrolments_fy:sum{{org=\"{node}\",fy=\"2025-26\"}}"));
+        assert_eq!(enrolments, kpis["enrolments_fy"].as_f64().unwrap(), "{node}");
+        let minutes = value(&format!("org:pulse_kpi_learning_seconds:sum{{org=\"{node}\"}}")) / 60.0;
+        assert!((minutes - kpis["learning_minutes"].as_f64().unwrap()).abs() < 1e-6, "{node}");
+    }
 }
