@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use pulse_engine::{Engine, EngineConfig};
-use pulse_http::{router, AppState, SnapshotCell};
+use pulse_http::{router, AppState, Exposition, SnapshotCell};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::Millis;
 use pulse_store::{RocksStore, StoreMetrics};
@@ -74,7 +74,7 @@ impl Api {
             collectors: vec![store_metrics],
             readiness: Box::new(move || ready.clone()),
             token: Some(TOKEN.into()),
-            course_metrics: true,
+            exposition: Exposition { fys: 2, courses: true },
             clock: now,
         };
         Api { state: Arc::new(state) }
@@ -338,4 +338,18 @@ fn the_openapi_document_lists_the_routes() {
     let mut served: Vec<String> = pulse_http::routes().into_iter().map(|(p, _)| format!("get {p}")).collect();
     served.sort();
     assert_eq!(documented, served);
+}
+
+#[tokio::test]
+async fn fy_families_cover_the_configured_number_of_latest_years() {
+    let data = replayed();
+    let mut api = Api::open(data.path(), Ok(()));
+    let two = api.call("/metrics", &[]).await.2;
+    assert!(two.contains("fy=\"2024-25\"") && two.contains("fy=\"2025-26\""));
+    Arc::get_mut(&mut api.state).unwrap().exposition.fys = 1;
+    let one = api.call("/metrics", &[]).await.2;
+    assert!(!one.contains("fy=\"2024-25\"") && one.contains("fy=\"2025-26\""));
+    // Older years stay in the API.
+    let (_, old) = api.json("/api/v1/nodes/national?fy=2024-25", &[]).await;
+    assert_eq!(old["nodes"]["national"]["enrolments_fy"], 1);
 }

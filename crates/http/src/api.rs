@@ -58,7 +58,7 @@ fn fy(param: Option<&str>, now: pulse_model::Millis) -> ApiResult<Fy> {
 pub fn render(state: &AppState, format: Format) -> String {
     let mut enc = Encoder::new(format);
     encode_service(&mut enc, (state.readiness)().is_ok());
-    encode_kpis(&mut enc, &state.snapshot.get(), (state.clock)(), state.course_metrics);
+    encode_kpis(&mut enc, &state.snapshot.get(), (state.clock)(), state.exposition);
     for c in &state.collectors {
         c.collect(&mut enc);
     }

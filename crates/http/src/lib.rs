@@ -20,7 +20,7 @@ use pulse_metrics::Collect;
 use pulse_model::Millis;
 
 pub use api::render;
-pub use metrics::{encode_kpis, encode_service};
+pub use metrics::{encode_kpis, encode_service, Exposition};
 
 /// The latest published org-level snapshot, swapped whole at every commit.
 #[derive(Debug, Default)]
@@ -60,14 +60,13 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Bearer token of the user endpoints; `None` turns them off.
     pub token: Option<String>,
-    /// Whether `/metrics` carries the per-course families.
-    pub course_metrics: bool,
+    pub exposition: Exposition,
     pub clock: fn() -> Millis,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("course_metrics", &self.course_metrics).finish_non_exhaustive()
+        f.debug_struct("AppState").field("exposition", &self.exposition).finish_non_exhaustive()
     }
 }
 

@@ -168,10 +168,21 @@ const COURSE_FAMILIES: &[CourseFamily] = &[
     },
 ];
 
+/// What `/metrics` carries beyond the always-present node KPIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exposition {
+    /// The `_fy` families cover this many of the latest financial years with
+    /// data (older years stay in the API), so series do not grow with history.
+    pub fys: usize,
+    /// The per-course families (one series per course and KPI).
+    pub courses: bool,
+}
+
 /// Writes every KPI family of the snapshot. `now` paces the targets.
-pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, courses: bool) {
+pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, exposition: Exposition) {
     let nodes = snapshot.view.nodes();
-    let fys: Vec<Fy> = snapshot.fys().collect();
+    let all_fys: Vec<Fy> = snapshot.fys().collect();
+    let fys = &all_fys[all_fys.len().saturating_sub(exposition.fys)..];
     // The year-independent KPIs read the same from any year's NodeKpis.
     let base_fy = fys.last().copied().unwrap_or_else(|| Fy::of(now));
     let base: Vec<NodeKpis> = nodes.iter().map(|n| NodeKpis::of(n, base_fy)).collect();
@@ -214,7 +225,7 @@ pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, courses:
     enc.family("pulse_registry_unknown_orgs", "Org ids named by events but not in the registry.", Kind::Gauge)
         .sample(&[], snapshot.unknown_orgs as f64);
     encode_targets(enc, snapshot, now);
-    if courses {
+    if exposition.courses {
         let kpis: Vec<(&String, CourseKpis)> = snapshot.courses.iter().map(|(c, t)| (c, CourseKpis::of(t))).collect();
         for fam in COURSE_FAMILIES {
             let mut f = enc.family(fam.name, fam.help, Kind::Gauge);

@@ -50,6 +50,9 @@ struct ServeArgs {
     /// Add the per-course families to /metrics.
     #[arg(long)]
     course_metrics: bool,
+    /// The `_fy` families on /metrics cover this many of the latest financial years with data.
+    #[arg(long, default_value_t = 2)]
+    metrics_fys: usize,
 }
 
 #[derive(Args, Debug)]
@@ -151,7 +154,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>, out: &mu
             data_dir: args.state.data_dir,
             listen: args.listen,
             refresh: args.refresh,
-            course_metrics: args.course_metrics,
+            exposition: pulse_http::Exposition { fys: args.metrics_fys.max(1), courses: args.course_metrics },
         }),
     }
 }

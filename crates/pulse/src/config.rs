@@ -112,8 +112,15 @@ pub struct RawHttp {
     /// default false, for cardinality).
     #[serde(default)]
     pub course_metrics: bool,
+    /// The `_fy` families on `/metrics` cover this many of the latest
+    /// financial years with data (default 2: this year and the last).
+    #[serde(default = "default_metrics_fys")]
+    pub metrics_fys: usize,
 }
 
+fn default_metrics_fys() -> usize {
+    2
+}
 fn default_ready_max_lag() -> i64 {
     1000
 }
@@ -209,7 +216,7 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     pub token: Option<String>,
     pub ready_max_lag: i64,
-    pub course_metrics: bool,
+    pub exposition: pulse_http::Exposition,
 }
 
 fn duration(key: &str, value: &str) -> anyhow::Result<Duration> {
@@ -297,6 +304,9 @@ impl RawConfig {
         if h.ready_max_lag < 0 {
             bail!("`http.ready_max_lag` must not be negative");
         }
+        if h.metrics_fys == 0 {
+            bail!("`http.metrics_fys` must be at least 1");
+        }
         Ok(Config {
             kafka: pulse_kafka::Settings {
                 brokers: non_empty("kafka.brokers", &k.brokers)?.to_owned(),
@@ -326,7 +336,7 @@ impl RawConfig {
                     t => t,
                 },
                 ready_max_lag: h.ready_max_lag,
-                course_metrics: h.course_metrics,
+                exposition: pulse_http::Exposition { fys: h.metrics_fys, courses: h.course_metrics },
             },
         })
     }
@@ -353,6 +363,14 @@ mod tests {
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.http.token, None);
         assert_eq!(c.http.ready_max_lag, 1000);
+        assert_eq!(c.http.exposition, pulse_http::Exposition { fys: 2, courses: false });
+    }
+
+    #[test]
+    fn the_example_file_documents_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/pulse.example.toml");
+        let example = RawConfig::load(&path, []).unwrap().validate().unwrap();
+        assert_eq!(example, parse("", &[]).unwrap());
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
         collectors: vec![ingest.clone(), store_metrics.clone()],
         readiness,
         token: http.token.clone(),
-        course_metrics: http.course_metrics,
+        exposition: http.exposition,
         clock: wall_clock,
     };
     start_http(http.listen, "http.listen", state)?;
@@ -121,7 +121,7 @@ pub(crate) struct ServeSettings {
     pub data_dir: std::path::PathBuf,
     pub listen: SocketAddr,
     pub refresh: Duration,
-    pub course_metrics: bool,
+    pub exposition: pulse_http::Exposition,
 }
 
 /// Serves the state of a data directory without consuming, reopening it
@@ -143,7 +143,7 @@ pub(crate) fn serve(s: &ServeSettings) -> anyhow::Result<()> {
         collectors: vec![store_metrics.clone()],
         readiness: Box::new(|| Ok(())),
         token: std::env::var("PULSE_HTTP__TOKEN").ok().filter(|t| !t.trim().is_empty()),
-        course_metrics: s.course_metrics,
+        exposition: s.exposition,
         clock: wall_clock,
     };
     start_http(s.listen, "--listen", state)?;
