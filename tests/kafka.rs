@@ -637,8 +637,15 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     let mut pulse = case.start();
     case.wait_caught_up(&mut pulse);
 
+    // Caught up: ready once librdkafka has reported the partitions' ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&case.http, "/readyz").unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "not ready 30s after catching up: {:?}", http_get(&case.http, "/readyz"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (status, metrics) = http_get(&case.http, "/metrics").unwrap();
     assert_eq!(status, 200);
+    assert!(metrics.contains("\npulse_ready 1\n"));
     assert!(metrics.contains("pulse_ingest_dead_letters_total{reason=\"invalid_json\"} 2\n"), "{metrics}");
 
     let prometheus = Prometheus::start(&case.http);
@@ -686,4 +693,27 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
         let minutes = value(&format!("org:pulse_kpi_learning_seconds:sum{{org=\"{node}\"}}")) / 60.0;
         assert!((minutes - kpis["learning_minutes"].as_f64().unwrap()).abs() < 1e-6, "{node}");
     }
+
+    // `pulse serve` answers from the same state directory, without consuming.
+    let serve_addr = format!("127.0.0.1:{}", free_port());
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["serve", "--listen", &serve_addr, "--data-dir"])
+        .arg(case.dir.path().join("data"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        if let Ok((200, body)) = http_get(&serve_addr, "/api/v1/nodes/national?fy=2025-26") {
+            break serde_json::from_str::<Value>(&body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "pulse serve did not answer in 30s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(node["nodes"]["national"], report["nodes"]["national"]);
+    let (_, served) = http_get(&serve_addr, "/metrics").unwrap();
+    assert!(served.contains("pulse_kpi_registered_users{org=\"national\"}"));
+    assert!(!served.contains("pulse_ingest_"), "serve consumes nothing, so it has no ingest series");
+    serve.kill().unwrap();
+    serve.wait().unwrap();
 }
