@@ -107,9 +107,9 @@ fn main() {
             // As `pulse run` does: publish the org-level snapshot at every commit.
             let snapshot = pulse_http::SnapshotCell::default();
             let metrics = pulse_kafka::IngestMetrics::default();
-            let mut on_commit = |e: &pulse_engine::Engine<RocksStore>| snapshot.set(e.snapshot());
+            let mut publish = |e: &pulse_engine::Engine<RocksStore>| snapshot.set(e.snapshot());
             let engine = Arc::new(std::sync::Mutex::new(engine));
-            let shared = pulse_kafka::Shared { engine, metrics: &metrics, on_commit: &mut on_commit };
+            let shared = pulse_kafka::Shared { engine, metrics: &metrics, publish: &mut publish };
             pulse_kafka::run(&settings, shared, &stop, wall_clock)
         })
     };

@@ -360,30 +360,33 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Every node's totals over its subtree, as the registry is now.
-    fn view(&self) -> OrgView {
-        let leaves = self.shards.iter().flat_map(|s| s.orgs.iter()).map(|(k, t)| (self.org_keys.name(k), t));
-        OrgView::build(&self.registry, leaves)
-    }
-
-    /// Course totals summed over the shards.
-    fn course_totals(&self) -> BTreeMap<String, CourseTotals> {
-        let mut all: BTreeMap<String, CourseTotals> = BTreeMap::new();
-        for (course, t) in self.shards.iter().flat_map(|s| s.courses.iter()) {
-            all.entry(self.course_keys.name(course).to_owned()).or_default().add(t, 1);
-        }
-        all
-    }
-
     /// The org-level state as it is now (including uncommitted changes).
+    /// Shards are summed per interned key first, so the rollup and the
+    /// course map see each org and course once.
     pub fn snapshot(&self) -> Snapshot {
-        let leaves: FastSet<&str> =
-            self.shards.iter().flat_map(|s| s.orgs.iter()).map(|(k, _)| self.org_keys.name(k)).collect();
+        let mut orgs: Vec<Option<Totals>> = vec![None; self.org_keys.names().len()];
+        let mut courses = vec![CourseTotals::default(); self.course_keys.names().len()];
+        for shard in &self.shards {
+            for (k, t) in shard.orgs.iter() {
+                orgs[k as usize].get_or_insert_with(Totals::default).add(t, 1);
+            }
+            for (k, t) in shard.courses.iter() {
+                courses[k as usize].add(t, 1);
+            }
+        }
+        let leaves: Vec<(&str, &Totals)> =
+            self.org_keys.names().filter_map(|(k, name)| Some((name, orgs[k as usize].as_ref()?))).collect();
+        let unknown = leaves.iter().filter(|(o, _)| *o != crate::UNASSIGNED && self.registry.get(o).is_none());
         Snapshot {
-            view: self.view(),
-            courses: self.course_totals(),
+            unknown_orgs: unknown.count(),
+            view: OrgView::build(&self.registry, leaves.iter().copied()),
+            courses: self
+                .course_keys
+                .names()
+                .filter(|(k, _)| !courses[*k as usize].is_zero())
+                .map(|(k, name)| (name.to_owned(), courses[k as usize]))
+                .collect(),
             targets: self.targets.clone(),
-            unknown_orgs: leaves.iter().filter(|o| **o != crate::UNASSIGNED && self.registry.get(o).is_none()).count(),
         }
     }
 }

@@ -29,6 +29,11 @@ impl Interner {
     pub(crate) fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }
+
+    /// Every key with its id, in id order.
+    pub(crate) fn names(&self) -> impl ExactSizeIterator<Item = (u32, &str)> {
+        self.names.iter().enumerate().map(|(id, name)| (id as u32, name.as_str()))
+    }
 }
 
 /// Values by interned key, and the keys changed since the last drain. A

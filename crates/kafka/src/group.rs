@@ -114,8 +114,10 @@ pub struct Shared<'a, S> {
     /// The engine; other threads may lock it briefly (user lookups).
     pub engine: Arc<Mutex<Engine<S>>>,
     pub metrics: &'a IngestMetrics,
-    /// Called after every commit of state and offsets, with the lock held.
-    pub on_commit: &'a mut dyn FnMut(&Engine<S>),
+    /// Publishes the committed state (e.g. the org-level snapshot), with the
+    /// lock held: after a commit, at most once per [`PUBLISH_INTERVAL`], and
+    /// after the last commit.
+    pub publish: &'a mut dyn FnMut(&Engine<S>),
 }
 
 impl<S> std::fmt::Debug for Shared<'_, S> {
@@ -131,7 +133,7 @@ pub fn run<S: Store + Send + 'static>(
     stop: &AtomicBool,
     clock: fn() -> Millis,
 ) -> Result<RunStats, Error> {
-    let Shared { engine, metrics, on_commit } = shared;
+    let Shared { engine, metrics, publish } = shared;
     let context = GroupContext {
         engine: Arc::clone(&engine),
         assigned: AtomicBool::new(false),
@@ -165,7 +167,7 @@ pub fn run<S: Store + Send + 'static>(
         registry.catch_up(&mut engine, &dead, &mut registry_stats, stop)?;
         engine.commit()?;
         counts.registry_read();
-        on_commit(&engine);
+        publish(&engine);
         metrics.publish(&counts);
         info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
     }
@@ -175,6 +177,8 @@ pub fn run<S: Store + Send + 'static>(
     let mut since_commit = 0usize;
     let mut last_commit = Instant::now();
     let mut last_publish = Instant::now();
+    // A commit whose state is not published yet.
+    let mut unpublished = false;
     while !stop.load(Ordering::Relaxed) {
         if registry.poll(&mut lock(&engine), &dead, &mut registry_stats, Duration::ZERO, stop)? > 0 {
             since_commit += 1;
@@ -206,16 +210,21 @@ pub fn run<S: Store + Send + 'static>(
         }
         let due = since_commit >= settings.commit_messages
             || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval);
-        if due || last_publish.elapsed() >= PUBLISH_IDLE {
+        if due {
             let mut engine = lock(&engine);
-            if due {
-                let started = Instant::now();
-                commit(&consumer, &mut engine, CommitMode::Async)?;
-                counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
-                arrivals.clear();
-                on_commit(&engine);
-                since_commit = 0;
-                last_commit = Instant::now();
+            let started = Instant::now();
+            commit(&consumer, &mut engine, CommitMode::Async)?;
+            counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
+            arrivals.clear();
+            record_positions(&consumer, &engine, &mut counts);
+            metrics.publish(&counts);
+            (since_commit, last_commit, unpublished) = (0, Instant::now(), true);
+        }
+        if last_publish.elapsed() >= PUBLISH_INTERVAL {
+            let engine = lock(&engine);
+            if unpublished {
+                publish(&engine);
+                unpublished = false;
             }
             record_positions(&consumer, &engine, &mut counts);
             metrics.publish(&counts);
@@ -225,13 +234,15 @@ pub fn run<S: Store + Send + 'static>(
     info!("stopping: persisting state and offsets");
     let mut engine = lock(&engine);
     commit(&consumer, &mut engine, CommitMode::Sync)?;
-    on_commit(&engine);
+    publish(&engine);
     consumer.unsubscribe();
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
 }
 
-/// How often positions and lag are refreshed while no commit happens.
-const PUBLISH_IDLE: Duration = Duration::from_secs(1);
+/// How often committed state is published (building the org-level
+/// snapshot costs O(orgs x shards), docs/BENCHMARKS.md) and positions and
+/// lag are refreshed while no commit happens.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Each assigned partition's next offset and last fetched end.
 fn record_positions<S: Store + Send + 'static>(

@@ -21,7 +21,7 @@ pub mod tools;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use group::{run, RunStats, Shared};
+pub use group::{run, RunStats, Shared, PUBLISH_INTERVAL};
 pub use metrics::IngestMetrics;
 use pulse_model::InputFormat;
 use rdkafka::ClientConfig;

@@ -98,11 +98,11 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let settings = &config.kafka;
     info!(brokers = %settings.brokers, data_dir = %config.data_dir.display(), "pulse run starting");
-    let mut on_commit = |engine: &Engine<RocksStore>| {
+    let mut publish = |engine: &Engine<RocksStore>| {
         snapshot.set(engine.snapshot());
         store_metrics.record(engine.store());
     };
-    let shared = Shared { engine, metrics: &ingest, on_commit: &mut on_commit };
+    let shared = Shared { engine, metrics: &ingest, publish: &mut publish };
     let stats = pulse_kafka::run(settings, shared, &stop, wall_clock)?;
     info!(
         accepted = stats.events.accepted,
