@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -15,44 +15,24 @@ use pulse_http::{router, AppState, Exposition, SnapshotCell};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::Millis;
 use pulse_store::{RocksStore, StoreMetrics};
+use pulse_tests::{pulse_json, replay_scenario, scenario_dir, SCENARIO_NOW};
 use serde_json::Value;
 use tower::ServiceExt;
 
-const NOW: &str = "2026-01-15T00:00:00+05:30";
 const TOKEN: &str = "s3cret";
 
 fn now() -> Millis {
-    parse_rfc3339(NOW).unwrap()
-}
-
-fn scenario() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/scenario")
+    parse_rfc3339(SCENARIO_NOW).unwrap()
 }
 
 fn pulse(args: &[&str]) {
-    let mut out = Vec::new();
-    pulse::cli::run(std::iter::once("pulse").chain(args.iter().copied()), &mut out)
-        .unwrap_or_else(|e| panic!("pulse {args:?} failed: {e:#}"));
+    pulse_json(args);
 }
 
 /// Replays the scenario into a fresh state directory.
 fn replayed() -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
-    let file = |name: &str| scenario().join(name).to_str().unwrap().to_owned();
-    pulse(&[
-        "replay",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-        "--orgs",
-        &file("orgs.ndjson"),
-        "--targets",
-        &file("targets.ndjson"),
-        &format!("--input=pulse-v1={}", file("events.ndjson")),
-        &format!("--input=igot-rating={}", file("igot.ndjson")),
-        &format!("--input=sunbird-telemetry={}", file("sunbird.ndjson")),
-        "--now",
-        NOW,
-    ]);
+    replay_scenario(data.path());
     data
 }
 
@@ -100,7 +80,7 @@ impl Api {
 }
 
 fn expected(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(scenario().join(name)).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(scenario_dir().join(name)).unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -313,7 +293,7 @@ async fn series_of_removed_orgs_and_targets_disappear() {
         "--targets",
         target_tombstones.path().to_str().unwrap(),
         "--now",
-        NOW,
+        SCENARIO_NOW,
     ]);
     let after = Api::open(data.path(), Ok(())).call("/metrics", &[]).await.2;
     assert!(!after.contains("org=\"S_5_O_1\""), "the removed org's series are gone");

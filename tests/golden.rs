@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use pulse_model::time::format_ist;
 use pulse_model::{parse, parse_org, parse_target, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate};
 use pulse_oracle::json_diff;
+use pulse_tests::{pulse_json as pulse, replay_scenario, scenario_dir, SCENARIO_NOW};
 use serde_json::{json, Value};
 
 fn golden_dir() -> PathBuf {
@@ -98,14 +99,6 @@ fn registry_records_parse_as_golden() {
     check_golden(&dir.join("targets.golden.json"), &Value::Array(targets));
 }
 
-/// Runs the `pulse` command line in-process and returns its output as JSON.
-fn pulse(args: &[&str]) -> Value {
-    let mut out = Vec::new();
-    pulse::cli::run(std::iter::once("pulse").chain(args.iter().copied()), &mut out)
-        .unwrap_or_else(|e| panic!("pulse {args:?} failed: {e:#}"));
-    serde_json::from_slice(&out).unwrap_or_else(|e| panic!("pulse {args:?} printed no JSON ({e})"))
-}
-
 fn assert_json(actual: &Value, expected_file: &Path) {
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(expected_file).unwrap()).unwrap();
     if let Some(d) = json_diff(actual, &expected) {
@@ -115,25 +108,11 @@ fn assert_json(actual: &Value, expected_file: &Path) {
 
 #[test]
 fn hand_checked_scenario_reports_as_expected() {
-    let dir = golden_dir().join("scenario");
+    let dir = scenario_dir();
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap();
-    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let now = "2026-01-15T00:00:00+05:30";
-    let summary = pulse(&[
-        "replay",
-        "--data-dir",
-        data_dir,
-        "--orgs",
-        &file("orgs.ndjson"),
-        "--targets",
-        &file("targets.ndjson"),
-        &format!("--input=pulse-v1={}", file("events.ndjson")),
-        &format!("--input=igot-rating={}", file("igot.ndjson")),
-        &format!("--input=sunbird-telemetry={}", file("sunbird.ndjson")),
-        "--now",
-        now,
-    ]);
+    let now = SCENARIO_NOW;
+    let summary = replay_scenario(data.path());
     assert_eq!(
         summary["events"],
         json!({"accepted": 18, "duplicates": 1, "ignored": 1,
