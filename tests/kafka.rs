@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
+#[path = "common/http.rs"]
+mod http;
+
+use http::{free_port, http_get, wait_for_ok};
 use pulse_kafka::tools;
 use pulse_loadgen::{World, WorldSpec};
 use pulse_model::{Fy, InputFormat, TimeRules};
@@ -177,11 +181,6 @@ impl Case {
             panic!("{}: report differs from the reference model: {d}\n{}", self.name, self.log());
         }
     }
-}
-
-/// A port nothing listens on now (the OS picks it; the listener is dropped).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn rand_suffix() -> u128 {
@@ -451,18 +450,6 @@ fn a_reparented_org_and_a_migrated_user_move_their_numbers() {
     case.assert_equals_model();
 }
 
-/// A minimal HTTP/1.0 GET (no client library needed for loopback tests).
-fn http_get(addr: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
-    use std::io::Write;
-    let mut stream = std::net::TcpStream::connect(addr)?;
-    write!(stream, "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_owned()))
-}
-
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -702,14 +689,9 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let node = loop {
-        if let Ok((200, body)) = http_get(&serve_addr, "/api/v1/nodes/national?fy=2025-26") {
-            break serde_json::from_str::<Value>(&body).unwrap();
-        }
-        assert!(Instant::now() < deadline, "pulse serve did not answer in 30s");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let node: Value =
+        serde_json::from_str(&wait_for_ok(&serve_addr, "/api/v1/nodes/national?fy=2025-26", Duration::from_secs(30)))
+            .unwrap();
     assert_eq!(node["nodes"]["national"], report["nodes"]["national"]);
     let (_, served) = http_get(&serve_addr, "/metrics").unwrap();
     assert!(served.contains("pulse_kpi_registered_users{org=\"national\"}"));

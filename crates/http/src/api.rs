@@ -10,7 +10,7 @@ use axum::Json;
 use pulse_engine::{Report, UserReport};
 use pulse_metrics::{Encoder, Format};
 use pulse_model::Fy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{encode_kpis, encode_service, AppState};
 
@@ -76,6 +76,39 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderM
     // Rendering thousands of series is CPU work: keep it off the async workers.
     let body = blocking(move || render(&state, format)).await?;
     Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+}
+
+pub(crate) async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
+}
+
+/// One node of the hierarchy, as `/api/v1/nodes` lists it.
+#[derive(Debug, Serialize)]
+pub(crate) struct NodeInfo {
+    id: String,
+    name: String,
+    parent: Option<String>,
+    kind: String,
+    depth: u32,
+}
+
+/// Every node (`national`, `unassigned`, the registered orgs) with its place
+/// in the hierarchy, so that clients can name and nest what the KPI answers key by id.
+pub(crate) async fn nodes(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let snapshot = state.snapshot.get();
+    let nodes: Vec<NodeInfo> = snapshot
+        .view
+        .nodes()
+        .iter()
+        .map(|n| NodeInfo {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            parent: n.parent.clone(),
+            kind: n.kind.clone(),
+            depth: n.depth,
+        })
+        .collect();
+    Json(serde_json::json!({ "nodes": nodes }))
 }
 
 pub(crate) async fn healthz() -> &'static str {

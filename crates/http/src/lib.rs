@@ -1,5 +1,6 @@
 //! Pulse's HTTP side: `/metrics` (Prometheus text or OpenMetrics),
-//! `/healthz`, `/readyz` and the query API under `/api/v1`.
+//! `/healthz`, `/readyz`, the query API under `/api/v1`, and a live page at
+//! `/` (plain HTML and JS compiled into the binary, reading the API).
 //!
 //! This crate owns the routes, their JSON and error shapes, the bearer-token
 //! check of the user endpoints and the KPI metric families. It reads only
@@ -74,9 +75,11 @@ impl std::fmt::Debug for AppState {
 /// the OpenAPI test compares with `schemas/openapi.yaml`.
 pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     vec![
+        ("/", get(api::page)),
         ("/metrics", get(api::metrics)),
         ("/healthz", get(api::healthz)),
         ("/readyz", get(api::readyz)),
+        ("/api/v1/nodes", get(api::nodes)),
         ("/api/v1/nodes/{org}", get(api::node)),
         ("/api/v1/nodes/{org}/children", get(api::children)),
         ("/api/v1/courses/{course}", get(api::course)),

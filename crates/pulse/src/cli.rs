@@ -1,4 +1,4 @@
-//! The command line: `pulse replay`, `report`, `run` and `serve`.
+//! The command line: `pulse demo`, `replay`, `report`, `run` and `serve`.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
@@ -32,9 +32,34 @@ enum Command {
     /// Consume the Kafka topics of --config and keep the state up to date until
     /// SIGTERM, serving /metrics and the API meanwhile.
     Run(RunArgs),
+    /// Pulse with no external services: a generated world feeds the engine and
+    /// RocksDB in this process while the page, /metrics and the API are served.
+    Demo(DemoArgs),
     /// Serve /metrics and the API from the state in --data-dir, without consuming
     /// (after a `pulse replay`, or read-only beside a running `pulse run`).
     Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Address of the page, /metrics and the API.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: std::net::SocketAddr,
+    /// Users of the generated world (its registry has ~3,200 nodes).
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Events applied before serving, spread over last year and this one up to now.
+    #[arg(long, default_value_t = 300_000)]
+    backfill: u64,
+    /// Live events per second after the backfill.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u32,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Keep the state here (default: a temporary directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +175,17 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>, out: &mu
         Command::Replay(args) => replay(args, out),
         Command::Report(args) => report(args, out),
         Command::Run(args) => crate::run::run(&args.config),
+        Command::Demo(args) => crate::demo::demo(
+            &crate::demo::DemoSettings {
+                listen: args.listen,
+                users: args.users,
+                backfill: args.backfill,
+                rate: args.rate,
+                duration: args.duration,
+                data_dir: args.data_dir,
+            },
+            out,
+        ),
         Command::Serve(args) => crate::run::serve(&crate::run::ServeSettings {
             data_dir: args.state.data_dir,
             listen: args.listen,

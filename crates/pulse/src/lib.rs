@@ -6,5 +6,6 @@
 
 pub mod cli;
 pub mod config;
+mod demo;
 mod files;
 mod run;

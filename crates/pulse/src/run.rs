@@ -30,18 +30,17 @@ pub(crate) fn engine_config(c: &Config) -> EngineConfig {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr at `default` unless `RUST_LOG` says otherwise.
+pub(crate) fn init_logging(default: &str) {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,librdkafka=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
 
 /// SIGTERM and SIGINT set the returned flag.
-fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+pub(crate) fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("failed to install a signal handler")?;
@@ -51,7 +50,7 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
 
 /// Binds `listen` now, so that a taken port fails at start, then serves on a
 /// thread of its own until the process exits.
-fn start_http(listen: SocketAddr, key: &str, state: AppState) -> anyhow::Result<()> {
+pub(crate) fn start_http(listen: SocketAddr, key: &str, state: AppState) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(listen))
@@ -66,7 +65,7 @@ fn start_http(listen: SocketAddr, key: &str, state: AppState) -> anyhow::Result<
 }
 
 pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
-    init_logging();
+    init_logging("info,librdkafka=warn");
     let config = RawConfig::load(config_path, std::env::vars())?.validate()?;
     let options = StoreOptions {
         shards: config.shards,
@@ -127,7 +126,7 @@ pub(crate) struct ServeSettings {
 /// Serves the state of a data directory without consuming, reopening it
 /// read-only every `refresh` so that it follows a `pulse run` beside it.
 pub(crate) fn serve(s: &ServeSettings) -> anyhow::Result<()> {
-    init_logging();
+    init_logging("info,librdkafka=warn");
     let stop = stop_on_signals()?;
     let engine = Arc::new(Mutex::new(crate::cli::open_engine_read_only(&s.data_dir)?));
     let snapshot = Arc::new(SnapshotCell::default());

@@ -1,0 +1,187 @@
+//! The page at `/` in headless Chromium (Debian's `chromium` package), and
+//! `pulse demo` end to end. The page is served by `pulse serve` on the
+//! hand-checked scenario: it must show the same numbers as the API, and
+//! drill-down must show a node's children.
+#![allow(clippy::unwrap_used)]
+
+#[path = "common/http.rs"]
+mod http;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http::{free_port, http_get, wait_for_ok};
+use serde_json::Value;
+
+const NOW: &str = "2026-01-15T00:00:00+05:30";
+
+fn pulse() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pulse"))
+}
+
+/// `pulse serve` on the scenario replayed into `dir`.
+fn serve_scenario(dir: &Path) -> (Child, String) {
+    let s = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/scenario");
+    let status = pulse()
+        .args(["replay", "--now", NOW, "--data-dir"])
+        .arg(dir)
+        .arg("--orgs")
+        .arg(s.join("orgs.ndjson"))
+        .arg("--targets")
+        .arg(s.join("targets.ndjson"))
+        .arg(format!("--input=pulse-v1={}", s.join("events.ndjson").display()))
+        .arg(format!("--input=igot-rating={}", s.join("igot.ndjson").display()))
+        .arg(format!("--input=sunbird-telemetry={}", s.join("sunbird.ndjson").display()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child =
+        pulse().args(["serve", "--listen", &addr, "--data-dir"]).arg(dir).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_ok(&addr, "/healthz", Duration::from_secs(30));
+    (child, addr)
+}
+
+/// The DOM after the page's scripts ran, from headless Chromium.
+fn rendered(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium not found: install Debian's `chromium` package (.ci/run does)");
+    assert!(out.status.success(), "chromium failed on {url}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Values of an attribute, in document order.
+fn attributes<'a>(dom: &'a str, name: &str) -> Vec<&'a str> {
+    let marker = format!("{name}=\"");
+    dom.match_indices(&marker)
+        .map(|(at, _)| {
+            let rest = &dom[at + marker.len()..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect()
+}
+
+/// The page's `data-cell="ORG/KPI=VALUE"` cells (VALUE is JSON).
+fn cells(dom: &str) -> BTreeMap<String, Value> {
+    attributes(dom, "data-cell")
+        .into_iter()
+        .map(|c| {
+            let (key, value) = c.split_once('=').unwrap();
+            (key.to_owned(), serde_json::from_str(&value.replace("&quot;", "\"")).unwrap())
+        })
+        .collect()
+}
+
+fn api(addr: &str, path: &str) -> Value {
+    let (status, body) = http_get(addr, path).unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Every cell the page shows for `org` equals the API's value.
+fn assert_cells_match(cells: &BTreeMap<String, Value>, org: &str, kpis: &Value) -> usize {
+    let prefix = format!("{org}/");
+    let mine: Vec<_> = cells.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+    for (key, shown) in &mine {
+        let kpi = &key[prefix.len()..];
+        // JavaScript has one number type: compare values, not spellings.
+        assert_eq!(shown.as_f64(), kpis[kpi].as_f64(), "{key}: the page shows {shown}, the API says {}", kpis[kpi]);
+        assert_eq!(shown.is_null(), kpis[kpi].is_null(), "{key}");
+    }
+    mine.len()
+}
+
+#[test]
+fn the_page_shows_the_api_numbers_and_drills_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut serve, addr) = serve_scenario(dir.path());
+
+    let dom = rendered(&format!("http://{addr}/?fy=2025-26"));
+    assert_eq!(attributes(&dom, "data-shown"), ["national"], "the page did not finish loading");
+    let shown = cells(&dom);
+    let national = api(&addr, "/api/v1/nodes/national?fy=2025-26");
+    assert_eq!(assert_cells_match(&shown, "national", &national["nodes"]["national"]), 10);
+    let children = api(&addr, "/api/v1/nodes/national/children?fy=2025-26");
+    let mut rows = attributes(&dom, "data-org");
+    rows.sort_unstable();
+    let expected: Vec<&String> = children["nodes"].as_object().unwrap().keys().collect();
+    assert_eq!(rows, expected);
+    for (id, kpis) in children["nodes"].as_object().unwrap() {
+        assert_eq!(assert_cells_match(&shown, id, kpis), 6, "{id}");
+        assert!(dom.contains(&format!("href=\"#/node/{id}\"")), "no drill-down link to {id}");
+    }
+    let behind = api(&addr, "/api/v1/targets?status=behind&fy=2025-26");
+    let targets = behind["targets"].as_object().unwrap();
+    assert!(!targets.is_empty());
+    for (id, status) in targets {
+        assert_eq!(assert_cells_match(&shown, id, status), 3, "{id}");
+    }
+
+    // Drill-down: the ministry's page lists its department.
+    let dom = rendered(&format!("http://{addr}/?fy=2025-26#/node/M_12"));
+    assert_eq!(attributes(&dom, "data-shown"), ["M_12"]);
+    let shown = cells(&dom);
+    let m12 = api(&addr, "/api/v1/nodes/M_12?fy=2025-26");
+    assert_eq!(assert_cells_match(&shown, "M_12", &m12["nodes"]["M_12"]), 10);
+    assert_eq!(attributes(&dom, "data-org"), ["M_12_D_3"]);
+    let d3 = api(&addr, "/api/v1/nodes/M_12_D_3?fy=2025-26");
+    assert_eq!(assert_cells_match(&shown, "M_12_D_3", &d3["nodes"]["M_12_D_3"]), 6);
+    assert!(dom.contains("Ministry of Personnel"), "the breadcrumb names the ministry");
+
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+}
+
+#[test]
+fn pulse_demo_runs_with_no_external_services() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let demo = pulse()
+        .args([
+            "demo",
+            "--listen",
+            &addr,
+            "--users",
+            "5000",
+            "--backfill",
+            "20000",
+            "--rate",
+            "500",
+            "--duration",
+            "4s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let national: Value =
+        serde_json::from_str(&wait_for_ok(&addr, "/api/v1/nodes/national", Duration::from_secs(60))).unwrap();
+    assert!(national["nodes"]["national"]["registered_users"].as_i64().unwrap() > 0, "{national}");
+    let (status, page) = http_get(&addr, "/").unwrap();
+    assert!(status == 200 && page.contains("<title>Pulse"));
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    assert!(metrics.contains("pulse_kpi_registered_users{org=\"national\"}"));
+    let out = demo.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains(&format!("Pulse is live at http://{addr}/")), "{stdout}");
+    let summary = stdout.lines().rfind(|l| l.starts_with("national FY")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(summary.contains("events/s live"), "{summary}");
+}
