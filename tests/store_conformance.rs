@@ -7,9 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use pulse_engine::{Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenKey, Store, Totals, UserState};
+use pulse_engine::{
+    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenKey, Store, StreamPosition, Totals, UserState,
+};
 use pulse_model::{Fy, OrgRecord, TargetKpi, TargetRecord};
 use pulse_store::{RocksStore, StoreOptions};
+
+fn pos(next: i64, newest_event: Option<i64>) -> StreamPosition {
+    StreamPosition { next, newest_event }
+}
 
 fn user(org: &str) -> UserState {
     UserState {
@@ -57,7 +63,11 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
             max_ts: vec![(0, 1_000), (1, -5)],
             orgs: vec![("A".into(), Some(org("A"))), ("B".into(), Some(org("B")))],
             targets: vec![("t1".into(), Some(target("t1"))), ("t2".into(), Some(target("t2")))],
-            offsets: vec![(("events".into(), 0), 10), (("events".into(), -1), 1), (("other".into(), 3), 7)],
+            offsets: vec![
+                (("events".into(), 0), pos(10, Some(900))),
+                (("events".into(), -1), pos(1, None)),
+                (("other".into(), 3), pos(7, Some(-5))),
+            ],
             ..Batch::default()
         })
         .unwrap();
@@ -77,7 +87,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
             max_ts: vec![(0, 2_000)],
             orgs: vec![("B".into(), None)],
             targets: vec![("t2".into(), None)],
-            offsets: vec![(("events".into(), 0), 12)],
+            offsets: vec![(("events".into(), 0), pos(12, Some(1_000)))],
             ..Batch::default()
         })
         .unwrap();
@@ -91,9 +101,9 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
         course_totals: vec![HashMap::new(), HashMap::from([("c2".to_owned(), course(2))])],
         max_ts: vec![2_000, -5],
         offsets: BTreeMap::from([
-            (("events".to_owned(), -1), 1),
-            (("events".to_owned(), 0), 12),
-            (("other".to_owned(), 3), 7),
+            (("events".to_owned(), -1), pos(1, None)),
+            (("events".to_owned(), 0), pos(12, Some(1_000))),
+            (("other".to_owned(), 3), pos(7, Some(-5))),
         ]),
     };
     let check = |store: &S| {

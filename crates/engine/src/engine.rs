@@ -14,7 +14,7 @@ use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
 use crate::state::{CourseTotals, Totals, UserState};
-use crate::store::{Batch, SeenKey, ShardId, Store, StoreError};
+use crate::store::{Batch, SeenKey, ShardId, Store, StoreError, StreamPosition};
 use crate::table::{FastMap, FastSet, Interner, Table};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -107,9 +107,12 @@ pub struct Engine<S> {
     course_keys: Interner,
     pending_orgs: BTreeMap<String, Option<OrgRecord>>,
     pending_targets: BTreeMap<String, Option<TargetRecord>>,
-    /// Next offsets, committed and pending, by (topic, partition).
-    offsets: BTreeMap<(String, i32), i64>,
-    pending_offsets: BTreeMap<(String, i32), i64>,
+    /// Partition positions, committed and pending, by (topic, partition).
+    offsets: BTreeMap<(String, i32), StreamPosition>,
+    pending_offsets: BTreeMap<(String, i32), StreamPosition>,
+    /// The time of the last valid event, until `set_next_offset` files it
+    /// under its partition.
+    last_event: Option<Millis>,
     /// Set until the threshold is first written to a fresh store.
     record_meeting_minutes: bool,
     uncommitted: usize,
@@ -151,6 +154,7 @@ impl<S: Store> Engine<S> {
             pending_targets: BTreeMap::new(),
             offsets: loaded.offsets,
             pending_offsets: BTreeMap::new(),
+            last_event: None,
             uncommitted: 0,
             poisoned: false,
             store,
@@ -207,6 +211,7 @@ impl<S: Store> Engine<S> {
             return Err(EngineError::Poisoned);
         }
         let shard_id = self.shard_of(&ev.user);
+        self.last_event = Some(ev.ts);
         let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
         let shard = &mut shards[usize::from(shard_id)];
         let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
@@ -289,14 +294,30 @@ impl<S: Store> Engine<S> {
     /// The next offset to consume from a partition, including messages
     /// applied but not yet committed; `None` if nothing was ever consumed.
     pub fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        let key = (topic.to_owned(), partition);
-        self.pending_offsets.get(&key).or_else(|| self.offsets.get(&key)).copied()
+        self.position(&(topic.to_owned(), partition)).map(|p| p.next)
+    }
+
+    fn position(&self, key: &(String, i32)) -> Option<StreamPosition> {
+        self.pending_offsets.get(key).or_else(|| self.offsets.get(key)).copied()
     }
 
     /// Records that every message of a partition before `next` has been
-    /// applied; the next commit writes it together with their effect.
+    /// applied (the last one's event time included); the next commit writes
+    /// it together with their effect.
     pub fn set_next_offset(&mut self, topic: &str, partition: i32, next: i64) {
-        self.pending_offsets.insert((topic.to_owned(), partition), next);
+        let key = (topic.to_owned(), partition);
+        let newest = self.position(&key).and_then(|p| p.newest_event).max(self.last_event.take());
+        self.pending_offsets.insert(key, StreamPosition { next, newest_event: newest });
+    }
+
+    /// The event-time watermark of consumed partitions: the oldest of their
+    /// newest event times. Partitions are consumed at different speeds (a
+    /// backlog, a rebalance), so an id is forgotten only once every partition
+    /// is past its horizon: a duplicate arrives in its original's partition,
+    /// which may lag far behind the others. `None` outside Kafka (replay).
+    fn watermark(&self) -> Option<Millis> {
+        let keys = self.offsets.keys().chain(self.pending_offsets.keys().filter(|k| !self.offsets.contains_key(*k)));
+        keys.filter_map(|k| self.position(k)?.newest_event).min()
     }
 
     /// Forgets the registry and the targets (in memory and, at the next
@@ -326,6 +347,7 @@ impl<S: Store> Engine<S> {
             offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             ..Batch::default()
         };
+        let watermark = self.watermark().unwrap_or(Millis::MAX);
         for (i, shard) in self.shards.iter_mut().enumerate() {
             let id = i as ShardId;
             if shard.seen_keys.is_empty() {
@@ -334,7 +356,8 @@ impl<S: Store> Engine<S> {
             batch.users.extend(shard.users.drain().map(|(user, state)| (id, user, state)));
             batch.seen.extend(shard.seen_keys.drain(..).map(|k| (id, k)));
             shard.seen.clear();
-            batch.forget_before.push((id, (shard.max_ts - self.config.dedup_horizon_ms).div_euclid(HOUR_MS)));
+            let newest = shard.max_ts.min(watermark);
+            batch.forget_before.push((id, newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS)));
             batch.org_totals.extend(shard.orgs.drain_dirty().map(|(k, t)| (id, self.org_keys.name(k).to_owned(), t)));
             batch
                 .course_totals
@@ -424,6 +447,30 @@ mod tests {
         engine.commit().unwrap();
         assert_eq!(engine.apply(&progress("a", t0)).unwrap(), Disposition::Applied);
         assert_eq!(engine.apply(&progress("b", t0 + 6 * day)).unwrap(), Disposition::Duplicate);
+    }
+
+    #[test]
+    fn a_lagging_partition_holds_its_ids_until_it_passes_the_horizon_too() {
+        let day = 24 * HOUR_MS;
+        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
+        let t0 = 1_750_000_000_000;
+        let consume = |engine: &mut Engine<MemStore>, partition: i32, offset: i64, id: &str, ts: Millis| {
+            let d = engine.apply(&progress(id, ts)).unwrap();
+            engine.set_next_offset("in", partition, offset + 1);
+            engine.commit().unwrap();
+            d
+        };
+        // Partition 1 lags a month of event time behind partition 0 (a backlog).
+        assert_eq!(consume(&mut engine, 1, 0, "a", t0), Disposition::Applied);
+        consume(&mut engine, 0, 0, "x", t0 + 30 * day);
+        // `a`'s copy arrives in its own partition: still a duplicate.
+        assert_eq!(consume(&mut engine, 1, 1, "a", t0), Disposition::Duplicate);
+        // Once partition 1 too is past the horizon, `a` is forgotten.
+        consume(&mut engine, 1, 2, "y", t0 + 8 * day);
+        assert_eq!(consume(&mut engine, 1, 3, "a", t0), Disposition::Applied);
+        // The positions carry the newest event time through a restart.
+        let engine = Engine::open(engine.into_store(), EngineConfig::default()).unwrap();
+        assert_eq!(engine.watermark(), Some(t0 + 8 * day));
     }
 
     #[test]

@@ -48,9 +48,18 @@ pub struct LoadedState {
     pub org_totals: Vec<HashMap<String, Totals>>,
     pub course_totals: Vec<HashMap<String, CourseTotals>>,
     pub max_ts: Vec<Millis>,
-    /// The next offset to consume, by (topic, partition), as committed with
-    /// the state it produced.
-    pub offsets: BTreeMap<(String, i32), i64>,
+    /// Where each (topic, partition) stands, as committed with the state it produced.
+    pub offsets: BTreeMap<(String, i32), StreamPosition>,
+}
+
+/// Where an input partition stands: the next offset to consume, and the
+/// newest event time among the messages before it (`None` until one carried
+/// a valid event). The oldest of those newest times over all partitions is
+/// the event-time watermark that dedup ids are kept against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub next: i64,
+    pub newest_event: Option<Millis>,
 }
 
 /// One atomic commit: every change since the previous one. `None` deletes.
@@ -66,8 +75,8 @@ pub struct Batch {
     pub max_ts: Vec<(ShardId, Millis)>,
     pub orgs: Vec<(String, Option<OrgRecord>)>,
     pub targets: Vec<(String, Option<TargetRecord>)>,
-    /// Next offset per (topic, partition) covered by this batch.
-    pub offsets: Vec<((String, i32), i64)>,
+    /// The position of every (topic, partition) this batch covers.
+    pub offsets: Vec<((String, i32), StreamPosition)>,
 }
 
 /// What the engine needs from durable storage. A [`Batch`] is applied

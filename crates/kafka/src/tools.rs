@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::{client_config, kafka_err, Error};
@@ -40,33 +40,66 @@ pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool)
     Ok(())
 }
 
-/// Produces messages (key, value; `None` value is a tombstone) and waits for
-/// every acknowledgement. Keys pick partitions with librdkafka's default
-/// partitioner.
-pub fn produce(brokers: &str, topic: &str, messages: &[KeyValue]) -> Result<(), Error> {
-    let producer: BaseProducer =
-        config(brokers).set("linger.ms", "5").create().map_err(kafka_err("failed to create a producer"))?;
-    for (key, value) in messages {
+/// A producer for tools and tests: keys pick partitions with librdkafka's
+/// default partitioner; `send` waits only when the local queue is full.
+pub struct Producer {
+    inner: BaseProducer,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub fn new(brokers: &str) -> Result<Producer, Error> {
+        let inner = config(brokers)
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(kafka_err("failed to create a producer"))?;
+        Ok(Producer { inner })
+    }
+
+    /// Queues one message (`None` value: a tombstone).
+    pub fn send(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), Error> {
         let mut record = BaseRecord::<[u8], [u8]>::to(topic);
         if let Some(k) = key {
-            record = record.key(k.as_slice());
+            record = record.key(k);
         }
         if let Some(v) = value {
-            record = record.payload(v.as_slice());
+            record = record.payload(v);
         }
-        let mut pending = record;
         loop {
-            match producer.send(pending) {
-                Ok(()) => break,
+            match self.inner.send(record) {
+                Ok(()) => {
+                    self.inner.poll(Duration::ZERO);
+                    return Ok(());
+                }
                 Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                    producer.poll(Duration::from_millis(50));
-                    pending = back;
+                    self.inner.poll(Duration::from_millis(50));
+                    record = back;
                 }
                 Err((e, _)) => return Err(kafka_err(format!("failed to produce to `{topic}`"))(e)),
             }
         }
     }
-    producer.flush(Duration::from_secs(120)).map_err(kafka_err(format!("failed to flush to `{topic}`")))
+
+    /// Waits for every queued message's acknowledgement.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.inner.flush(Duration::from_secs(120)).map_err(kafka_err("failed to flush the producer"))
+    }
+}
+
+/// Produces messages (key, value; `None` value is a tombstone) and waits for
+/// every acknowledgement.
+pub fn produce(brokers: &str, topic: &str, messages: &[KeyValue]) -> Result<(), Error> {
+    let producer = Producer::new(brokers)?;
+    for (key, value) in messages {
+        producer.send(topic, key.as_deref(), value.as_deref())?;
+    }
+    producer.flush()
 }
 
 /// The high watermark (next offset) of every partition of a topic.

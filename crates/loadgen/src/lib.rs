@@ -296,8 +296,13 @@ impl Iterator for EventStream<'_> {
 }
 
 impl World {
-    /// Writes one event as a `pulse-v1` message.
+    /// Writes one event as a `pulse-v1` message, from the user's own org.
     pub fn pulse_v1(&self, e: &GenEvent, out: &mut String) {
+        self.pulse_v1_in(e, self.org_of(e.user), out);
+    }
+
+    /// Writes one event as a `pulse-v1` message from `org` (a user who moved).
+    pub fn pulse_v1_in(&self, e: &GenEvent, org: &str, out: &mut String) {
         out.clear();
         let (name, course) = match e.kind {
             GenKind::Registration => ("registration", None),
@@ -309,11 +314,7 @@ impl World {
         let _ = write!(
             out,
             r#"{{"v":1,"id":"e-{}-{}","type":"{name}","ts":{},"user":"u-{}","org":"{}""#,
-            self.spec.seed,
-            e.seq,
-            e.ts,
-            e.user,
-            self.org_of(e.user)
+            self.spec.seed, e.seq, e.ts, e.user, org
         );
         if let Some(c) = course {
             let _ = write!(out, r#","course":"do_{c}""#);
@@ -328,6 +329,56 @@ impl World {
             _ => {}
         }
         out.push('}');
+    }
+}
+
+impl World {
+    /// Writes one event as a Sunbird telemetry v3 message (contract section
+    /// 3.1) from `org`; `false` for a registration, which only `pulse-v1` carries.
+    pub fn sunbird(&self, e: &GenEvent, org: &str, out: &mut String) -> bool {
+        out.clear();
+        let (eid, course) = match e.kind {
+            GenKind::Registration => return false,
+            GenKind::Enrolment { course } | GenKind::Completion { course } => ("AUDIT", course),
+            GenKind::Progress { course, .. } => ("END", course),
+            GenKind::Rating { course, .. } => ("FEEDBACK", course),
+        };
+        let _ = write!(
+            out,
+            r#"{{"eid":"{eid}","ets":{},"ver":"3.0","mid":"e-{}-{}","actor":{{"id":"u-{}","type":"User"}},"context":{{"channel":"{org}","cdata":[{{"id":"do_{course}","type":"Course"}}]}},"object":{{"id":"do_{course}","type":"Course","rollup":{{"l1":"do_{course}"}}}},"edata":"#,
+            e.ts, self.spec.seed, e.seq, e.user
+        );
+        let _ = match e.kind {
+            GenKind::Enrolment { .. } => write!(out, r#"{{"type":"enrol"}}}}"#),
+            GenKind::Completion { .. } => write!(out, r#"{{"type":"enrol-complete"}}}}"#),
+            GenKind::Progress { seconds, percent, .. } => {
+                write!(out, r#"{{"type":"content","duration":{seconds},"summary":[{{"progress":{percent}}}]}}}}"#)
+            }
+            GenKind::Rating { stars, .. } => write!(out, r#"{{"type":"RATING","rating":{stars}}}}}"#),
+            GenKind::Registration => unreachable!("returned above"),
+        };
+        true
+    }
+
+    /// Writes a rating as an `igot-rating` message (contract section 3.2),
+    /// its time inside a version-1 UUID; `false` for any other kind.
+    pub fn igot_rating(&self, e: &GenEvent, out: &mut String) -> bool {
+        let GenKind::Rating { course, stars } = e.kind else { return false };
+        out.clear();
+        // 100-ns ticks since 1582-10-15; the sequence number fills the sub-ms
+        // ticks, clock sequence and node, so every event's UUID differs.
+        let ticks = (e.ts as u64) * 10_000 + 0x01B2_1DD2_1381_4000 + e.seq % 10_000;
+        let _ = write!(
+            out,
+            r#"{{"version":1,"action":"ratingAdd","activity_id":"do_{course}","activity_Type":"Course","user_id":"u-{}","updatedValues":{{"updatedOn":"{:08x}-{:04x}-{:04x}-{:04x}-{:012x}","rating":{stars}}}}}"#,
+            e.user,
+            ticks & 0xffff_ffff,
+            (ticks >> 32) & 0xffff,
+            (ticks >> 48) & 0x0fff | 0x1000,
+            0x8000 | (e.seq & 0x3fff),
+            e.seq & 0xffff_ffff_ffff,
+        );
+        true
     }
 }
 
@@ -369,5 +420,40 @@ mod tests {
         }
         let ratio = f64::from(done) / f64::from(enrol);
         assert!((0.6..0.8).contains(&ratio), "completions/enrolments = {ratio}");
+    }
+
+    fn event(format: pulse_model::InputFormat, line: &str) -> pulse_model::Event<'static> {
+        match pulse_model::parse(format, line.as_bytes()) {
+            Ok(pulse_model::Parsed::Event(e)) => e.into_owned(),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sunbird_and_igot_forms_parse_to_the_same_event_as_pulse_v1() {
+        use pulse_model::InputFormat::{IgotRating, PulseV1, SunbirdTelemetry};
+        let w = small();
+        let (mut v1, mut other) = (String::new(), String::new());
+        let (mut sunbird, mut igot) = (0, 0);
+        for e in w.events().take(20_000) {
+            w.pulse_v1(&e, &mut v1);
+            let expected = event(PulseV1, &v1);
+            if w.sunbird(&e, w.org_of(e.user), &mut other) {
+                let got = event(SunbirdTelemetry, &other);
+                assert_eq!(
+                    (&got.id, got.ts, &got.user, &got.org),
+                    (&expected.id, expected.ts, &expected.user, &expected.org)
+                );
+                assert_eq!(got.kind, expected.kind, "{other}");
+                sunbird += 1;
+            }
+            if w.igot_rating(&e, &mut other) {
+                let got = event(IgotRating, &other);
+                assert_eq!((got.ts, &got.user, &got.kind), (expected.ts, &expected.user, &expected.kind), "{other}");
+                assert_eq!(got.org, None, "igot-rating events carry no org");
+                igot += 1;
+            }
+        }
+        assert!(sunbird > 10_000 && igot > 100, "{sunbird} sunbird, {igot} igot");
     }
 }

@@ -34,8 +34,9 @@ const FAMILIES: [&str; 4] = [CF_USERS, CF_SEEN, CF_TOTALS, CF_META];
 
 /// Version of the value encoding, the first byte of every value.
 const VALUE_VERSION: u8 = 1;
-/// Version of the directory layout, stored under [`keys::FORMAT`].
-const LAYOUT_VERSION: u8 = 1;
+/// Version of the directory layout, stored under [`keys::FORMAT`]. 2: a
+/// partition's offset is stored with its newest event time.
+const LAYOUT_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -225,7 +226,7 @@ impl Store for RocksStore {
                 }
                 Some(keys::OFFSET) => {
                     let (topic, partition) = keys::decode_offset(&k).map_err(key_err)?;
-                    state.offsets.insert((topic.to_owned(), partition), keys::decode_i64(&v).map_err(key_err)?);
+                    state.offsets.insert((topic.to_owned(), partition), decode("a partition position", &v)?);
                 }
                 Some(keys::MAX_TS) => {
                     let shard = usize::from(keys::decode_max_ts(&k).map_err(key_err)?).min(n - 1);
@@ -300,8 +301,8 @@ impl Store for RocksStore {
                 None => wb.delete_cf(meta, keys::text(keys::TARGET, id)),
             }
         }
-        for ((topic, partition), next) in &batch.offsets {
-            wb.put_cf(meta, keys::offset(topic, *partition), keys::encode_i64(*next));
+        for ((topic, partition), position) in &batch.offsets {
+            wb.put_cf(meta, keys::offset(topic, *partition), encode(position)?);
         }
         // No fsync: the write-ahead log survives a killed process; a machine
         // crash may lose the last commits, whose offsets are lost with them,

@@ -1,7 +1,8 @@
-//! The page at `/` in headless Chromium (Debian's `chromium` package), and
-//! `pulse demo` end to end. The page is served by `pulse serve` on the
-//! hand-checked scenario: it must show the same numbers as the API, and
-//! drill-down must show a node's children.
+//! The binaries end to end, without Kafka: the page at `/` in headless
+//! Chromium (Debian's `chromium` package), served by `pulse serve` on the
+//! hand-checked scenario (it must show the same numbers as the API, and
+//! drill-down must show a node's children); `pulse demo`; and
+//! `pulse-loadgen`'s files in every format, replayed, against its expected report.
 #![allow(clippy::unwrap_used)]
 
 #[path = "common/http.rs"]
@@ -184,4 +185,47 @@ fn pulse_demo_runs_with_no_external_services() {
     assert!(stdout.contains(&format!("Pulse is live at http://{addr}/")), "{stdout}");
     let summary = stdout.lines().rfind(|l| l.starts_with("national FY")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(summary.contains("events/s live"), "{summary}");
+}
+
+#[test]
+fn loadgen_files_in_every_format_replay_to_its_expected_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("load");
+    let expected = dir.path().join("expected.json");
+    let now = "2026-03-31T23:00:00+05:30";
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse-loadgen"))
+        .args(["--seed", "7", "--users", "3000", "--events", "30000", "--top-level", "8", "--departments", "20"])
+        .args(["--organisations", "60", "--courses", "80", "--first-fy", "2024-25", "--mix", "mixed"])
+        .args(["--duplicates", "0.02", "--out-of-order", "0.05", "--migrations", "0.01", "--malformed", "0.01"])
+        .args(["--now", now, "--fy", "2025-26", "--max-age-days", "800", "--out"])
+        .arg(&files)
+        .arg("--expected")
+        .arg(&expected)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = dir.path().join("data");
+    let file = |name: &str| files.join(format!("{name}.ndjson")).display().to_string();
+    let replay = pulse()
+        .args(["replay", "--now", now, "--max-age-days", "800", "--data-dir"])
+        .arg(&data)
+        .args(["--orgs", &file("orgs"), "--targets", &file("targets")])
+        .arg(format!("--input=pulse-v1={}", file("pulse-v1")))
+        .arg(format!("--input=sunbird-telemetry={}", file("sunbird-telemetry")))
+        .arg(format!("--input=igot-rating={}", file("igot-rating")))
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let summary: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let events = &summary["events"];
+    assert!(events["duplicates"].as_u64().unwrap() > 300, "{summary}");
+    assert!(events["dead_letters"]["invalid_json"].as_u64().unwrap() > 100, "{summary}");
+    let report =
+        pulse().args(["report", "--all", "--now", now, "--fy", "2025-26", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(report.status.success());
+    let actual: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(&expected).unwrap()).unwrap();
+    if let Some(d) = pulse_oracle::json_diff(&actual, &expected) {
+        panic!("pulse differs from the loadgen's expected report: {d}");
+    }
 }
