@@ -237,6 +237,7 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         targets: IngestStats::default(),
         dead_letter_file: None,
     };
+    let started = std::time::Instant::now();
     if let Some(path) = &args.orgs {
         replay_file(&mut engine, Source::Orgs, path, now, &mut summary.orgs, &mut dead)?;
     }
@@ -248,6 +249,14 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     dead.flush().with_context(|| format!("failed to write {}", dead_path.display()))?;
     engine.commit()?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let n: u64 = [&summary.events, &summary.orgs, &summary.targets]
+            .iter()
+            .map(|s| s.accepted + s.duplicates + s.ignored + s.dead_letters.values().sum::<u64>())
+            .sum();
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("replayed {n} messages in {secs:.1}s: {:.0} messages/s", n as f64 / secs.max(1e-9));
+    }
     let any_dead = [&summary.events, &summary.orgs, &summary.targets].iter().any(|s| !s.dead_letters.is_empty());
     summary.dead_letter_file = any_dead.then_some(dead_path);
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;

@@ -42,6 +42,20 @@ struct DeadLetter<'a> {
     value: &'a str,
 }
 
+/// A progress bar over a file's bytes on a terminal, hidden otherwise.
+fn progress_bar(name: &str, bytes: u64) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(bytes);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    bar.set_style(style.unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    bar.set_message(name.to_owned());
+    bar
+}
+
 /// Applies every line of a file; dead letters are appended to `dead`.
 pub(crate) fn replay_file<S: Store>(
     engine: &mut Engine<S>,
@@ -53,8 +67,10 @@ pub(crate) fn replay_file<S: Store>(
 ) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
     let name = path.display().to_string();
+    let bar = progress_bar(&name, file.metadata().map_or(0, |m| m.len()));
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("failed to read line {} of {name}", i + 1))?;
+        bar.inc(line.len() as u64 + 1);
         if line.trim().is_empty() {
             continue;
         }
@@ -80,6 +96,7 @@ pub(crate) fn replay_file<S: Store>(
             engine.commit()?;
         }
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
