@@ -242,7 +242,7 @@ pub fn run<S: Store + Send + 'static>(
 /// How often committed state is published (building the org-level
 /// snapshot costs O(orgs x shards), docs/BENCHMARKS.md) and positions and
 /// lag are refreshed while no commit happens.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Each assigned partition's next offset and last fetched end.
 fn record_positions<S: Store + Send + 'static>(

@@ -1,6 +1,6 @@
 //! The consumer loop's metrics. The loop counts into [`IngestCounts`] on its
 //! own thread, without locks, and publishes a copy to [`IngestMetrics`] at
-//! every commit (and every second while idle), which `/metrics` and
+//! every commit (and every 500 ms while idle), which `/metrics` and
 //! `/readyz` read.
 
 use std::collections::BTreeMap;

@@ -243,7 +243,8 @@ impl RawConfig {
     pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<RawConfig> {
         let mut doc: toml::Table = toml::from_str(text)?;
         for (name, value) in env {
-            let Some(path) = name.strip_prefix("PULSE_") else { continue };
+            // Only `PULSE_SECTION__KEY`: other PULSE_ variables are not config.
+            let Some(path) = name.strip_prefix("PULSE_").filter(|p| p.contains("__")) else { continue };
             let keys: Vec<String> = path.split("__").map(str::to_lowercase).collect();
             // A value that parses as TOML (a number, a list) keeps its type; anything else is a string.
             let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
@@ -414,7 +415,8 @@ mod tests {
     fn environment_overrides_win() {
         let c = parse(
             "[kafka]\nbrokers = \"a:1\"",
-            &[("PULSE_KAFKA__BROKERS", "b:2"), ("PULSE_STORE__SHARDS", "4"), ("HOME", "/root")],
+            // PULSE_ variables without SECTION__KEY (a bench's, a script's) are not config.
+            &[("PULSE_KAFKA__BROKERS", "b:2"), ("PULSE_STORE__SHARDS", "4"), ("HOME", "/root"), ("PULSE_BENCH", "x")],
         )
         .unwrap();
         assert_eq!((c.kafka.brokers.as_str(), c.shards), ("b:2", 4));

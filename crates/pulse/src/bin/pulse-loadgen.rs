@@ -301,9 +301,10 @@ fn main() -> anyhow::Result<()> {
         }
         bar.inc(1);
         if args.rate > 0 {
-            // Pace by messages sent so far: sleep until this one is due.
+            // Pace by messages sent so far; sleep only when a millisecond or
+            // more ahead, since each sleep overshoots by tens of microseconds.
             let due = Duration::from_secs_f64(messages as f64 / args.rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
+            if let Some(wait) = due.checked_sub(started.elapsed()).filter(|w| *w >= Duration::from_millis(1)) {
                 std::thread::sleep(wait);
             }
         }

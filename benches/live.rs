@@ -1,0 +1,263 @@
+//! Live figures of the real `pulse run` binary against the local broker
+//! (`scripts/kafka start`), with `pulse-loadgen` producing:
+//!
+//! - latency: the generator produces at a fixed rate (`PULSE_BENCH_RATE`,
+//!   default 20,000 events/s) while a probe registers one new user of a probe
+//!   org every 50 ms; a poller reads the org's `registered_users` through
+//!   the API every 2 ms. Prints p50, p99 and max of the time from a probe's
+//!   produce to its effect being visible;
+//! - scale: `PULSE_BENCH_EVENTS` events (default 10,000,000) over
+//!   `PULSE_BENCH_USERS` users (default 5,000,000), produced as fast as
+//!   possible; `pulse run` from empty state to caught up (time and rate), its
+//!   resident memory (current and peak) and state size on disk, then
+//!   `kill -9` and the time until the restarted process answers `/readyz`.
+//!
+//! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency` or `scale`
+//! runs one part). Each part uses its own topics, group and state directory.
+
+#[path = "../tests/common/http.rs"]
+#[allow(dead_code)]
+mod http;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{free_port, http_get, wait_for_ok};
+use pulse_kafka::tools;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn brokers() -> String {
+    format!("127.0.0.1:{}", std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into()))
+}
+
+/// Topics, a config and a state directory of one run.
+struct Setup {
+    prefix: String,
+    dir: tempfile::TempDir,
+    http: String,
+}
+
+impl Setup {
+    fn new(part: &str) -> Setup {
+        let prefix = format!("bench.{part}.{}", std::process::id());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let http = format!("127.0.0.1:{}", free_port());
+        let b = brokers();
+        tools::create_topic(&b, &self_topic(&prefix, "events"), 16, false).expect("create topic (is Kafka running?)");
+        tools::create_topic(&b, &self_topic(&prefix, "orgs"), 1, true).expect("create topic");
+        tools::create_topic(&b, &self_topic(&prefix, "targets"), 1, true).expect("create topic");
+        tools::create_topic(&b, &self_topic(&prefix, "dlq"), 1, false).expect("create topic");
+        let config = format!(
+            r#"
+            [kafka]
+            brokers = "{b}"
+            group_id = "{prefix}.group"
+            inputs = [{{ topic = "{events}", format = "pulse-v1" }}]
+            orgs_topic = "{orgs}"
+            targets_topic = "{targets}"
+            dlq_topic = "{dlq}"
+            [store]
+            data_dir = "{data}"
+            [engine]
+            max_age = "800d"
+            [http]
+            listen = "{http}"
+            "#,
+            events = self_topic(&prefix, "events"),
+            orgs = self_topic(&prefix, "orgs"),
+            targets = self_topic(&prefix, "targets"),
+            dlq = self_topic(&prefix, "dlq"),
+            data = dir.path().join("data").display(),
+        );
+        std::fs::write(dir.path().join("pulse.toml"), config).expect("write config");
+        Setup { prefix, dir, http }
+    }
+
+    fn topic(&self, name: &str) -> String {
+        self_topic(&self.prefix, name)
+    }
+
+    fn start(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("pulse.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start pulse run")
+    }
+
+    /// `pulse-loadgen` producing to this run's topics.
+    fn loadgen(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pulse-loadgen"));
+        c.args(["--brokers", &brokers(), "--partitions", "16"])
+            .args(["--events-topic", &self.topic("events"), "--orgs-topic", &self.topic("orgs")])
+            .args(["--targets-topic", &self.topic("targets")])
+            .args(args);
+        c
+    }
+}
+
+fn self_topic(prefix: &str, name: &str) -> String {
+    format!("{prefix}.{name}")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn registered(addr: &str, org: &str) -> Option<i64> {
+    let (status, body) = http_get(addr, &format!("/api/v1/nodes/{org}")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    v["nodes"][org]["registered_users"].as_i64()
+}
+
+fn latency() {
+    let rate = env_or("PULSE_BENCH_RATE", 20_000);
+    let seconds = env_or("PULSE_BENCH_SECONDS", 30);
+    let s = Setup::new("latency");
+    let probe_org = r#"{"v":1,"org":"PROBE","name":"Latency probe","kind":"organisation"}"#;
+    tools::produce(&brokers(), &s.topic("orgs"), &[(Some(b"PROBE".to_vec()), Some(probe_org.as_bytes().to_vec()))])
+        .expect("produce the probe org");
+    let mut pulse = s.start();
+    wait_for_ok(&s.http, "/readyz", Duration::from_secs(60));
+    let load = s
+        .loadgen(&[
+            "--live",
+            "--users",
+            "1000000",
+            "--events",
+            &(rate * seconds).to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pulse-loadgen");
+    // Let the load reach its rate, and the registry its topic.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (sent, done, addr) = (Arc::clone(&sent), Arc::clone(&done), s.http.clone());
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            let mut seen = 0usize;
+            while !done.load(Ordering::Relaxed) || seen < sent.lock().expect("probe times").len() {
+                let visible = registered(&addr, "PROBE").unwrap_or(0) as usize;
+                let now = Instant::now();
+                let times = sent.lock().expect("probe times").clone();
+                while seen < visible.min(times.len()) {
+                    latencies.push(now - times[seen]);
+                    seen += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            latencies
+        })
+    };
+    let producer = tools::Producer::new(&brokers()).expect("producer");
+    let probes = (seconds - 5) * 20;
+    for i in 0..probes {
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+        let v =
+            format!(r#"{{"v":1,"id":"probe-{i}","type":"registration","ts":{ts},"user":"probe-{i}","org":"PROBE"}}"#);
+        let key = format!("probe-{i}");
+        sent.lock().expect("probe times").push(Instant::now());
+        producer.send(&s.topic("events"), Some(key.as_bytes()), Some(v.as_bytes())).expect("probe");
+        producer.flush().expect("probe acknowledged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut latencies = poller.join().expect("poller");
+    let out = load.wait_with_output().expect("loadgen");
+    let _ = pulse.kill();
+    let _ = pulse.wait();
+    latencies.sort();
+    println!("live latency: {} probes under {rate} events/s of background load", latencies.len());
+    println!("  loadgen: {}", String::from_utf8_lossy(&out.stderr).trim());
+    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+        println!("  {name}: {:>7.1} ms", percentile(&latencies, p).as_secs_f64() * 1e3);
+    }
+}
+
+fn kib(status: &str, field: &str) -> u64 {
+    status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix(" kB")?.trim().parse().ok()).unwrap_or(0)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn scale() {
+    let events = env_or("PULSE_BENCH_EVENTS", 10_000_000);
+    let users = env_or("PULSE_BENCH_USERS", 5_000_000);
+    let s = Setup::new("scale");
+    let t = Instant::now();
+    let out =
+        s.loadgen(&["--users", &users.to_string(), "--events", &events.to_string()]).output().expect("pulse-loadgen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    println!("scale: {events} events over {users} users produced in {:.0}s", t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let mut pulse = s.start();
+    let group = format!("{}.group", s.prefix);
+    let high = tools::high_watermarks(&brokers(), &s.topic("events")).expect("watermarks");
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let committed = tools::committed_offsets(&brokers(), &group, &s.topic("events")).unwrap_or_default();
+        if high.iter().all(|(p, h)| committed.get(p).is_some_and(|c| c >= h)) {
+            break;
+        }
+        assert!(pulse.try_wait().expect("status").is_none(), "pulse run exited during the catch-up");
+    }
+    let took = t.elapsed().as_secs_f64();
+    println!("  catch-up from empty state: {took:.0}s, {:.0} events/s", events as f64 / took);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pulse.id())).expect("proc status");
+    println!(
+        "  resident memory: {:.0} MiB now, {:.0} MiB peak",
+        kib(&status, "VmRSS:") as f64 / 1024.0,
+        kib(&status, "VmHWM:") as f64 / 1024.0
+    );
+    println!("  state on disk: {:.0} MiB", dir_bytes(&s.dir.path().join("data")) as f64 / (1 << 20) as f64);
+    let (_, metrics) = http_get(&s.http, "/metrics").expect("metrics");
+    let users_line = metrics.lines().find(|l| l.starts_with("pulse_kpi_registered_users{org=\"national\"}"));
+    println!("  {}", users_line.unwrap_or("no national series"));
+
+    pulse.kill().expect("kill -9");
+    pulse.wait().expect("reap");
+    let t = Instant::now();
+    let mut pulse = s.start();
+    wait_for_ok(&s.http, "/readyz", Duration::from_secs(600));
+    println!("  after kill -9: ready again in {:.1}s", t.elapsed().as_secs_f64());
+    let _ = pulse.kill();
+    let _ = pulse.wait();
+}
+
+fn main() {
+    let which = std::env::var("PULSE_BENCH").unwrap_or_else(|_| "all".into());
+    if matches!(which.as_str(), "all" | "latency") {
+        latency();
+    }
+    if matches!(which.as_str(), "all" | "scale") {
+        scale();
+    }
+}
