@@ -1,5 +1,5 @@
-//! Parse + apply throughput of the engine on the in-memory store, on a
-//! generated iGOT-shaped history (2,500 organisations, 1M users).
+//! Parse + apply throughput of the engine on the in-memory store, per input
+//! format, on a generated iGOT-shaped history (2,500 organisations, 1M users).
 //!
 //! Run: `cargo bench --bench engine` (`PULSE_BENCH_EVENTS` sets the history
 //! length, default 2,000,000). One core: the engine is single-threaded.
@@ -16,15 +16,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Messages per commit, as `pulse replay` does.
 const COMMIT_EVERY: usize = 50_000;
 
-fn history(world: &World, n: u64) -> Vec<Vec<u8>> {
+/// The history in one format: every event that format can carry.
+fn history(world: &World, n: u64, format: InputFormat) -> Vec<Vec<u8>> {
     let mut line = String::new();
     world
         .events()
         .spread_over(n)
         .take(n as usize)
-        .map(|e| {
-            world.pulse_v1(&e, &mut line);
-            line.as_bytes().to_vec()
+        .filter_map(|e| {
+            let written = match format {
+                InputFormat::PulseV1 => {
+                    world.pulse_v1(&e, &mut line);
+                    true
+                }
+                InputFormat::SunbirdTelemetry => world.sunbird(&e, world.org_of(e.user), &mut line),
+                InputFormat::IgotRating => world.igot_rating(&e, &mut line),
+            };
+            written.then(|| line.as_bytes().to_vec())
         })
         .collect()
 }
@@ -40,41 +48,45 @@ fn engine_with_registry(world: &World, config: &EngineConfig) -> Engine<MemStore
 fn bench(c: &mut Criterion) {
     let n: u64 = std::env::var("PULSE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
     let world = World::new(WorldSpec::default());
-    let lines = history(&world, n);
-    let bytes: usize = lines.iter().map(Vec::len).sum();
-    eprintln!(
-        "history: {n} pulse-v1 events, {:.0} bytes/event, {} orgs, {} users",
-        bytes as f64 / n as f64,
-        world.orgs.len(),
-        world.spec.users
-    );
     // The history spans two financial years; accept all of it.
     let config = EngineConfig { time_rules: TimeRules { max_age_ms: 1000 * 86_400_000 }, ..EngineConfig::default() };
     let now = Fy(world.spec.first_fy.0 + 1).end();
-
-    let mut group = c.benchmark_group("engine");
-    group.throughput(Throughput::Elements(n));
-    group.sample_size(10);
-    group.bench_function("pulse-v1 parse", |b| {
-        b.iter(|| lines.iter().filter(|l| parse(InputFormat::PulseV1, l).is_ok()).count())
-    });
-    group.bench_function("pulse-v1 parse+apply", |b| {
-        b.iter_batched(
-            || engine_with_registry(&world, &config),
-            |mut engine| {
-                for line in &lines {
-                    engine.ingest(InputFormat::PulseV1, line, now).expect("in-memory store");
-                    if engine.uncommitted() >= COMMIT_EVERY {
-                        engine.commit().expect("in-memory store");
+    // Each format on the same history: Sunbird carries every event but
+    // registrations, igot-rating only the ratings.
+    for format in InputFormat::ALL {
+        let lines = history(&world, n, format);
+        let bytes: usize = lines.iter().map(Vec::len).sum();
+        eprintln!(
+            "{format}: {} events, {:.0} bytes/event, {} orgs, {} users",
+            lines.len(),
+            bytes as f64 / lines.len() as f64,
+            world.orgs.len(),
+            world.spec.users
+        );
+        let mut group = c.benchmark_group("engine");
+        group.throughput(Throughput::Elements(lines.len() as u64));
+        group.sample_size(10);
+        group.bench_function(format!("{format} parse"), |b| {
+            b.iter(|| lines.iter().filter(|l| parse(format, l).is_ok()).count())
+        });
+        group.bench_function(format!("{format} parse+apply"), |b| {
+            b.iter_batched(
+                || engine_with_registry(&world, &config),
+                |mut engine| {
+                    for line in &lines {
+                        engine.ingest(format, line, now).expect("in-memory store");
+                        if engine.uncommitted() >= COMMIT_EVERY {
+                            engine.commit().expect("in-memory store");
+                        }
                     }
-                }
-                engine.commit().expect("in-memory store");
-                engine
-            },
-            BatchSize::PerIteration,
-        )
-    });
-    group.finish();
+                    engine.commit().expect("in-memory store");
+                    engine
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, bench);

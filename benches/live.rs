@@ -16,7 +16,6 @@
 //! runs one part). Each part uses its own topics, group and state directory.
 
 #[path = "../tests/common/http.rs"]
-#[allow(dead_code)]
 mod http;
 
 use std::path::Path;

@@ -4,7 +4,8 @@ use std::io::{Read, Write};
 
 /// A port nothing listens on now (the OS picks it; the listener is dropped).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("the listener's address").port()
 }
 
 /// A minimal HTTP/1.0 GET (no client library needed for loopback tests).
