@@ -3,7 +3,7 @@
 //! with the messages, (b) Pulse's consumer loop (parse, apply, RocksDB
 //! commits with offsets, dead letters) from empty state until caught up.
 //!
-//! Run: `cargo bench --bench catchup` (`PULSE_BENCH_EVENTS`, default 5,000,000;
+//! Run: `cargo bench --bench catchup` (`PULSE_BENCH_EVENTS`, default 10,000,000;
 //! `PULSE_BENCH_PARTITIONS`, default 16; `KAFKA_PORT`, default 9092).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ fn wall_clock() -> i64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter here.
-    let n: u64 = env("PULSE_BENCH_EVENTS", 5_000_000);
+    let n: u64 = env("PULSE_BENCH_EVENTS", 10_000_000);
     let partitions: i32 = env("PULSE_BENCH_PARTITIONS", 16);
     let brokers = format!("127.0.0.1:{}", env("KAFKA_PORT", 9092u16));
     let id = wall_clock();
