@@ -64,7 +64,7 @@ impl Setup {
             [store]
             data_dir = "{data}"
             [engine]
-            max_age = "800d"
+            max_age = "1200d"
             [http]
             listen = "{http}"
             "#,
@@ -105,6 +105,10 @@ impl Setup {
 
 fn self_topic(prefix: &str, name: &str) -> String {
     format!("{prefix}.{name}")
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -210,9 +214,13 @@ fn scale() {
     let events = env_or("PULSE_BENCH_EVENTS", 10_000_000);
     let users = env_or("PULSE_BENCH_USERS", 5_000_000);
     let s = Setup::new("scale");
+    // Two whole past financial years, so that no event is in the future.
+    let first_fy = pulse_model::Fy(pulse_model::Fy::of(wall_ms()).0 - 2).to_string();
     let t = Instant::now();
-    let out =
-        s.loadgen(&["--users", &users.to_string(), "--events", &events.to_string()]).output().expect("pulse-loadgen");
+    let out = s
+        .loadgen(&["--users", &users.to_string(), "--events", &events.to_string(), "--first-fy", &first_fy])
+        .output()
+        .expect("pulse-loadgen");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     println!("scale: {events} events over {users} users produced in {:.0}s", t.elapsed().as_secs_f64());
 

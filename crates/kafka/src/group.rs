@@ -55,6 +55,14 @@ struct GroupContext<S> {
     ends: Mutex<BTreeMap<(String, i32), i64>>,
     /// A failure inside a callback, reported by the loop after `poll` returns.
     failure: Mutex<Option<String>>,
+    /// Dead letters, settled before every commit (the revocation's too).
+    dead: Mutex<DeadLetters>,
+}
+
+impl<S> GroupContext<S> {
+    fn dead(&self) -> MutexGuard<'_, DeadLetters> {
+        self.dead.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl<S: Store + Send + 'static> ClientContext for GroupContext<S> {
@@ -93,7 +101,13 @@ impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
                 consumer.assign(tpl).map_err(|e| e.to_string())
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let persisted = engine.commit().map_err(|e| e.to_string());
+                // Bounded: the group waits for this member only so long.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let persisted = self
+                    .dead()
+                    .settle(&AtomicBool::new(false), Some(deadline))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| engine.commit().map_err(|e| e.to_string()));
                 info!(ok = persisted.is_ok(), "revoked; state and offsets persisted first");
                 self.assigned.store(false, Ordering::Relaxed);
                 persisted.and_then(|()| consumer.unassign().map_err(|e| e.to_string()))
@@ -139,6 +153,7 @@ pub fn run<S: Store + Send + 'static>(
         assigned: AtomicBool::new(false),
         ends: Mutex::new(BTreeMap::new()),
         failure: Mutex::new(None),
+        dead: Mutex::new(DeadLetters::new(settings)?),
     };
     let consumer: BaseConsumer<GroupContext<S>> = client_config(&settings.brokers, &settings.options)
         .set("group.id", &settings.group_id)
@@ -153,7 +168,6 @@ pub fn run<S: Store + Send + 'static>(
     for topic in formats.keys().chain([&settings.dlq_topic]) {
         partitions(&consumer, topic)?;
     }
-    let dead = DeadLetters::new(settings)?;
     let mut registry = RegistryReader::new(settings)?;
     let mut registry_stats = IngestStats::default();
     let mut counts = IngestCounts::default();
@@ -164,7 +178,8 @@ pub fn run<S: Store + Send + 'static>(
         // start, before any event is applied.
         let mut engine = lock(&engine);
         engine.clear_registry();
-        registry.catch_up(&mut engine, &dead, &mut registry_stats, stop)?;
+        registry.catch_up(&mut engine, &mut consumer.context().dead(), &mut registry_stats)?;
+        consumer.context().dead().settle(stop, None)?;
         engine.commit()?;
         counts.registry_read();
         publish(&engine);
@@ -180,7 +195,7 @@ pub fn run<S: Store + Send + 'static>(
     // A commit whose state is not published yet.
     let mut unpublished = false;
     while !stop.load(Ordering::Relaxed) {
-        if registry.poll(&mut lock(&engine), &dead, &mut registry_stats, Duration::ZERO, stop)? > 0 {
+        if registry.poll(&mut lock(&engine), &mut consumer.context().dead(), &mut registry_stats, Duration::ZERO)? > 0 {
             since_commit += 1;
         }
         match consumer.poll(Duration::from_millis(100)) {
@@ -196,7 +211,8 @@ pub fn run<S: Store + Send + 'static>(
                 let now = clock();
                 let disposition = engine.ingest(format, msg.payload().unwrap_or_default(), now)?;
                 if let Disposition::Dead(why) = &disposition {
-                    dead.send(msg.key(), msg.payload(), why, &Source { topic, partition, offset }, stop)?;
+                    let source = Source { topic, partition, offset };
+                    consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
                 }
                 counts.message(topic, format, &disposition);
                 arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
@@ -213,7 +229,7 @@ pub fn run<S: Store + Send + 'static>(
         if due {
             let mut engine = lock(&engine);
             let started = Instant::now();
-            commit(&consumer, &mut engine, CommitMode::Async)?;
+            commit(&consumer, &mut engine, CommitMode::Async, stop)?;
             counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
             arrivals.clear();
             record_positions(&consumer, &engine, &mut counts);
@@ -233,7 +249,7 @@ pub fn run<S: Store + Send + 'static>(
     }
     info!("stopping: persisting state and offsets");
     let mut engine = lock(&engine);
-    commit(&consumer, &mut engine, CommitMode::Sync)?;
+    commit(&consumer, &mut engine, CommitMode::Sync, stop)?;
     publish(&engine);
     consumer.unsubscribe();
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
@@ -269,12 +285,15 @@ fn record_positions<S: Store + Send + 'static>(
         .collect();
     counts.positions(positions);
 }
-/// Persists state and offsets, then tells the group (advisory).
+/// Waits for the dead letters' acknowledgements, persists state and
+/// offsets, then tells the group (advisory).
 fn commit<S: Store + Send + 'static>(
     consumer: &BaseConsumer<GroupContext<S>>,
     engine: &mut Engine<S>,
     mode: CommitMode,
+    stop: &AtomicBool,
 ) -> Result<(), Error> {
+    consumer.context().dead().settle(stop, None)?;
     engine.commit()?;
     let Ok(assignment) = consumer.assignment() else { return Ok(()) };
     let mut tpl = TopicPartitionList::new();

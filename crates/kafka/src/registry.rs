@@ -3,7 +3,6 @@
 //! instance holds the whole registry.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use pulse_engine::{Disposition, Engine, IngestStats, Store};
@@ -74,10 +73,9 @@ impl RegistryReader {
     pub(crate) fn poll<S: Store>(
         &mut self,
         engine: &mut Engine<S>,
-        dead: &DeadLetters,
+        dead: &mut DeadLetters,
         stats: &mut IngestStats,
         wait: Duration,
-        stop: &AtomicBool,
     ) -> Result<usize, Error> {
         let mut read = 0;
         let mut timeout = wait;
@@ -98,7 +96,7 @@ impl RegistryReader {
             };
             if let Disposition::Dead(why) = &disposition {
                 let source = Source { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
-                dead.send(key, value, why, &source, stop)?;
+                dead.send(key, value, why, &source);
             }
             stats.record(&disposition);
             read += 1;
@@ -110,9 +108,8 @@ impl RegistryReader {
     pub(crate) fn catch_up<S: Store>(
         &mut self,
         engine: &mut Engine<S>,
-        dead: &DeadLetters,
+        dead: &mut DeadLetters,
         stats: &mut IngestStats,
-        stop: &AtomicBool,
     ) -> Result<(), Error> {
         let mut ends = Vec::new();
         for (topic, p) in &self.partitions {
@@ -139,7 +136,7 @@ impl RegistryReader {
                     "the registry and targets topics could not be read to their end within 120s".into(),
                 ));
             }
-            self.poll(engine, dead, stats, Duration::from_millis(200), stop)?;
+            self.poll(engine, dead, stats, Duration::from_millis(200))?;
         }
     }
 }
