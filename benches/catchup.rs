@@ -97,6 +97,7 @@ fn main() {
         session_timeout: Duration::from_secs(45),
         commit_interval: Duration::from_millis(100),
         commit_messages: 20_000,
+        instance_id: None,
         options: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));

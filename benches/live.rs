@@ -13,7 +13,8 @@
 //!   `kill -9` and the time until the restarted process answers `/readyz`.
 //!
 //! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency` or `scale`
-//! runs one part). Each part uses its own topics, group and state directory.
+//! runs one part; `PULSE_BENCH_TRACE=1` also prints every probe's latency in order).
+//! Each part uses its own topics, group and state directory.
 
 #[path = "../tests/common/http.rs"]
 mod http;
@@ -57,6 +58,7 @@ impl Setup {
             [kafka]
             brokers = "{b}"
             group_id = "{prefix}.group"
+            instance_id = "{prefix}.instance"
             inputs = [{{ topic = "{events}", format = "pulse-v1" }}]
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
@@ -183,6 +185,10 @@ fn latency() {
     let out = load.wait_with_output().expect("loadgen");
     let _ = pulse.kill();
     let _ = pulse.wait();
+    if std::env::var("PULSE_BENCH_TRACE").is_ok() {
+        let trace: Vec<String> = latencies.iter().map(|l| format!("{:.0}", l.as_secs_f64() * 1e3)).collect();
+        println!("  in probe order (ms): {}", trace.join(" "));
+    }
     latencies.sort();
     println!("live latency: {} probes under {rate} events/s of background load", latencies.len());
     println!("  loadgen: {}", String::from_utf8_lossy(&out.stderr).trim());

@@ -155,7 +155,11 @@ pub fn run<S: Store + Send + 'static>(
         failure: Mutex::new(None),
         dead: Mutex::new(DeadLetters::new(settings)?),
     };
-    let consumer: BaseConsumer<GroupContext<S>> = client_config(&settings.brokers, &settings.options)
+    let mut config = client_config(&settings.brokers, &settings.options);
+    if let Some(id) = &settings.instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: BaseConsumer<GroupContext<S>> = config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -40,6 +40,9 @@ pub struct Settings {
     pub commit_interval: Duration,
     /// Messages after which a commit happens sooner.
     pub commit_messages: usize,
+    /// `group.instance.id`: static membership, so a restarted instance is
+    /// given its partitions back without waiting for the session timeout.
+    pub instance_id: Option<String>,
     /// Raw librdkafka settings, applied last (e.g. SASL/SSL).
     pub options: BTreeMap<String, String>,
 }

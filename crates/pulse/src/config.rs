@@ -51,6 +51,11 @@ pub struct RawKafka {
     /// Messages after which a commit happens sooner (default 20000).
     #[serde(default = "default_commit_messages")]
     pub commit_messages: usize,
+    /// Static group membership (`group.instance.id`): a restarted instance
+    /// gets its partitions back at once instead of after `session_timeout`.
+    /// Unique per instance (e.g. the host name); unset by default.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Raw librdkafka settings passed through (e.g. `security.protocol`, `sasl.*`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
@@ -319,6 +324,10 @@ impl RawConfig {
                 session_timeout,
                 commit_interval,
                 commit_messages: k.commit_messages,
+                instance_id: match k.instance_id {
+                    Some(id) => Some(non_empty("kafka.instance_id", &id)?.to_owned()),
+                    None => None,
+                },
                 options: k.options,
             },
             data_dir: s.data_dir,
