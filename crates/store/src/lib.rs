@@ -121,6 +121,11 @@ impl RocksStore {
         cf_opts.set_block_based_table_factory(&table);
         cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
         cf_opts.set_max_write_buffer_number(2);
+        // Most point gets miss (a new event id, a user not seen yet): a bloom
+        // filter over the memtable's whole keys answers those without walking
+        // its skip list (docs/BENCHMARKS.md, catch-up profile).
+        cf_opts.set_memtable_whole_key_filtering(true);
+        cf_opts.set_memtable_prefix_bloom_ratio(0.1);
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let mut db_opts = cf_opts.clone();
         db_opts.create_if_missing(true);
