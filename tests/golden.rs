@@ -166,3 +166,34 @@ fn real_sunbird_samples_map_and_old_ones_are_dead_letters() {
     assert_eq!(user["courses"]["test-content1"]["rating"], 2.0);
     assert_eq!(user["learning_minutes_fy"], 0.35);
 }
+
+#[test]
+fn a_line_that_is_not_utf8_is_a_dead_letter_and_the_replay_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let input = data.path().join("in.ndjson");
+    let good = |id: &str| {
+        format!(
+            r#"{{"v":1,"id":"{id}","type":"registration","ts":"2025-06-02T09:00:00+05:30","user":"u-{id}","org":"A"}}"#
+        )
+    };
+    let mut body = good("a").into_bytes();
+    body.extend_from_slice(b"\r\n{\"v\":1,\"id\":\"\xff\xfe\"}\n");
+    body.extend_from_slice(good("b").as_bytes());
+    body.push(b'\n');
+    std::fs::write(&input, body).unwrap();
+    let dir = data.path().join("state");
+    let summary = pulse(&[
+        "replay",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        &format!("--input=pulse-v1={}", input.display()),
+        "--now",
+        SCENARIO_NOW,
+    ]);
+    assert_eq!(summary["events"]["accepted"], 2, "{summary}");
+    assert_eq!(summary["events"]["dead_letters"], json!({"invalid_json": 1}), "{summary}");
+    let dead = std::fs::read_to_string(dir.join("dead-letters.ndjson")).unwrap();
+    let letter: Value = serde_json::from_str(dead.trim()).unwrap();
+    assert_eq!(letter["line"], 2);
+    assert!(letter["value"].as_str().unwrap().contains('\u{fffd}'), "the value is kept, lossily: {letter}");
+}

@@ -751,3 +751,24 @@ fn loadgen_on_kafka_in_every_format_equals_its_expected_report() {
         panic!("{}: report differs from the loadgen's expected report: {d}\n{}", case.name, case.log());
     }
 }
+
+/// Two `pulse run` on one state directory: the second refuses to start,
+/// saying why, and the first goes on.
+#[test]
+fn a_second_pulse_run_on_the_same_state_directory_refuses_to_start() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let case = Case::new(1);
+    let mut first = case.start();
+    wait_for_ok(&case.http, "/healthz", Duration::from_secs(60));
+    let second = Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["run", "--config"])
+        .arg(&case.config)
+        .env("PULSE_HTTP__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("is another `pulse run` using it?"), "{stderr}");
+    assert!(first.try_wait().unwrap().is_none(), "the first instance keeps running");
+    stop(&mut first, &case);
+}

@@ -14,14 +14,14 @@ const COMMIT_EVERY: usize = 50_000;
 
 /// Registry topics in file mode: each line is a JSON record (keyed by its own
 /// id) or `KEY<TAB>VALUE`, where an empty VALUE is a tombstone.
-fn split_record(line: &str) -> (Option<&[u8]>, Option<&[u8]>) {
-    if line.trim_start().starts_with('{') {
-        return (None, Some(line.as_bytes()));
+fn split_record(line: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    if line.trim_ascii_start().starts_with(b"{") {
+        return (None, Some(line));
     }
-    match line.split_once('\t') {
-        Some((key, "")) => (Some(key.as_bytes()), None),
-        Some((key, value)) => (Some(key.as_bytes()), Some(value.as_bytes())),
-        None => (None, Some(line.as_bytes())),
+    match line.iter().position(|&b| b == b'\t') {
+        Some(tab) if tab + 1 == line.len() => (Some(&line[..tab]), None),
+        Some(tab) => (Some(&line[..tab]), Some(&line[tab + 1..])),
+        None => (None, Some(line)),
     }
 }
 
@@ -68,10 +68,15 @@ pub(crate) fn replay_file<S: Store>(
     let file = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
     let name = path.display().to_string();
     let bar = progress_bar(&name, file.metadata().map_or(0, |m| m.len()));
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("failed to read line {} of {name}", i + 1))?;
+    // Lines are bytes, not text: a line that is not UTF-8 is a message like
+    // any other (a dead letter), not a reason to stop the replay.
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let mut line = line.with_context(|| format!("failed to read line {} of {name}", i + 1))?;
         bar.inc(line.len() as u64 + 1);
-        if line.trim().is_empty() {
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.trim_ascii().is_empty() {
             continue;
         }
         let disposition = match source {
@@ -83,11 +88,12 @@ pub(crate) fn replay_file<S: Store>(
                 let (k, v) = split_record(&line);
                 engine.apply_target_message(k, v)
             }
-            Source::Input(format) => engine.ingest(format, line.as_bytes(), now)?,
+            Source::Input(format) => engine.ingest(format, &line, now)?,
         };
         if let Disposition::Dead(r) = &disposition {
+            let value = String::from_utf8_lossy(&line);
             let letter =
-                DeadLetter { source: &name, line: i + 1, reason: r.reason.code(), detail: &r.detail, value: &line };
+                DeadLetter { source: &name, line: i + 1, reason: r.reason.code(), detail: &r.detail, value: &value };
             serde_json::to_writer(&mut *dead, &letter)?;
             dead.write_all(b"\n")?;
         }
@@ -106,9 +112,9 @@ mod tests {
 
     #[test]
     fn registry_lines_are_json_or_key_tab_value() {
-        assert_eq!(split_record(r#"{"v":1}"#), (None, Some(&br#"{"v":1}"#[..])));
-        assert_eq!(split_record("M_1\t{\"v\":1}"), (Some(&b"M_1"[..]), Some(&b"{\"v\":1}"[..])));
-        assert_eq!(split_record("M_1\t"), (Some(&b"M_1"[..]), None));
-        assert_eq!(split_record("garbage"), (None, Some(&b"garbage"[..])));
+        assert_eq!(split_record(br#"{"v":1}"#), (None, Some(&br#"{"v":1}"#[..])));
+        assert_eq!(split_record(b"M_1\t{\"v\":1}"), (Some(&b"M_1"[..]), Some(&b"{\"v\":1}"[..])));
+        assert_eq!(split_record(b"M_1\t"), (Some(&b"M_1"[..]), None));
+        assert_eq!(split_record(b"garbage"), (None, Some(&b"garbage"[..])));
     }
 }
