@@ -229,3 +229,32 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
         panic!("pulse differs from the loadgen's expected report: {d}");
     }
 }
+
+/// With the brokers unreachable, `pulse run` stays up and says so: it
+/// retries with backoff, `/healthz` answers, `/readyz` says why it is not ready.
+#[test]
+fn pulse_run_waits_for_unreachable_brokers_and_is_not_ready_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("pulse.toml");
+    let toml = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:{}\"\n[store]\ndata_dir = \"{}\"\n[http]\nlisten = \"{http}\"\n",
+        free_port(),
+        dir.path().join("data").display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let log = std::fs::File::create(dir.path().join("pulse.log")).unwrap();
+    let mut run = pulse().args(["run", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+    wait_for_ok(&http, "/healthz", Duration::from_secs(30));
+    let (status, body) = http_get(&http, "/readyz").unwrap();
+    assert_eq!((status, body.as_str()), (503, "not ready: reading the org registry and targets\n"));
+    let log = dir.path().join("pulse.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap().contains("Kafka is unreachable; retrying") {
+        assert!(std::time::Instant::now() < deadline, "no retry logged:\n{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(run.try_wait().unwrap().is_none(), "pulse run exited instead of retrying");
+    run.kill().unwrap();
+    run.wait().unwrap();
+}

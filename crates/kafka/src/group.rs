@@ -169,9 +169,10 @@ pub fn run<S: Store + Send + 'static>(
         .create_with_context(context)
         .map_err(kafka_err("failed to create the consumer"))?;
     let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
-    for topic in formats.keys().chain([&settings.dlq_topic]) {
-        partitions(&consumer, topic)?;
-    }
+    let topics = [&settings.orgs_topic, &settings.targets_topic, &settings.dlq_topic];
+    retry_while_unreachable(stop, || {
+        formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
+    })?;
     let mut registry = RegistryReader::new(settings)?;
     let mut registry_stats = IngestStats::default();
     let mut counts = IngestCounts::default();
@@ -257,6 +258,26 @@ pub fn run<S: Store + Send + 'static>(
     publish(&engine);
     consumer.unsubscribe();
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
+}
+
+/// Runs `attempt` until it succeeds, retrying with backoff while Kafka is
+/// unreachable (`/readyz` says not ready meanwhile, `/healthz` stays up);
+/// any other error, such as a missing topic, is returned at once.
+fn retry_while_unreachable(stop: &AtomicBool, mut attempt: impl FnMut() -> Result<(), Error>) -> Result<(), Error> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match attempt() {
+            Err(e @ Error::Kafka { .. }) if !stop.load(Ordering::Relaxed) => {
+                warn!(error = %e, retry_in = ?backoff, "Kafka is unreachable; retrying (not ready meanwhile)");
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How often committed state is published (building the org-level
