@@ -197,3 +197,55 @@ fn a_line_that_is_not_utf8_is_a_dead_letter_and_the_replay_goes_on() {
     assert_eq!(letter["line"], 2);
     assert!(letter["value"].as_str().unwrap().contains('\u{fffd}'), "the value is kept, lossily: {letter}");
 }
+
+/// Bad input beyond the contract's list: every parser gives a dead letter
+/// with a reason (or, where the contract allows, a defined outcome), and
+/// never panics.
+#[test]
+fn hostile_input_is_a_dead_letter_for_every_parser_never_a_panic() {
+    use pulse_model::MAX_MESSAGE_BYTES;
+    let nested = "[".repeat(10_000) + &"]".repeat(10_000);
+    let just_under = {
+        let base = r#"{"v":1,"id":"x","type":"registration","ts":1750000000000,"user":"u","org":"A","pad":""}"#;
+        let pad = "p".repeat(MAX_MESSAGE_BYTES - base.len());
+        base.replace(r#""pad":"""#, &format!(r#""pad":"{pad}""#))
+    };
+    assert_eq!(just_under.len(), MAX_MESSAGE_BYTES);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("whitespace", b"  \n".to_vec()),
+        ("invalid UTF-8", b"{\"v\":1,\"id\":\"\xff\"}".to_vec()),
+        ("deeply nested", nested.into_bytes()),
+        ("huge number", br#"{"v":1,"id":"x","type":"progress","ts":1e400,"user":"u","org":"A","course":"c","minutes":1}"#.to_vec()),
+        ("NaN-like", br#"{"v":1,"id":"x","type":"progress","ts":1750000000000,"user":"u","org":"A","course":"c","minutes":NaN}"#.to_vec()),
+        ("minutes as a string", br#"{"v":1,"id":"x","type":"progress","ts":1750000000000,"user":"u","org":"A","course":"c","minutes":"Infinity"}"#.to_vec()),
+        ("duplicate keys", br#"{"v":1,"id":"x","id":"y","type":"registration","ts":1750000000000,"user":"u","org":"A"}"#.to_vec()),
+        ("null", b"null".to_vec()),
+        ("array", b"[1,2]".to_vec()),
+        ("just over the limit", [just_under.as_bytes(), b" "].concat()),
+    ];
+    for format in InputFormat::ALL {
+        for (name, bytes) in &cases {
+            match parse(format, bytes) {
+                Err(rejection) => assert!(!rejection.detail.is_empty(), "{format} {name}: a reason without detail"),
+                Ok(other) => panic!("{format} {name}: accepted as {other:?}"),
+            }
+        }
+    }
+    // At the limit exactly, a valid event is accepted.
+    assert!(matches!(parse(InputFormat::PulseV1, just_under.as_bytes()), Ok(Parsed::Event(_))));
+    // The event-shaped cases are not hostile to the registry parsers, which
+    // ignore fields they do not know; the shapeless ones are.
+    let shapeless = ["whitespace", "invalid UTF-8", "deeply nested", "null", "array", "just over the limit"];
+    for (name, bytes) in cases.iter().filter(|(name, _)| shapeless.contains(name)) {
+        let org = parse_org(Some(b"A"), Some(bytes));
+        assert!(org.is_err(), "org record {name}: {org:?}");
+        let target = parse_target(Some(b"t"), Some(bytes));
+        assert!(target.is_err(), "target record {name}: {target:?}");
+    }
+    // On the registry topics an empty value under a key is a tombstone, like
+    // a null one (docs/CONTRACT-NOTES.md); without a key it is a dead letter.
+    assert_eq!(parse_org(Some(b"A"), Some(b"")), Ok(OrgUpdate::Remove("A".into())));
+    assert!(parse_org(None, Some(b"")).is_err());
+    assert_eq!(parse_target(Some(b"t"), Some(b"")), Ok(TargetUpdate::Remove("t".into())));
+}

@@ -27,17 +27,24 @@ pub use time::{Fy, Millis};
 
 /// Parses one message value of the given input format into a normalized event.
 ///
-/// Returns `Ok(Parsed::Ignored)` for messages the contract says to skip (e.g. a
-/// Sunbird `LOG` event), and a [`Rejection`] naming the dead-letter reason for
-/// everything that cannot become a valid event. Time rules that need the wall
-/// clock are checked separately by [`TimeRules::check`].
-pub fn parse(format: InputFormat, value: &[u8]) -> Result<Parsed<'_>, Rejection> {
+/// Every message, events and registry records alike, is at most
+/// [`MAX_MESSAGE_BYTES`] (contract section 2): `too_large` otherwise.
+pub(crate) fn check_size(value: &[u8]) -> Result<(), Rejection> {
     if value.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::new(
             Reason::TooLarge,
             format!("message is {} bytes, the limit is {MAX_MESSAGE_BYTES}", value.len()),
         ));
     }
+    Ok(())
+}
+
+/// Returns `Ok(Parsed::Ignored)` for messages the contract says to skip (e.g. a
+/// Sunbird `LOG` event), and a [`Rejection`] naming the dead-letter reason for
+/// everything that cannot become a valid event. Time rules that need the wall
+/// clock are checked separately by [`TimeRules::check`].
+pub fn parse(format: InputFormat, value: &[u8]) -> Result<Parsed<'_>, Rejection> {
+    check_size(value)?;
     match format {
         InputFormat::PulseV1 => v1::parse(value),
         InputFormat::SunbirdTelemetry => sunbird::parse(value),

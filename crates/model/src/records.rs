@@ -53,6 +53,7 @@ pub fn parse_org(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<OrgUpdate, 
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(OrgUpdate::Remove(tombstone_key(key)?));
     };
+    crate::check_size(value)?;
     let raw: RawOrg<'_> = json_object(value)?;
     version_1("v", raw.v)?;
     let org = text("org", raw.org)?.into_owned();
@@ -179,6 +180,7 @@ pub fn parse_target(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TargetUp
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(TargetUpdate::Remove(tombstone_key(key)?));
     };
+    crate::check_size(value)?;
     let raw: RawTarget<'_> = json_object(value)?;
     version_1("v", raw.v)?;
     let id = text("id", raw.id)?.into_owned();
