@@ -7,6 +7,7 @@
 // Test helpers unwrap freely: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +50,8 @@ struct Case {
     dlq: String,
     group: String,
     dir: tempfile::TempDir,
+    /// The state directory (`store.data_dir`).
+    data: PathBuf,
     config: PathBuf,
     /// Where `pulse run` serves /metrics and the API.
     http: String,
@@ -98,9 +101,24 @@ impl Case {
             group = name("group"),
             data = dir.path().join("data").display(),
         );
+        let data = dir.path().join("data");
         std::fs::write(&config, toml).unwrap();
         let group = name("group");
-        Case { name: id, events, sunbird, ratings, orgs, targets, dlq, group, dir, config, http, sent: Vec::new() }
+        Case {
+            name: id,
+            events,
+            sunbird,
+            ratings,
+            orgs,
+            targets,
+            dlq,
+            group,
+            dir,
+            data,
+            config,
+            http,
+            sent: Vec::new(),
+        }
     }
 
     fn produce_events(&mut self, messages: &[Kv]) {
@@ -123,11 +141,17 @@ impl Case {
     }
 
     fn start(&self) -> Child {
+        self.start_with(&[])
+    }
+
+    /// Starts `pulse run` with config overrides (`PULSE_SECTION__KEY`).
+    fn start_with(&self, overrides: &[(&str, String)]) -> Child {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("pulse.log")).unwrap();
         Command::new(env!("CARGO_BIN_EXE_pulse"))
             .args(["run", "--config"])
             .arg(&self.config)
+            .envs(overrides.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -172,16 +196,43 @@ impl Case {
     }
 
     fn report_for(&self, fy: &str) -> Value {
-        let data = self.dir.path().join("data");
         let out = Command::new(env!("CARGO_BIN_EXE_pulse"))
             .args(["report", "--all", "--now", NOW, "--fy", fy, "--data-dir"])
-            .arg(&data)
+            .arg(&self.data)
             .output()
             .unwrap();
         assert!(out.status.success(), "pulse report failed: {}", String::from_utf8_lossy(&out.stderr));
         let mut v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v.as_object_mut().unwrap().remove("now");
         v
+    }
+
+    /// `pulse-loadgen` producing a mixed iGOT history to this case's topics,
+    /// with duplicates, late arrivals, migrations and a `malformed` share,
+    /// writing its expected report to `expected.json`. Events end by 31 March
+    /// 2025: in the past for the wall clock Pulse checks them with and for
+    /// the report's clock alike.
+    fn loadgen(&self, seed: u64, events: u64, malformed: f64) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pulse-loadgen"));
+        c.args(["--seed", &seed.to_string(), "--users", "4000", "--events", &events.to_string()])
+            .args(["--top-level", "8", "--departments", "20", "--organisations", "60", "--courses", "80"])
+            .args(["--first-fy", "2023-24", "--mix", "mixed", "--malformed", &malformed.to_string()])
+            .args(["--duplicates", "0.02", "--out-of-order", "0.05", "--migrations", "0.01"])
+            .args(["--now", NOW, "--fy", "2024-25", "--max-age-days", "3650", "--partitions", "4"])
+            .args(["--brokers", &brokers()])
+            .args(["--events-topic", &self.events, "--sunbird-topic", &self.sunbird, "--ratings-topic", &self.ratings])
+            .args(["--orgs-topic", &self.orgs, "--targets-topic", &self.targets, "--expected"])
+            .arg(self.dir.path().join("expected.json"));
+        c
+    }
+
+    fn assert_equals_loadgen(&self) {
+        let file = self.dir.path().join("expected.json");
+        let mut expected: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        expected.as_object_mut().unwrap().remove("now");
+        if let Some(d) = json_diff(&self.report_for("2024-25"), &expected) {
+            panic!("{}: report differs from the loadgen's expected report: {d}\n{}", self.name, self.log());
+        }
     }
 
     fn assert_equals_model(&self) {
@@ -701,7 +752,7 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     let serve_addr = format!("127.0.0.1:{}", free_port());
     let mut serve = Command::new(env!("CARGO_BIN_EXE_pulse"))
         .args(["serve", "--listen", &serve_addr, "--data-dir"])
-        .arg(case.dir.path().join("data"))
+        .arg(&case.data)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -723,20 +774,7 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
 fn loadgen_on_kafka_in_every_format_equals_its_expected_report() {
     let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
     let case = Case::new(4);
-    let expected_file = case.dir.path().join("expected.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_pulse-loadgen"))
-        .args(["--seed", "5", "--users", "4000", "--events", "40000", "--top-level", "8", "--departments", "20"])
-        // Events end by 31 March 2025: in the past for the wall clock Pulse
-        // checks them with and for the report's clock alike.
-        .args(["--organisations", "60", "--courses", "80", "--first-fy", "2023-24", "--mix", "mixed"])
-        .args(["--duplicates", "0.02", "--out-of-order", "0.05", "--migrations", "0.01", "--malformed", "0.005"])
-        .args(["--now", NOW, "--fy", "2024-25", "--max-age-days", "3650", "--partitions", "4"])
-        .args(["--brokers", &brokers()])
-        .args(["--events-topic", &case.events, "--sunbird-topic", &case.sunbird, "--ratings-topic", &case.ratings])
-        .args(["--orgs-topic", &case.orgs, "--targets-topic", &case.targets, "--expected"])
-        .arg(&expected_file)
-        .output()
-        .unwrap();
+    let out = case.loadgen(5, 40_000, 0.005).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut pulse = case.start();
     case.wait_caught_up(&mut pulse);
@@ -745,11 +783,7 @@ fn loadgen_on_kafka_in_every_format_equals_its_expected_report() {
         assert!(metrics.contains(&format!("format=\"{format}\"")), "no {format} messages counted:\n{metrics}");
     }
     stop(&mut pulse, &case);
-    let mut expected: Value = serde_json::from_str(&std::fs::read_to_string(&expected_file).unwrap()).unwrap();
-    expected.as_object_mut().unwrap().remove("now");
-    if let Some(d) = json_diff(&case.report_for("2024-25"), &expected) {
-        panic!("{}: report differs from the loadgen's expected report: {d}\n{}", case.name, case.log());
-    }
+    case.assert_equals_loadgen();
 }
 
 /// Two `pulse run` on one state directory: the second refuses to start,
@@ -768,7 +802,210 @@ fn a_second_pulse_run_on_the_same_state_directory_refuses_to_start() {
         .unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("is another `pulse run` using it?"), "{stderr}");
+    assert!(stderr.contains("another `pulse run` holds it"), "{stderr}");
     assert!(first.try_wait().unwrap().is_none(), "the first instance keeps running");
     stop(&mut first, &case);
+}
+
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+
+/// A small xorshift generator: the chaos schedule is random but repeatable
+/// from its printed seed (`PULSE_CHAOS_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Malformed messages of every kind beyond the contract's list, each unique.
+fn malformed_burst(n: usize) -> Vec<Kv> {
+    (0..n)
+        .map(|i| {
+            let value = match i % 6 {
+                0 => format!("{{\"v\":1,\"id\":\"bad-{i}\"").into_bytes(),
+                1 => [b"\xff\xfe{\"id\":".as_slice(), i.to_string().as_bytes()].concat(),
+                2 => format!("{}{i}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+                3 => format!("{{\"v\":1e400,\"id\":\"{i}\"}}").into_bytes(),
+                4 => [vec![b' '; 64 * 1024 + 1], i.to_string().into_bytes()].concat(),
+                _ => format!("{{\"v\":1,\"v\":1,\"id\":\"dup-key-{i}\",\"type\":null}}").into_bytes(),
+            };
+            (None, Some(value))
+        })
+        .collect()
+}
+
+/// The chaos run: the load generator produces a mixed history at a steady
+/// rate while, at random moments, Pulse is killed with SIGKILL (10 times),
+/// the broker is restarted (twice), and a burst of malformed messages
+/// arrives. At the end the report equals the generator's expected report,
+/// and the DLQ holds exactly the malformed messages: each source message
+/// (topic, partition, offset) once or more (the DLQ is at least once; a kill
+/// between a dead letter's acknowledgement and the commit repeats it).
+/// `PULSE_CHAOS_EVENTS` (default 20,000) and `PULSE_CHAOS_RATE` (events/s,
+/// default 1,000) size it; `scripts/chaos` runs the long form.
+#[test]
+fn chaos_kills_broker_restarts_and_a_malformed_burst_lose_nothing_and_count_nothing_twice() {
+    let _broker = BROKER.write().unwrap_or_else(|p| p.into_inner());
+    let events: u64 = env_or("PULSE_CHAOS_EVENTS", 20_000);
+    let rate: u64 = env_or("PULSE_CHAOS_RATE", 1_000);
+    let seed: u64 = env_or("PULSE_CHAOS_SEED", wall_clock() as u64 | 1);
+    let mut rng = Rng(seed);
+    eprintln!("chaos: {events} events at {rate}/s, PULSE_CHAOS_SEED={seed}");
+    let case = Case::new(4);
+    let loadgen =
+        case.loadgen(9, events, 0.0).arg("--rate").arg(rate.to_string()).stderr(Stdio::piped()).spawn().unwrap();
+    // Static membership: a restarted Pulse takes its partitions back at once.
+    let overrides = [("PULSE_KAFKA__INSTANCE_ID", format!("chaos-{}", case.name))];
+    let mut pulse = case.start_with(&overrides);
+    let mut steps: Vec<&str> = [["kill"; 10].as_slice(), &["broker"; 2], &["burst"]].concat();
+    // Fisher-Yates: the steps in a random order, at random moments.
+    for i in (1..steps.len()).rev() {
+        steps.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let spacing_ms = (events * 1000 / rate / steps.len() as u64).max(1000);
+    let burst = malformed_burst(60);
+    for step in &steps {
+        std::thread::sleep(Duration::from_millis(spacing_ms / 2 + rng.below(spacing_ms)));
+        eprintln!("chaos: {step}");
+        match *step {
+            "kill" => {
+                pulse.kill().unwrap(); // SIGKILL
+                pulse.wait().unwrap();
+                pulse = case.start_with(&overrides);
+            }
+            "broker" => {
+                kafka_script("stop");
+                std::thread::sleep(Duration::from_millis(500 + rng.below(2000)));
+                kafka_script("start");
+            }
+            _ => {
+                let (to_events, to_sunbird) = burst.split_at(burst.len() / 2);
+                tools::produce(&brokers(), &case.events, to_events).unwrap();
+                tools::produce(&brokers(), &case.sunbird, to_sunbird).unwrap();
+            }
+        }
+    }
+    let out = loadgen.wait_with_output().unwrap();
+    assert!(out.status.success(), "the load generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+    case.assert_equals_loadgen();
+
+    let letters = tools::read_all(&brokers(), &case.dlq).unwrap();
+    let mut by_source: BTreeMap<(String, String, String), Option<Vec<u8>>> = BTreeMap::new();
+    for l in &letters {
+        let source =
+            ["pulse.source.topic", "pulse.source.partition", "pulse.source.offset"].map(|h| l.headers[h].clone());
+        let [topic, partition, offset] = source;
+        if let Some(earlier) = by_source.insert((topic, partition, offset), l.value.clone()) {
+            assert_eq!(earlier, l.value, "a repeated dead letter carries the same message");
+        }
+    }
+    let mut dead: Vec<Option<Vec<u8>>> = by_source.into_values().collect();
+    let mut sent: Vec<Option<Vec<u8>>> = burst.into_iter().map(|(_, v)| v).collect();
+    dead.sort();
+    sent.sort();
+    assert!(
+        dead == sent,
+        "the DLQ holds {} distinct messages, not exactly the {} malformed ones",
+        dead.len(),
+        sent.len()
+    );
+    eprintln!("chaos: passed; {} dead letters for {} malformed messages", letters.len(), sent.len());
+}
+
+/// The state directory on a disk that fills up under a running Pulse: it
+/// stops applying, says so (log, metric, readiness), moves no offset, keeps
+/// running, and once space is freed resumes; nothing lost, nothing twice.
+#[test]
+fn a_full_disk_stops_ingestion_moves_no_offset_and_resumes_once_space_is_freed() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let disk = tmpfs::Tmpfs::mount(48);
+    let mut case = Case::new(2);
+    let (orgs, events) = history(15, 20_000);
+    case.produce_orgs(&orgs);
+    let (first, second) = events.split_at(events.len() / 4);
+    case.produce_events(first);
+    case.data = disk.path().join("data");
+    let overrides =
+        [("PULSE_STORE__DATA_DIR", case.data.display().to_string()), ("PULSE_STORE__WRITE_BUFFER_MIB", "1".to_owned())];
+    let mut pulse = case.start_with(&overrides);
+    case.wait_caught_up(&mut pulse);
+    let filler = disk.fill();
+    case.produce_events(second);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reason = loop {
+        let (status, body) = http_get(&case.http, "/readyz").unwrap();
+        if status == 503 && body.contains("refused a commit") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "not reported within 60s: {status} {body}\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(reason.contains("No space left on device"), "{reason}");
+    let (_, metrics) = http_get(&case.http, "/metrics").unwrap();
+    assert!(metrics.contains("pulse_store_stalled 1\n"), "{metrics}");
+    assert!(case.log().contains("the store refused a write"), "{}", case.log());
+    // Stalled: the committed offsets stay where the persisted state is.
+    let committed = tools::committed_offsets(&brokers(), &case.group, &case.events).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(tools::committed_offsets(&brokers(), &case.group, &case.events).unwrap(), committed);
+    let high = tools::high_watermarks(&brokers(), &case.events).unwrap();
+    assert!(committed.iter().any(|(p, c)| *c < high[p]), "the stall happened before the end");
+    assert!(pulse.try_wait().unwrap().is_none(), "pulse keeps running on a full disk");
+    std::fs::remove_file(filler).unwrap();
+    case.wait_caught_up(&mut pulse);
+    wait_for_ok(&case.http, "/readyz", Duration::from_secs(60));
+    let (_, metrics) = http_get(&case.http, "/metrics").unwrap();
+    assert!(metrics.contains("pulse_store_stalled 0\n"));
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
+}
+
+/// An input topic deleted under a running Pulse: it keeps running and
+/// serving, says which topic (readiness, metric, log), and goes on with the
+/// other topics; what it applied before stays.
+#[test]
+fn an_input_topic_deleted_under_a_running_pulse_is_reported_and_the_rest_goes_on() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(2);
+    let (orgs, events) = history(16, 4_000);
+    case.produce_orgs(&orgs);
+    let (first, second) = events.split_at(events.len() / 2);
+    case.produce_events(first);
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+    tools::delete_topic(&brokers(), &case.sunbird).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = http_get(&case.http, "/readyz").unwrap();
+        if status == 503 && body.contains(&format!("input topic `{}` does not exist", case.sunbird)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reported within 60s: {status} {body}\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, metrics) = http_get(&case.http, "/metrics").unwrap();
+    assert!(metrics.contains(&format!("pulse_kafka_input_topic_missing{{topic=\"{}\"}} 1", case.sunbird)));
+    case.produce_events(second);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while tools::committed_offsets(&brokers(), &case.group, &case.events).unwrap().values().sum::<i64>()
+        < tools::high_watermarks(&brokers(), &case.events).unwrap().values().sum::<i64>()
+    {
+        assert!(Instant::now() < deadline, "the other topic stopped too:\n{}", case.log());
+        assert!(pulse.try_wait().unwrap().is_none(), "pulse exited:\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
 }

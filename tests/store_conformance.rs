@@ -158,3 +158,68 @@ fn a_second_writer_is_refused_but_a_reader_may_join() {
     let reader = RocksStore::open_read_only(dir.path()).unwrap();
     assert_eq!(reader.shards(), 16);
 }
+
+#[test]
+fn a_corrupted_directory_fails_at_open_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(RocksStore::open(dir.path(), &StoreOptions::default()).unwrap());
+    let manifest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST-"))
+        .unwrap();
+    let len = std::fs::metadata(&manifest).unwrap().len() as usize;
+    std::fs::write(&manifest, vec![0x5a; len]).unwrap();
+    let err = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("the state is corrupt: move the directory away"), "{err}");
+}
+
+#[path = "common/tmpfs.rs"]
+mod tmpfs;
+
+/// A full disk: the commit fails and persists nothing of its batch; the
+/// store refuses to recover while the disk is full, recovers once space is
+/// freed, and holds exactly the batches committed before the failure.
+#[test]
+fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
+    let disk = tmpfs::Tmpfs::mount(32);
+    let dir = disk.path().join("data");
+    let options = StoreOptions { shards: 2, write_buffer_bytes: 1 << 20, ..StoreOptions::default() };
+    let mut store = RocksStore::open(&dir, &options).unwrap();
+    let batch = |next: i64| {
+        let mut b = Batch::default();
+        b.offsets.push((("in".into(), 0), pos(next, None)));
+        b.users.extend((0..200).map(|i| (0, format!("u{next}-{i}"), user("A"))));
+        b
+    };
+    store.commit(batch(1)).unwrap();
+    let filler = disk.fill();
+    let mut next = 2;
+    let error = loop {
+        match store.commit(batch(next)) {
+            Ok(()) => next += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(next < 10_000, "the commits never failed on a full disk");
+    };
+    assert!(error.contains("No space left on device"), "{error}");
+    let committed = next - 1;
+    // Closing the writer frees the WAL's preallocated tail; take that too.
+    let _ = store.recover();
+    let second = disk.fill_as("filler-2");
+    assert!(store.recover().is_err(), "the disk is still full");
+    std::fs::remove_file(filler).unwrap();
+    std::fs::remove_file(second).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while let Err(e) = store.recover() {
+        assert!(std::time::Instant::now() < deadline, "not recovered 60s after space was freed: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(store.load().unwrap().offsets[&("in".to_owned(), 0)], pos(committed, None));
+    assert_eq!(store.user(0, &format!("u{next}-0")).unwrap(), None, "nothing of the failed batch persisted");
+    store.commit(batch(next)).unwrap();
+    drop(store);
+    let store = RocksStore::open(&dir, &options).unwrap();
+    assert_eq!(store.load().unwrap().offsets[&("in".to_owned(), 0)], pos(next, None));
+    assert_eq!(store.user(0, &format!("u{committed}-7")).unwrap(), Some(user("A")));
+}

@@ -45,7 +45,7 @@ pub enum EngineError {
          set it back, or rebuild the state with `pulse replay` into an empty data directory"
     )]
     ConfigMismatch { key: &'static str, stored: String, configured: String },
-    #[error("an earlier commit failed, so memory and storage may differ; restart Pulse to reload the stored state")]
+    #[error("an earlier store operation failed, so memory and storage may differ; recover (or restart) to reload the stored state")]
     Poisoned,
 }
 
@@ -122,16 +122,41 @@ pub struct Engine<S> {
 impl<S: Store> Engine<S> {
     /// Loads the committed state of `store`.
     pub fn open(store: S, config: EngineConfig) -> Result<Engine<S>, EngineError> {
-        let loaded = store.load()?;
-        if let Some(stored) = loaded.meeting_minutes.filter(|&m| m != config.meeting_minutes) {
+        let mut engine = Engine {
+            meeting_ms: i64::from(config.meeting_minutes) * pulse_model::Minutes::MS_PER_MINUTE,
+            record_meeting_minutes: false,
+            config,
+            registry: Registry::new(BTreeMap::new()),
+            targets: BTreeMap::new(),
+            shards: Vec::new(),
+            org_keys: Interner::default(),
+            course_keys: Interner::default(),
+            pending_orgs: BTreeMap::new(),
+            pending_targets: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            pending_offsets: BTreeMap::new(),
+            last_event: None,
+            uncommitted: 0,
+            poisoned: false,
+            store,
+        };
+        engine.reload()?;
+        Ok(engine)
+    }
+
+    /// Drops everything not committed and loads what the store holds, as a
+    /// restart would.
+    fn reload(&mut self) -> Result<(), EngineError> {
+        let loaded = self.store.load()?;
+        if let Some(stored) = loaded.meeting_minutes.filter(|&m| m != self.config.meeting_minutes) {
             return Err(EngineError::ConfigMismatch {
                 key: "engine.meeting_minutes",
                 stored: stored.to_string(),
-                configured: config.meeting_minutes.to_string(),
+                configured: self.config.meeting_minutes.to_string(),
             });
         }
         let (mut org_keys, mut course_keys) = (Interner::default(), Interner::default());
-        let mut shards: Vec<Shard> = (0..store.shards()).map(|_| Shard::default()).collect();
+        let mut shards: Vec<Shard> = (0..self.store.shards()).map(|_| Shard::default()).collect();
         for (i, shard) in shards.iter_mut().enumerate() {
             for (org, t) in loaded.org_totals.get(i).into_iter().flatten() {
                 shard.orgs.load(org_keys.id(org), t.clone());
@@ -141,24 +166,30 @@ impl<S: Store> Engine<S> {
             }
             shard.max_ts = loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN);
         }
-        Ok(Engine {
-            meeting_ms: i64::from(config.meeting_minutes) * pulse_model::Minutes::MS_PER_MINUTE,
-            record_meeting_minutes: loaded.meeting_minutes.is_none(),
-            config,
-            registry: Registry::new(loaded.orgs),
-            targets: loaded.targets,
-            shards,
-            org_keys,
-            course_keys,
-            pending_orgs: BTreeMap::new(),
-            pending_targets: BTreeMap::new(),
-            offsets: loaded.offsets,
-            pending_offsets: BTreeMap::new(),
-            last_event: None,
-            uncommitted: 0,
-            poisoned: false,
-            store,
-        })
+        self.record_meeting_minutes = loaded.meeting_minutes.is_none();
+        self.registry = Registry::new(loaded.orgs);
+        self.targets = loaded.targets;
+        (self.shards, self.org_keys, self.course_keys) = (shards, org_keys, course_keys);
+        self.pending_orgs.clear();
+        self.pending_targets.clear();
+        self.offsets = loaded.offsets;
+        self.pending_offsets.clear();
+        (self.last_event, self.uncommitted, self.poisoned) = (None, 0, false);
+        Ok(())
+    }
+
+    /// After a failed store operation (a full disk): once the store can
+    /// write again, drops everything not committed and reloads the committed
+    /// state. The caller rewinds its inputs to [`Engine::next_offset`].
+    pub fn recover(&mut self) -> Result<(), EngineError> {
+        self.store.recover()?;
+        self.reload()
+    }
+
+    /// Whether a store operation failed since the last (re)load: until
+    /// [`Engine::recover`], nothing more can be committed.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Gives the store back, dropping everything not committed (as a crash would).
@@ -416,10 +447,10 @@ impl<S: Store> Engine<S> {
 
 #[cfg(test)]
 mod tests {
-    use pulse_model::{parse, Parsed};
+    use pulse_model::{parse, Fy, Parsed};
 
     use super::*;
-    use crate::store::MemStore;
+    use crate::store::{LoadedState, MemStore};
 
     fn progress(id: &str, ts: Millis) -> Event<'static> {
         let line = format!(
@@ -471,6 +502,86 @@ mod tests {
         // The positions carry the newest event time through a restart.
         let engine = Engine::open(engine.into_store(), EngineConfig::default()).unwrap();
         assert_eq!(engine.watermark(), Some(t0 + 8 * day));
+    }
+
+    fn registered(engine: &Engine<impl Store>, node: &str) -> Option<i64> {
+        let report = engine.snapshot().report(Fy(2025), 1_750_000_000_000);
+        report.nodes?.into_iter().find(|(id, _)| id == node).map(|(_, k)| k.registered_users)
+    }
+
+    /// The defined outcome for a valid event whose org the registry later
+    /// deletes: the user counts under `unassigned` until the org is back.
+    #[test]
+    fn a_user_of_an_org_the_registry_later_deletes_counts_under_unassigned() {
+        let mut engine = Engine::open(MemStore::new(2), EngineConfig::default()).unwrap();
+        let org = br#"{"v":1,"org":"O","parent":null}"#.as_slice();
+        engine.apply_org_message(Some(b"O"), Some(org));
+        engine.apply(&progress("a", 1_750_000_000_000)).unwrap();
+        assert_eq!((registered(&engine, "O"), registered(&engine, "unassigned")), (Some(1), Some(0)));
+        engine.apply_org_message(Some(b"O"), None);
+        assert_eq!((registered(&engine, "O"), registered(&engine, "unassigned")), (None, Some(1)));
+        assert_eq!(registered(&engine, "national"), Some(1));
+        engine.apply_org_message(Some(b"O"), Some(org));
+        assert_eq!((registered(&engine, "O"), registered(&engine, "unassigned")), (Some(1), Some(0)));
+    }
+
+    /// A store that can be made to refuse writes, like a full disk.
+    struct Refusing {
+        inner: MemStore,
+        refuse: bool,
+    }
+
+    impl Store for Refusing {
+        fn shards(&self) -> ShardId {
+            self.inner.shards()
+        }
+        fn load(&self) -> Result<LoadedState, StoreError> {
+            self.inner.load()
+        }
+        fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
+            self.inner.user(shard, user)
+        }
+        fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
+            self.inner.is_seen(shard, key)
+        }
+        fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+            match self.refuse {
+                true => Err(StoreError::new("commit", "No space left on device")),
+                false => self.inner.commit(batch),
+            }
+        }
+        fn recover(&mut self) -> Result<(), StoreError> {
+            match self.refuse {
+                true => Err(StoreError::new("recover", "No space left on device")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn after_a_refused_commit_recover_reloads_exactly_the_committed_state() {
+        let store = Refusing { inner: MemStore::new(2), refuse: false };
+        let mut engine = Engine::open(store, EngineConfig::default()).unwrap();
+        let t0 = 1_750_000_000_000;
+        engine.apply(&progress("a", t0)).unwrap();
+        engine.set_next_offset("in", 0, 1);
+        engine.commit().unwrap();
+        engine.apply(&progress("b", t0)).unwrap();
+        engine.set_next_offset("in", 0, 2);
+        engine.store.refuse = true;
+        assert!(engine.commit().is_err());
+        assert!(engine.is_poisoned());
+        assert!(matches!(engine.apply(&progress("c", t0)), Err(EngineError::Poisoned)));
+        assert!(engine.recover().is_err(), "the store still refuses");
+        engine.store.refuse = false;
+        engine.recover().unwrap();
+        assert!(!engine.is_poisoned());
+        assert_eq!(engine.next_offset("in", 0), Some(1), "rewinds to the committed offset");
+        let minutes = |e: &Engine<Refusing>| e.user("u").unwrap().map(|u| u.fy_minutes_ms.values().sum::<i64>());
+        assert_eq!(minutes(&engine), Some(10 * 60_000), "only `a` was committed");
+        assert_eq!(engine.apply(&progress("b", t0)).unwrap(), Disposition::Applied, "`b` was never persisted");
+        engine.commit().unwrap();
+        assert_eq!(minutes(&engine), Some(20 * 60_000));
     }
 
     #[test]

@@ -21,17 +21,18 @@ pub struct SeenKey {
 }
 
 /// Error of a storage backend, boxed so the engine stays backend-agnostic.
+/// Its message includes the cause, which is therefore not also a `source`
+/// (printing the chain would say it twice).
 #[derive(Debug, thiserror::Error)]
-#[error("{context}: {source}")]
+#[error("{context}: {cause}")]
 pub struct StoreError {
     pub context: String,
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    pub cause: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl StoreError {
     pub fn new(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        StoreError { context: context.into(), source: source.into() }
+        StoreError { context: context.into(), cause: source.into() }
     }
 }
 
@@ -88,6 +89,9 @@ pub trait Store {
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError>;
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError>;
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
+    /// After a failed write: succeeds once the store can write again (say,
+    /// space was freed), with what it held before the failure.
+    fn recover(&mut self) -> Result<(), StoreError>;
 }
 
 /// The in-memory store, for tests: what it holds is exactly what was committed.
@@ -140,6 +144,10 @@ impl Store for MemStore {
 
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
         Ok(self.seen[usize::from(shard)].contains_key(&key.hash))
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {

@@ -11,25 +11,29 @@
 //! - on revocation, the state and offsets are committed before the partitions
 //!   are released;
 //! - after each store commit, the offsets are also committed to the group,
-//!   asynchronously, only so that lag tools see progress.
+//!   asynchronously, only so that lag tools see progress;
+//! - when the store refuses a commit (a full disk), nothing of that batch is
+//!   persisted and no offset moved: the loop pauses every partition, keeps
+//!   the group membership alive, retries, and once the store takes writes
+//!   again reloads the committed state and rewinds each partition to it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pulse_engine::{Disposition, Engine, IngestStats, Store};
+use pulse_engine::{Disposition, Engine, EngineError, IngestStats, Store};
 use pulse_model::{InputFormat, Millis};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::dead_letters::{DeadLetters, Source};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
-use crate::registry::{partitions, RegistryReader};
+use crate::registry::{partitions, RegistryReader, METADATA_TIMEOUT};
 use crate::{client_config, kafka_err, Error, Settings};
 
 /// What the loop did, by message source.
@@ -100,6 +104,13 @@ impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
                 self.assigned.store(true, Ordering::Relaxed);
                 consumer.assign(tpl).map_err(|e| e.to_string())
             }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if engine.is_poisoned() => {
+                // The store refuses writes: what it holds is the last commit,
+                // where the next owner resumes; nothing more can be persisted.
+                info!("revoked while the store refuses writes; the next owner resumes from the last commit");
+                self.assigned.store(false, Ordering::Relaxed);
+                consumer.unassign().map_err(|e| e.to_string())
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Bounded: the group waits for this member only so long.
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -147,9 +158,9 @@ pub fn run<S: Store + Send + 'static>(
     stop: &AtomicBool,
     clock: fn() -> Millis,
 ) -> Result<RunStats, Error> {
-    let Shared { engine, metrics, publish } = shared;
+    let Shared { engine: cell, metrics, publish } = shared;
     let context = GroupContext {
-        engine: Arc::clone(&engine),
+        engine: Arc::clone(&cell),
         assigned: AtomicBool::new(false),
         ends: Mutex::new(BTreeMap::new()),
         failure: Mutex::new(None),
@@ -173,48 +184,49 @@ pub fn run<S: Store + Send + 'static>(
     retry_while_unreachable(stop, || {
         formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
     })?;
-    let mut registry = RegistryReader::new(settings)?;
     let mut registry_stats = IngestStats::default();
     let mut counts = IngestCounts::default();
     // Kafka timestamps of the messages applied since the last commit.
     let mut arrivals: Vec<Millis> = Vec::new();
-    {
-        // The registry and targets are rebuilt from their topics on every
-        // start, before any event is applied.
-        let mut engine = lock(&engine);
-        engine.clear_registry();
-        registry.catch_up(&mut engine, &mut consumer.context().dead(), &mut registry_stats)?;
-        consumer.context().dead().settle(stop, None)?;
-        engine.commit()?;
-        counts.registry_read();
-        publish(&engine);
-        metrics.publish(&counts);
-        info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
-    }
+    let mut registry = read_registry(settings, &consumer, &mut lock(&cell), &mut registry_stats, stop)?;
+    counts.registry_read();
+    publish(&lock(&cell));
+    metrics.publish(&counts);
     let topics: Vec<&str> = formats.keys().map(String::as_str).collect();
     consumer.subscribe(&topics).map_err(kafka_err("failed to subscribe to the input topics"))?;
 
     let mut since_commit = 0usize;
     let mut last_commit = Instant::now();
     let mut last_publish = Instant::now();
+    let mut last_topic_check = Instant::now();
     // A commit whose state is not published yet.
     let mut unpublished = false;
     while !stop.load(Ordering::Relaxed) {
-        if registry.poll(&mut lock(&engine), &mut consumer.context().dead(), &mut registry_stats, Duration::ZERO)? > 0 {
+        if registry.poll(&mut lock(&cell), &mut consumer.context().dead(), &mut registry_stats, Duration::ZERO)? > 0 {
             since_commit += 1;
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Err(e)) => log_transient(&e),
             Some(Ok(msg)) => {
-                let mut engine = lock(&engine);
+                let mut engine = lock(&cell);
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
                 if engine.next_offset(topic, partition).is_some_and(|next| offset < next) {
                     continue;
                 }
                 let format = formats.get(topic).copied().unwrap_or(InputFormat::PulseV1);
                 let now = clock();
-                let disposition = engine.ingest(format, msg.payload().unwrap_or_default(), now)?;
+                let disposition = match engine.ingest(format, msg.payload().unwrap_or_default(), now) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        drop(engine);
+                        let store = StalledStore { consumer: &consumer, engine: &cell, metrics, stop };
+                        registry = store.wait(Error::from(e), &mut counts, settings, &mut registry_stats)?;
+                        (since_commit, last_commit) = (0, Instant::now());
+                        arrivals.clear();
+                        continue;
+                    }
+                };
                 if let Disposition::Dead(why) = &disposition {
                     let source = Source { topic, partition, offset };
                     consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
@@ -232,17 +244,33 @@ pub fn run<S: Store + Send + 'static>(
         let due = since_commit >= settings.commit_messages
             || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval);
         if due {
-            let mut engine = lock(&engine);
+            let mut engine = lock(&cell);
             let started = Instant::now();
-            commit(&consumer, &mut engine, CommitMode::Async, stop)?;
+            if let Err(e) = commit(&consumer, &mut engine, CommitMode::Async, stop) {
+                drop(engine);
+                let store = StalledStore { consumer: &consumer, engine: &cell, metrics, stop };
+                registry = store.wait(e, &mut counts, settings, &mut registry_stats)?;
+                (since_commit, last_commit) = (0, Instant::now());
+                arrivals.clear();
+                continue;
+            }
             counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
             arrivals.clear();
             record_positions(&consumer, &engine, &mut counts);
             metrics.publish(&counts);
             (since_commit, last_commit, unpublished) = (0, Instant::now(), true);
         }
+        if last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
+            if let Some(missing) = missing_topics(&consumer, formats.keys()) {
+                if !missing.is_empty() {
+                    error!(topics = ?missing, "input topics do not exist (deleted?); not ready until they do");
+                }
+                counts.missing_topics(missing);
+            }
+            last_topic_check = Instant::now();
+        }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
-            let engine = lock(&engine);
+            let engine = lock(&cell);
             if unpublished {
                 publish(&engine);
                 unpublished = false;
@@ -253,11 +281,118 @@ pub fn run<S: Store + Send + 'static>(
         }
     }
     info!("stopping: persisting state and offsets");
-    let mut engine = lock(&engine);
+    let mut engine = lock(&cell);
     commit(&consumer, &mut engine, CommitMode::Sync, stop)?;
     publish(&engine);
     consumer.unsubscribe();
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
+}
+
+/// Rebuilds the registry and targets from their topics (on every start, and
+/// after the store recovers), before any event is applied, and commits them.
+fn read_registry<S: Store + Send + 'static>(
+    settings: &Settings,
+    consumer: &BaseConsumer<GroupContext<S>>,
+    engine: &mut Engine<S>,
+    stats: &mut IngestStats,
+    stop: &AtomicBool,
+) -> Result<RegistryReader, Error> {
+    let mut registry = RegistryReader::new(settings)?;
+    engine.clear_registry();
+    registry.catch_up(engine, &mut consumer.context().dead(), stats)?;
+    consumer.context().dead().settle(stop, None)?;
+    engine.commit()?;
+    info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
+    Ok(registry)
+}
+
+/// How long a stalled loop waits between attempts to write to the store.
+const STORE_RETRY: Duration = Duration::from_secs(5);
+
+/// The loop while the store refuses writes.
+struct StalledStore<'a, S: Store + Send + 'static> {
+    consumer: &'a BaseConsumer<GroupContext<S>>,
+    engine: &'a Arc<Mutex<Engine<S>>>,
+    metrics: &'a IngestMetrics,
+    stop: &'a AtomicBool,
+}
+
+impl<S: Store + Send + 'static> StalledStore<'_, S> {
+    /// Returns `error` unless it is the store's. Otherwise: says so (log,
+    /// metric, readiness), pauses every partition while polling to keep the
+    /// group membership, and every [`STORE_RETRY`] asks the engine to
+    /// recover. Once it has, re-reads the registry, rewinds every assigned
+    /// partition to its stored offset and resumes. Nothing applied since the
+    /// last commit survives, and no offset moved past it.
+    fn wait(
+        &self,
+        error: Error,
+        counts: &mut IngestCounts,
+        settings: &Settings,
+        registry_stats: &mut IngestStats,
+    ) -> Result<RegistryReader, Error> {
+        if !matches!(error, Error::Engine(EngineError::Store(_) | EngineError::Poisoned)) {
+            return Err(error);
+        }
+        error!(%error, retry_every = ?STORE_RETRY, "the store refused a write; ingestion stopped until it takes one");
+        counts.store_failed(error.to_string());
+        self.metrics.publish(counts);
+        loop {
+            let until = Instant::now() + STORE_RETRY;
+            while Instant::now() < until {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Err(error);
+                }
+                if let Ok(assignment) = self.consumer.assignment() {
+                    // Cheap, and covers partitions a rebalance just assigned.
+                    let _ = self.consumer.pause(&assignment);
+                }
+                // Anything still delivered is dropped: the rewind below refetches it.
+                let _ = self.consumer.poll(Duration::from_millis(100));
+            }
+            let mut engine = lock(self.engine);
+            match engine.recover() {
+                Ok(()) => {
+                    let registry = read_registry(settings, self.consumer, &mut engine, registry_stats, self.stop)?;
+                    self.rewind(&engine)?;
+                    info!("the store takes writes again; resumed from the stored offsets");
+                    counts.store_recovered();
+                    self.metrics.publish(counts);
+                    return Ok(registry);
+                }
+                Err(e) => warn!(error = %e, "the store still refuses writes"),
+            }
+        }
+    }
+
+    /// Seeks every assigned (paused) partition to its stored offset, then resumes it.
+    fn rewind(&self, engine: &Engine<S>) -> Result<(), Error> {
+        let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
+        for e in assignment.elements() {
+            let offset = engine.next_offset(e.topic(), e.partition()).map_or(Offset::Beginning, Offset::Offset);
+            self.consumer.seek(e.topic(), e.partition(), offset, METADATA_TIMEOUT).map_err(kafka_err(format!(
+                "failed to rewind {}/{}",
+                e.topic(),
+                e.partition()
+            )))?;
+        }
+        self.consumer.resume(&assignment).map_err(kafka_err("failed to resume the partitions"))
+    }
+}
+
+/// How often the input topics' existence is checked (a deleted topic makes
+/// Pulse not ready, naming it).
+const TOPIC_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The input topics the broker does not know; `None` when it cannot be asked.
+fn missing_topics<'t>(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    topics: impl Iterator<Item = &'t String>,
+) -> Option<Vec<String>> {
+    let md = consumer.fetch_metadata(None, Duration::from_secs(2)).ok()?;
+    let known: std::collections::BTreeSet<&str> =
+        md.topics().iter().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.name()).collect();
+    Some(topics.filter(|t| !known.contains(t.as_str())).cloned().collect())
 }
 
 /// Runs `attempt` until it succeeds, retrying with backoff while Kafka is

@@ -39,6 +39,11 @@ pub struct IngestCounts {
     event_time_lag_ms: Option<i64>,
     registry_read: bool,
     assigned: bool,
+    /// Why the store refused the last commit, until it takes one again.
+    store_failure: Option<String>,
+    store_failures: u64,
+    /// Input topics the broker no longer knows (deleted under Pulse).
+    missing_topics: Vec<String>,
 }
 
 impl Default for IngestCounts {
@@ -53,6 +58,9 @@ impl Default for IngestCounts {
             event_time_lag_ms: None,
             registry_read: false,
             assigned: false,
+            store_failure: None,
+            store_failures: 0,
+            missing_topics: Vec::new(),
         }
     }
 }
@@ -98,9 +106,35 @@ impl IngestCounts {
         self.positions.clear();
     }
 
+    /// The store refused a commit; ingestion waits until it takes one.
+    pub(crate) fn store_failed(&mut self, error: String) {
+        self.store_failures += 1;
+        self.store_failure = Some(error);
+    }
+
+    pub(crate) fn store_recovered(&mut self) {
+        self.store_failure = None;
+    }
+
+    pub(crate) fn missing_topics(&mut self, topics: Vec<String>) {
+        self.missing_topics = topics;
+    }
+
     /// Ready once the registry was read, partitions were assigned, and
-    /// every assigned partition is within `max_lag` messages of its end.
+    /// every assigned partition is within `max_lag` messages of its end;
+    /// never while the store refuses writes or an input topic is missing.
     pub fn readiness(&self, max_lag: i64) -> Result<(), String> {
+        if let Some(e) = &self.store_failure {
+            return Err(format!(
+                "ingestion stopped: the store refused a commit ({e}); free space under store.data_dir, \
+                 Pulse retries by itself"
+            ));
+        }
+        if let Some(topic) = self.missing_topics.first() {
+            return Err(format!(
+                "input topic `{topic}` does not exist (deleted?); recreate it or remove it from kafka.inputs"
+            ));
+        }
         if !self.registry_read {
             return Err("reading the org registry and targets".into());
         }
@@ -108,6 +142,13 @@ impl IngestCounts {
             return Err("waiting for the consumer group to assign partitions".into());
         }
         for ((topic, p), pos) in &self.positions {
+            if let Some(high) = pos.high.filter(|&h| pos.next > h) {
+                return Err(format!(
+                    "{topic}/{p}: the stored offset {} is past the end {high}; was the topic deleted and \
+                     recreated? Pulse skips offsets below the stored one: rebuild the state in an empty data_dir",
+                    pos.next
+                ));
+            }
             match pos.lag() {
                 None => return Err(format!("{topic}/{p}: end offset not fetched yet")),
                 Some(lag) if lag > max_lag => {
@@ -199,6 +240,22 @@ impl Collect for IngestMetrics {
             }
         }
         enc.family(
+            "pulse_store_write_failures",
+            "Commits the store refused (a full disk, an I/O error); each stops ingestion until one succeeds.",
+            Kind::Counter,
+        )
+        .sample(&[], c.store_failures as f64);
+        enc.family("pulse_store_stalled", "1 while ingestion waits for the store to take writes again.", Kind::Gauge)
+            .sample(&[], f64::from(u8::from(c.store_failure.is_some())));
+        let mut f = enc.family(
+            "pulse_kafka_input_topic_missing",
+            "1 for each configured input topic the broker does not know.",
+            Kind::Gauge,
+        );
+        for topic in &c.missing_topics {
+            f.sample(&[("topic", topic)], 1.0);
+        }
+        enc.family(
             "pulse_store_flush_duration_seconds",
             "Time to persist one batch of state and offsets.",
             Kind::Histogram,
@@ -245,6 +302,30 @@ mod tests {
         assert_eq!(c.readiness(10), Ok(()));
         c.unassigned();
         assert!(c.readiness(10).is_err());
+    }
+
+    #[test]
+    fn a_refusing_store_a_missing_topic_or_an_offset_past_the_end_is_not_ready() {
+        let mut c = IngestCounts::default();
+        c.registry_read();
+        c.positions([(("t".to_owned(), 0), pos(5, Some(5)))].into());
+        assert_eq!(c.readiness(10), Ok(()));
+        c.store_failed("IO error: No space left on device".into());
+        assert!(c.readiness(10).unwrap_err().contains("No space left on device"));
+        c.store_recovered();
+        c.missing_topics(vec!["t".into()]);
+        assert!(c.readiness(10).unwrap_err().contains("input topic `t` does not exist"));
+        c.missing_topics(Vec::new());
+        c.positions([(("t".to_owned(), 0), pos(50, Some(5)))].into());
+        assert!(c.readiness(10).unwrap_err().contains("past the end"));
+        let metrics = IngestMetrics::default();
+        c.store_failed("full".into());
+        metrics.publish(&c);
+        let mut enc = Encoder::new(pulse_metrics::Format::Text);
+        metrics.collect(&mut enc);
+        let text = enc.finish();
+        assert!(text.contains("pulse_store_write_failures_total 1\n"), "{text}");
+        assert!(text.contains("pulse_store_stalled 1\n"), "{text}");
     }
 
     #[test]

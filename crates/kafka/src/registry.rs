@@ -25,7 +25,7 @@ pub(crate) struct RegistryReader {
 }
 
 /// How long startup waits for a registry topic's metadata and end.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) fn partitions(
     consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,

@@ -40,6 +40,18 @@ pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool)
     Ok(())
 }
 
+/// Deletes a topic (tests of a topic deleted under a running Pulse).
+pub fn delete_topic(brokers: &str, name: &str) -> Result<(), Error> {
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        config(brokers).create().map_err(kafka_err("failed to create an admin client"))?;
+    let results = futures_executor::block_on(admin.delete_topics(&[name], &AdminOptions::new()))
+        .map_err(kafka_err(format!("failed to delete topic `{name}`")))?;
+    for r in results {
+        r.map_err(|(t, code)| Error::Setup(format!("failed to delete topic `{t}`: {code}")))?;
+    }
+    Ok(())
+}
+
 /// A producer for tools and tests: keys pick partitions with librdkafka's
 /// default partitioner; `send` waits only when the local queue is full.
 pub struct Producer {
@@ -55,6 +67,8 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     pub fn new(brokers: &str) -> Result<Producer, Error> {
         let inner = config(brokers)
+            // Retries across a broker restart neither duplicate nor reorder.
+            .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .create()

@@ -59,6 +59,8 @@ impl Default for StoreOptions {
 pub struct RocksStore {
     db: DB,
     shards: ShardId,
+    /// How it was opened, to reopen it the same way ([`Store::recover`]).
+    options: StoreOptions,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -93,6 +95,48 @@ fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError
     }
 }
 
+/// Opens (or creates) the database for reading and writing, taking its lock.
+fn open_writer(path: &Path, opts: &StoreOptions) -> Result<DB, StoreError> {
+    let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut cf_opts = Options::default();
+    cf_opts.set_block_based_table_factory(&table);
+    cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
+    cf_opts.set_max_write_buffer_number(2);
+    // Most point gets miss (a new event id, a user not seen yet): a bloom
+    // filter over the memtable's whole keys answers those without walking
+    // its skip list (docs/BENCHMARKS.md, catch-up profile).
+    cf_opts.set_memtable_whole_key_filtering(true);
+    cf_opts.set_memtable_prefix_bloom_ratio(0.1);
+    cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut db_opts = cf_opts.clone();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    let families = FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
+    DB::open_cf_descriptors(&db_opts, path, families).map_err(|e| open_error(path, e))
+}
+
+/// Says which of the three ways opening fails this is, and what to do.
+fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
+    let context = format!("failed to open state directory {}", path.display());
+    let advice = match e.kind() {
+        rocksdb::ErrorKind::Corruption => {
+            "the state is corrupt: move the directory away and start with an empty one; \
+             Pulse rebuilds it from the topics' retained history"
+        }
+        // RocksDB reports its lock file held by another process as an IO error on `LOCK`.
+        rocksdb::ErrorKind::IOError if e.as_ref().contains("LOCK") => {
+            "another `pulse run` holds it; stop that one, or give this one its own store.data_dir"
+        }
+        _ => "check that the directory is readable and writable and its disk has space",
+    };
+    StoreError::new(context, format!("{advice} (RocksDB: {e})"))
+}
+
 fn key_err(e: keys::KeyError) -> StoreError {
     StoreError::new("the state directory holds a key Pulse did not write", e)
 }
@@ -111,31 +155,8 @@ impl RocksStore {
                 "it is not empty and holds no Pulse state; point store.data_dir at an empty directory or at one Pulse wrote",
             ));
         }
-        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        let mut cf_opts = Options::default();
-        cf_opts.set_block_based_table_factory(&table);
-        cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
-        cf_opts.set_max_write_buffer_number(2);
-        // Most point gets miss (a new event id, a user not seen yet): a bloom
-        // filter over the memtable's whole keys answers those without walking
-        // its skip list (docs/BENCHMARKS.md, catch-up profile).
-        cf_opts.set_memtable_whole_key_filtering(true);
-        cf_opts.set_memtable_prefix_bloom_ratio(0.1);
-        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let mut db_opts = cf_opts.clone();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        let families = FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
-        let db = DB::open_cf_descriptors(&db_opts, path, families).map_err(err(format!(
-            "failed to open state directory {} (is another `pulse run` using it?)",
-            path.display()
-        )))?;
-        let mut store = RocksStore { db, shards: opts.shards.max(1) };
+        let db = open_writer(path, opts)?;
+        let mut store = RocksStore { db, shards: opts.shards.max(1), options: opts.clone() };
         store.check_format(fresh, opts.shards.max(1))?;
         Ok(store)
     }
@@ -151,7 +172,7 @@ impl RocksStore {
         }
         let db = DB::open_cf_for_read_only(&Options::default(), path, FAMILIES, false)
             .map_err(err(format!("failed to open state directory {} read-only", path.display())))?;
-        let mut store = RocksStore { db, shards: 1 };
+        let mut store = RocksStore { db, shards: 1, options: StoreOptions::default() };
         store.check_format(false, 1)?;
         Ok(store)
     }
@@ -256,6 +277,23 @@ impl Store for RocksStore {
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
         let k = keys::seen(shard, key.bucket, key.hash);
         Ok(self.db.get_pinned_cf(self.cf(CF_SEEN), k).map_err(err("failed to read an event id"))?.is_some())
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        // After a failed WAL write (a full disk) RocksDB refuses every write
+        // until it is reopened. Close the writer behind a read-only instance,
+        // which keeps reads (user lookups) answering and stays in place if
+        // the writer cannot open yet; reopening replays the WAL, dropping
+        // the failed write's torn tail.
+        let path = self.db.path().to_owned();
+        let reader = DB::open_cf_for_read_only(&Options::default(), &path, FAMILIES, false)
+            .map_err(err(format!("failed to reopen state directory {} read-only", path.display())))?;
+        drop(std::mem::replace(&mut self.db, reader));
+        self.db = open_writer(&path, &self.options)?;
+        // Opening writes little; a write of an unchanged value proves the store takes writes.
+        let meta = self.cf(CF_META);
+        let format = self.db.get_cf(meta, [keys::FORMAT]).map_err(err("failed to read the layout version"))?;
+        self.db.put_cf(meta, [keys::FORMAT], format.unwrap_or_default()).map_err(err("the store still refuses writes"))
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {

@@ -1,0 +1,12 @@
+//! Any bytes on a `pulse-v1` input topic: a parsed event or a rejection, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pulse_model::{parse, InputFormat};
+
+const FORMAT: InputFormat = InputFormat::PulseV1;
+
+fuzz_target!(|data: &[u8]| {
+    // Parsing is a pure function of the bytes (and NaN never gets through).
+    assert_eq!(parse(FORMAT, data), parse(FORMAT, data));
+});
