@@ -2,7 +2,8 @@
 //! `KAFKA_PORT` picks the port, default 9092). Each test has its own topics,
 //! consumer group, state directory and HTTP port, and runs the real `pulse`
 //! binary; the monitoring test also runs the real Prometheus server.
-//! The one test that restarts the broker runs alone (a write lock).
+//! The tests that restart the broker (one of them the chaos run) run alone
+//! (a write lock).
 
 // Test helpers unwrap freely: a failure there is a test failure.
 #![allow(clippy::unwrap_used)]

@@ -324,7 +324,7 @@ mod tests {
         let mut enc = Encoder::new(pulse_metrics::Format::Text);
         metrics.collect(&mut enc);
         let text = enc.finish();
-        assert!(text.contains("pulse_store_write_failures_total 1\n"), "{text}");
+        assert!(text.contains("pulse_store_write_failures_total 2\n"), "{text}");
         assert!(text.contains("pulse_store_stalled 1\n"), "{text}");
     }
 
