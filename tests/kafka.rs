@@ -965,8 +965,10 @@ fn a_full_disk_stops_ingestion_moves_no_offset_and_resumes_once_space_is_freed()
     assert!(committed.iter().any(|(p, c)| *c < high[p]), "the stall happened before the end");
     assert!(pulse.try_wait().unwrap().is_none(), "pulse keeps running on a full disk");
     std::fs::remove_file(filler).unwrap();
+    let freed = Instant::now();
     case.wait_caught_up(&mut pulse);
     wait_for_ok(&case.http, "/readyz", Duration::from_secs(60));
+    eprintln!("disk full: caught up and ready {:?} after space was freed", freed.elapsed());
     let (_, metrics) = http_get(&case.http, "/metrics").unwrap();
     assert!(metrics.contains("pulse_store_stalled 0\n"));
     stop(&mut pulse, &case);
