@@ -202,6 +202,8 @@ pub fn run<S: Store + Send + 'static>(
     // A commit whose state is not published yet.
     let mut unpublished = false;
     while !stop.load(Ordering::Relaxed) {
+        // A store failure, applying or committing, stalls the loop below.
+        let mut failed: Option<Error> = None;
         if registry.poll(&mut lock(&cell), &mut consumer.context().dead(), &mut registry_stats, Duration::ZERO)? > 0 {
             since_commit += 1;
         }
@@ -216,26 +218,20 @@ pub fn run<S: Store + Send + 'static>(
                 }
                 let format = formats.get(topic).copied().unwrap_or(InputFormat::PulseV1);
                 let now = clock();
-                let disposition = match engine.ingest(format, msg.payload().unwrap_or_default(), now) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        drop(engine);
-                        let store = StalledStore { consumer: &consumer, engine: &cell, metrics, stop };
-                        registry = store.wait(Error::from(e), &mut counts, settings, &mut registry_stats)?;
-                        (since_commit, last_commit) = (0, Instant::now());
-                        arrivals.clear();
-                        continue;
+                match engine.ingest(format, msg.payload().unwrap_or_default(), now) {
+                    Err(e) => failed = Some(e.into()),
+                    Ok(disposition) => {
+                        if let Disposition::Dead(why) = &disposition {
+                            let source = Source { topic, partition, offset };
+                            consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
+                        }
+                        counts.message(topic, format, &disposition);
+                        arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
+                        // `offset` is applied: the next one to read is `offset + 1`.
+                        engine.set_next_offset(topic, partition, offset + 1);
+                        since_commit += 1;
                     }
-                };
-                if let Disposition::Dead(why) = &disposition {
-                    let source = Source { topic, partition, offset };
-                    consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
                 }
-                counts.message(topic, format, &disposition);
-                arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
-                // `offset` is applied: the next one to read is `offset + 1`.
-                engine.set_next_offset(topic, partition, offset + 1);
-                since_commit += 1;
             }
         }
         if let Some(failure) = consumer.context().failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -243,22 +239,26 @@ pub fn run<S: Store + Send + 'static>(
         }
         let due = since_commit >= settings.commit_messages
             || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval);
-        if due {
+        if due && failed.is_none() {
             let mut engine = lock(&cell);
             let started = Instant::now();
-            if let Err(e) = commit(&consumer, &mut engine, CommitMode::Async, stop) {
-                drop(engine);
-                let store = StalledStore { consumer: &consumer, engine: &cell, metrics, stop };
-                registry = store.wait(e, &mut counts, settings, &mut registry_stats)?;
-                (since_commit, last_commit) = (0, Instant::now());
-                arrivals.clear();
-                continue;
+            match commit(&consumer, &mut engine, CommitMode::Async, stop) {
+                Err(e) => failed = Some(e),
+                Ok(()) => {
+                    counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
+                    arrivals.clear();
+                    record_positions(&consumer, &engine, &mut counts);
+                    metrics.publish(&counts);
+                    (since_commit, last_commit, unpublished) = (0, Instant::now(), true);
+                }
             }
-            counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
+        }
+        if let Some(e) = failed {
+            let store = StalledStore { consumer: &consumer, engine: &cell, metrics, stop };
+            registry = store.wait(e, &mut counts, settings, &mut registry_stats)?;
+            // Everything since the last commit is dropped, to be consumed again.
+            (since_commit, last_commit) = (0, Instant::now());
             arrivals.clear();
-            record_positions(&consumer, &engine, &mut counts);
-            metrics.publish(&counts);
-            (since_commit, last_commit, unpublished) = (0, Instant::now(), true);
         }
         if last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
             if let Some(missing) = missing_topics(&consumer, formats.keys()) {
