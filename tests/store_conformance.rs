@@ -223,3 +223,12 @@ fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
     assert_eq!(store.load().unwrap().offsets[&("in".to_owned(), 0)], pos(next, None));
     assert_eq!(store.user(0, &format!("u{committed}-7")).unwrap(), Some(user("A")));
 }
+
+#[test]
+fn a_full_disk_at_start_fails_at_open_saying_so() {
+    let disk = tmpfs::Tmpfs::mount(4);
+    disk.fill();
+    let err = RocksStore::open(&disk.path().join("data"), &StoreOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("its disk has space"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}
