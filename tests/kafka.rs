@@ -1012,3 +1012,47 @@ fn an_input_topic_deleted_under_a_running_pulse_is_reported_and_the_rest_goes_on
     stop(&mut pulse, &case);
     case.assert_equals_model();
 }
+
+/// Where Kafka's Java client puts a key (`Utils.murmur2`, then
+/// `toPositive(hash) % partitions`), written from its definition.
+fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h & 0x7fff_ffff) % partitions as u32) as i32
+}
+
+/// The load generator and test producers stand in for the platform's Java
+/// producers: a keyed message lands on the partition a Java client picks.
+#[test]
+fn keyed_messages_land_where_the_platforms_java_producers_put_them() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let topic = format!("test.partitioner.{}-{}", std::process::id(), rand_suffix());
+    tools::create_topic(&brokers(), &topic, 7, false).unwrap();
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("u-{}", i * 7919).into_bytes()).chain([Vec::new()]).collect();
+    let messages: Vec<Kv> = keys.iter().map(|k| (Some(k.clone()), Some(b"x".to_vec()))).collect();
+    tools::produce(&brokers(), &topic, &messages).unwrap();
+    let records = tools::read_all(&brokers(), &topic).unwrap();
+    assert_eq!(records.len(), keys.len());
+    for r in &records {
+        let key = r.key.clone().unwrap_or_default();
+        assert_eq!(r.partition, java_partition(&key, 7), "key {:?}", String::from_utf8_lossy(&key));
+    }
+}

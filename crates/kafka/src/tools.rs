@@ -52,8 +52,8 @@ pub fn delete_topic(brokers: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A producer for tools and tests: keys pick partitions with librdkafka's
-/// default partitioner; `send` waits only when the local queue is full.
+/// A producer for tools and tests: keys pick partitions as Kafka's Java
+/// client does; `send` waits only when the local queue is full.
 pub struct Producer {
     inner: BaseProducer,
 }
@@ -69,6 +69,9 @@ impl Producer {
         let inner = config(brokers)
             // Retries across a broker restart neither duplicate nor reorder.
             .set("enable.idempotence", "true")
+            // A key lands where the platform's Java producers put it (murmur2,
+            // not librdkafka's default CRC32); null keys spread at random.
+            .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .create()
@@ -150,6 +153,7 @@ pub fn committed_offsets(brokers: &str, group: &str, topic: &str) -> Result<BTre
 /// One message read back from a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    pub partition: i32,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
@@ -177,7 +181,12 @@ pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<Record>, Error> {
                         .collect()
                 })
                 .unwrap_or_default();
-            out.push(Record { key: m.key().map(<[u8]>::to_vec), value: m.payload().map(<[u8]>::to_vec), headers });
+            out.push(Record {
+                partition: m.partition(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
         }
     }
     Ok(out)
