@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::dead_letters::{DeadLetters, Source};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
-use crate::registry::{partitions, RegistryReader, METADATA_TIMEOUT};
+use crate::registry::{exists, partitions, RegistryReader, METADATA_TIMEOUT};
 use crate::{client_config, kafka_err, Error, Settings};
 
 /// What the loop did, by message source.
@@ -390,8 +390,7 @@ fn missing_topics<'t>(
     topics: impl Iterator<Item = &'t String>,
 ) -> Option<Vec<String>> {
     let md = consumer.fetch_metadata(None, Duration::from_secs(2)).ok()?;
-    let known: std::collections::BTreeSet<&str> =
-        md.topics().iter().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.name()).collect();
+    let known: std::collections::BTreeSet<&str> = md.topics().iter().filter(|t| exists(t)).map(|t| t.name()).collect();
     Some(topics.filter(|t| !known.contains(t.as_str())).cloned().collect())
 }
 

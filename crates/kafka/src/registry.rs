@@ -27,6 +27,11 @@ pub(crate) struct RegistryReader {
 /// How long startup waits for a registry topic's metadata and end.
 pub(crate) const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Whether the broker knows the topic (a deleted one has an error or no partitions).
+pub(crate) fn exists(t: &rdkafka::metadata::MetadataTopic) -> bool {
+    t.error().is_none() && !t.partitions().is_empty()
+}
+
 pub(crate) fn partitions(
     consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
     topic: &str,
@@ -35,7 +40,7 @@ pub(crate) fn partitions(
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(kafka_err(format!("failed to read the metadata of topic `{topic}` (is Kafka reachable?)")))?;
     let t = md.topics().first().ok_or_else(|| Error::Setup(format!("no metadata for topic `{topic}`")))?;
-    if t.error().is_some() || t.partitions().is_empty() {
+    if !exists(t) {
         return Err(Error::Setup(format!(
             "topic `{topic}` does not exist; create it (the registry and targets topics compacted, with any partition count)"
         )));

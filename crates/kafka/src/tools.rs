@@ -24,32 +24,37 @@ fn config(brokers: &str) -> rdkafka::ClientConfig {
     c
 }
 
-/// Creates a topic (replication factor 1); `compacted` for registry topics.
-pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool) -> Result<(), Error> {
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        config(brokers).create().map_err(kafka_err("failed to create an admin client"))?;
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    if compacted {
-        topic = topic.set("cleanup.policy", "compact");
-    }
-    let results = futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
-        .map_err(kafka_err(format!("failed to create topic `{name}`")))?;
+type Admin = AdminClient<rdkafka::client::DefaultClientContext>;
+
+/// Runs one admin request on a new client and checks every topic's result;
+/// `verb` names the request in errors ("create", "delete").
+fn admin_request<F: std::future::Future<Output = rdkafka::error::KafkaResult<Vec<rdkafka::admin::TopicResult>>>>(
+    brokers: &str,
+    name: &str,
+    verb: &str,
+    request: impl FnOnce(&Admin) -> F,
+) -> Result<(), Error> {
+    let admin: Admin = config(brokers).create().map_err(kafka_err("failed to create an admin client"))?;
+    let results =
+        futures_executor::block_on(request(&admin)).map_err(kafka_err(format!("failed to {verb} topic `{name}`")))?;
     for r in results {
-        r.map_err(|(t, code)| Error::Setup(format!("failed to create topic `{t}`: {code}")))?;
+        r.map_err(|(t, code)| Error::Setup(format!("failed to {verb} topic `{t}`: {code}")))?;
     }
     Ok(())
 }
 
+/// Creates a topic (replication factor 1); `compacted` for registry topics.
+pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool) -> Result<(), Error> {
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    if compacted {
+        topic = topic.set("cleanup.policy", "compact");
+    }
+    admin_request(brokers, name, "create", |admin| admin.create_topics([&topic], &AdminOptions::new()))
+}
+
 /// Deletes a topic (tests of a topic deleted under a running Pulse).
 pub fn delete_topic(brokers: &str, name: &str) -> Result<(), Error> {
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        config(brokers).create().map_err(kafka_err("failed to create an admin client"))?;
-    let results = futures_executor::block_on(admin.delete_topics(&[name], &AdminOptions::new()))
-        .map_err(kafka_err(format!("failed to delete topic `{name}`")))?;
-    for r in results {
-        r.map_err(|(t, code)| Error::Setup(format!("failed to delete topic `{t}`: {code}")))?;
-    }
-    Ok(())
+    admin_request(brokers, name, "delete", |admin| admin.delete_topics(&[name], &AdminOptions::new()))
 }
 
 /// A producer for tools and tests: keys pick partitions as Kafka's Java
