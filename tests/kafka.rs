@@ -175,7 +175,8 @@ impl Case {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("{}: pulse exited with {status} before catching up:\n{}", self.name, self.log());
             }
-            let behind: Vec<String> = [&self.events, &self.sunbird, &self.ratings]
+            let repartition = format!("{}.repartition", self.group);
+            let behind: Vec<String> = [&self.events, &self.sunbird, &self.ratings, &repartition]
                 .into_iter()
                 .filter(|topic| {
                     let high = tools::high_watermarks(&brokers(), topic).unwrap();
@@ -1013,34 +1014,10 @@ fn an_input_topic_deleted_under_a_running_pulse_is_reported_and_the_rest_goes_on
     case.assert_equals_model();
 }
 
-/// Where Kafka's Java client puts a key (`Utils.murmur2`, then
-/// `toPositive(hash) % partitions`), written from its definition.
-fn java_partition(key: &[u8], partitions: i32) -> i32 {
-    const M: u32 = 0x5bd1_e995;
-    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
-    let mut chunks = key.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> 24;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M) ^ k;
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        for (i, b) in tail.iter().enumerate().rev() {
-            h ^= u32::from(*b) << (8 * i);
-        }
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    ((h & 0x7fff_ffff) % partitions as u32) as i32
-}
-
 /// The load generator and test producers stand in for the platform's Java
-/// producers: a keyed message lands on the partition a Java client picks.
+/// producers (librdkafka's `murmur2_random` is documented as Java's
+/// partitioner), and Pulse places a user's state by the same function: a
+/// keyed message lands on the partition whose owner holds its user.
 #[test]
 fn keyed_messages_land_where_the_platforms_java_producers_put_them() {
     let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
@@ -1053,6 +1030,7 @@ fn keyed_messages_land_where_the_platforms_java_producers_put_them() {
     assert_eq!(records.len(), keys.len());
     for r in &records {
         let key = r.key.clone().unwrap_or_default();
-        assert_eq!(r.partition, java_partition(&key, 7), "key {:?}", String::from_utf8_lossy(&key));
+        let placed = pulse_model::partition_of(&key, 7) as i32;
+        assert_eq!(r.partition, placed, "key {:?}", String::from_utf8_lossy(&key));
     }
 }

@@ -67,6 +67,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
                 (("events".into(), 0), pos(10, Some(900))),
                 (("events".into(), -1), pos(1, None)),
                 (("other".into(), 3), pos(7, Some(-5))),
+                (("other".into(), 1), pos(4, None)),
             ],
             ..Batch::default()
         })
@@ -88,6 +89,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
             orgs: vec![("B".into(), None)],
             targets: vec![("t2".into(), None)],
             offsets: vec![(("events".into(), 0), pos(12, Some(1_000)))],
+            changelog: vec![(0, 40), (1, 7)],
             ..Batch::default()
         })
         .unwrap();
@@ -103,8 +105,10 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
         offsets: BTreeMap::from([
             (("events".to_owned(), -1), pos(1, None)),
             (("events".to_owned(), 0), pos(12, Some(1_000))),
+            (("other".to_owned(), 1), pos(4, None)),
             (("other".to_owned(), 3), pos(7, Some(-5))),
         ]),
+        changelog: BTreeMap::from([(0, 40), (1, 7)]),
     };
     let check = |store: &S| {
         assert_eq!(store.load().unwrap(), expected);
@@ -116,10 +120,26 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
                 .map(|(shard, k)| store.is_seen(*shard, *k).unwrap())
                 .collect();
         assert_eq!(seen_now, [false, false, true, true, true]);
+        assert_eq!(store.seen_before(0, 20).unwrap(), [seen(11, 3)], "the ids a forget bound of 20 drops");
     };
     check(&store);
-    let store = reopen(store);
+    let mut store = reopen(store);
     check(&store);
+
+    // Dropping a shard (its partition went to another instance) deletes
+    // all of its state and nothing of the other shard's.
+    store.commit(Batch { drop_shards: vec![1], ..Batch::default() }).unwrap();
+    let mut left = expected.clone();
+    left.org_totals[1].clear();
+    left.course_totals[1].clear();
+    left.max_ts[1] = i64::MIN;
+    left.offsets.retain(|(_, p), _| *p != 1);
+    left.changelog.remove(&1);
+    let store = reopen(store);
+    assert_eq!(store.load().unwrap(), left);
+    assert_eq!((store.user(1, "u2").unwrap(), store.is_seen(1, seen(10, 4)).unwrap()), (None, false));
+    assert_eq!(store.user(0, "u1").unwrap(), Some(user("C")));
+    assert!(store.is_seen(0, seen(11, 3)).unwrap());
 }
 
 #[test]

@@ -8,8 +8,9 @@ use pulse_model::{
     TargetUpdate, TimeRules,
 };
 use serde::Serialize;
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+use xxhash_rust::xxh3::xxh3_128;
 
+use crate::changelog::{changes, ChangeLog};
 use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
@@ -45,6 +46,12 @@ pub enum EngineError {
          set it back, or rebuild the state with `pulse replay` into an empty data directory"
     )]
     ConfigMismatch { key: &'static str, stored: String, configured: String },
+    #[error(
+        "the state directory holds {stored} shards but the input topics have {partitions} partitions; \
+         a shard is a partition, so point store.data_dir at an empty directory (the state is restored \
+         from the changelog) or give the topics {stored} partitions"
+    )]
+    PartitionMismatch { stored: ShardId, partitions: ShardId },
     #[error("an earlier store operation failed, so memory and storage may differ; recover (or restart) to reload the stored state")]
     Poisoned,
 }
@@ -110,6 +117,8 @@ pub struct Engine<S> {
     /// Partition positions, committed and pending, by (topic, partition).
     offsets: BTreeMap<(String, i32), StreamPosition>,
     pending_offsets: BTreeMap<(String, i32), StreamPosition>,
+    /// Per shard: the changelog offset after the last record the store holds.
+    changelog: BTreeMap<ShardId, i64>,
     /// The time of the last valid event, until `set_next_offset` files it
     /// under its partition.
     last_event: Option<Millis>,
@@ -135,6 +144,7 @@ impl<S: Store> Engine<S> {
             pending_targets: BTreeMap::new(),
             offsets: BTreeMap::new(),
             pending_offsets: BTreeMap::new(),
+            changelog: BTreeMap::new(),
             last_event: None,
             uncommitted: 0,
             poisoned: false,
@@ -146,7 +156,7 @@ impl<S: Store> Engine<S> {
 
     /// Drops everything not committed and loads what the store holds, as a
     /// restart would.
-    fn reload(&mut self) -> Result<(), EngineError> {
+    pub fn reload(&mut self) -> Result<(), EngineError> {
         let loaded = self.store.load()?;
         if let Some(stored) = loaded.meeting_minutes.filter(|&m| m != self.config.meeting_minutes) {
             return Err(EngineError::ConfigMismatch {
@@ -174,6 +184,7 @@ impl<S: Store> Engine<S> {
         self.pending_targets.clear();
         self.offsets = loaded.offsets;
         self.pending_offsets.clear();
+        self.changelog = loaded.changelog;
         (self.last_event, self.uncommitted, self.poisoned) = (None, 0, false);
         Ok(())
     }
@@ -219,21 +230,88 @@ impl<S: Store> Engine<S> {
         self.uncommitted
     }
 
-    /// The shard that holds a user's state.
+    /// The shard that holds a user's state: the partition a Java producer
+    /// puts a message keyed by the user id on.
     pub fn shard_of(&self, user: &str) -> ShardId {
-        (xxh3_64(user.as_bytes()) % self.shards.len() as u64) as ShardId
+        pulse_model::partition_of(user.as_bytes(), self.shards.len() as u32) as ShardId
+    }
+
+    pub fn shards(&self) -> ShardId {
+        self.shards.len() as ShardId
+    }
+
+    /// Makes the shard count the input topics' partition count: a store
+    /// that holds no shard state yet takes it; one built for another count
+    /// is refused.
+    pub fn adopt_shards(&mut self, partitions: ShardId) -> Result<(), EngineError> {
+        if partitions == self.shards() {
+            return Ok(());
+        }
+        let empty = self.offsets.is_empty()
+            && self.changelog.is_empty()
+            && self.shards.iter().all(|s| s.orgs.iter().next().is_none() && s.max_ts == Millis::MIN);
+        if !empty || self.uncommitted > 0 {
+            return Err(EngineError::PartitionMismatch { stored: self.shards(), partitions });
+        }
+        self.store.set_shards(partitions)?;
+        self.reload()
+    }
+
+    /// The changelog offset after the last record the local state of a
+    /// shard includes; `None` when it holds none.
+    pub fn changelog_position(&self, shard: ShardId) -> Option<i64> {
+        self.changelog.get(&shard).copied()
+    }
+
+    /// Keeps the state of the given shards only (the partitions this
+    /// instance owns): every other shard's state is deleted, so that no
+    /// instance holds, or exports, a shard another one owns. Everything
+    /// applied must be committed first.
+    pub fn keep_only(&mut self, shards: &std::collections::BTreeSet<ShardId>) -> Result<(), EngineError> {
+        let drop: Vec<ShardId> = (0..self.shards()).filter(|s| !shards.contains(s)).collect();
+        self.restore(Batch { drop_shards: drop, ..Batch::default() })?;
+        self.reload()
+    }
+
+    /// Writes a batch of restored shard state (from the changelog) straight
+    /// to the store. The caller [`Engine::reload`]s once every batch is in.
+    pub fn restore(&mut self, batch: Batch) -> Result<(), EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        self.store.commit(batch).map_err(|e| {
+            self.poisoned = true;
+            e.into()
+        })
     }
 
     /// Parses, checks and applies one message of an input topic.
     pub fn ingest(&mut self, format: InputFormat, value: &[u8], now: Millis) -> Result<Disposition, EngineError> {
+        match self.accept(format, value, now) {
+            Err(disposition) => Ok(disposition),
+            Ok(ev) => self.apply(&ev),
+        }
+    }
+
+    /// Parses and checks one message: the valid event, or what becomes of
+    /// a message that is not one (ignored, or a dead letter).
+    pub fn accept<'a>(&self, format: InputFormat, value: &'a [u8], now: Millis) -> Result<Event<'a>, Disposition> {
         match parse(format, value) {
-            Err(rejection) => Ok(Disposition::Dead(rejection)),
-            Ok(Parsed::Ignored(why)) => Ok(Disposition::Ignored(why)),
+            Err(rejection) => Err(Disposition::Dead(rejection)),
+            Ok(Parsed::Ignored(why)) => Err(Disposition::Ignored(why)),
             Ok(Parsed::Event(ev)) => match self.config.time_rules.check(ev.ts, now) {
-                Err(rejection) => Ok(Disposition::Dead(rejection)),
-                Ok(()) => self.apply(&ev),
+                Err(rejection) => Err(Disposition::Dead(rejection)),
+                Ok(()) => Ok(ev),
             },
         }
+    }
+
+    /// Notes a valid event that is applied elsewhere (in its user's shard,
+    /// through the repartition topic): its time counts in the newest event
+    /// time of the partition it arrived on, as an applied one's does, so
+    /// that the watermark waits for that partition.
+    pub fn forwarded(&mut self, ev: &Event<'_>) {
+        self.last_event = Some(ev.ts);
     }
 
     /// Applies one valid event: `Applied`, or `Duplicate` if its id was seen.
@@ -368,6 +446,14 @@ impl<S: Store> Engine<S> {
 
     /// Writes every change since the last commit to the store in one batch.
     pub fn commit(&mut self) -> Result<(), EngineError> {
+        self.commit_logged(None)
+    }
+
+    /// Writes every change since the last commit to the changelog, if any,
+    /// then to the store in one batch with each shard's changelog position.
+    /// The changelog goes first: a crash between the two leaves the local
+    /// state behind the changelog, which the next assignment catches up.
+    pub fn commit_logged(&mut self, log: Option<&mut dyn ChangeLog>) -> Result<(), EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
@@ -384,21 +470,43 @@ impl<S: Store> Engine<S> {
             if shard.seen_keys.is_empty() {
                 continue;
             }
-            batch.users.extend(shard.users.drain().map(|(user, state)| (id, user, state)));
-            batch.seen.extend(shard.seen_keys.drain(..).map(|k| (id, k)));
-            shard.seen.clear();
             let newest = shard.max_ts.min(watermark);
-            batch.forget_before.push((id, newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS)));
+            let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
+            batch.users.extend(shard.users.drain().map(|(user, state)| (id, user, state)));
+            // An id already past the horizon is not kept (nor logged).
+            batch.seen.extend(shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).map(|k| (id, k)));
+            shard.seen.clear();
+            batch.forget_before.push((id, forget));
+            if log.is_some() {
+                match self.store.seen_before(id, forget) {
+                    Ok(keys) => batch.forgotten.extend(keys.into_iter().map(|k| (id, k))),
+                    Err(e) => {
+                        self.poisoned = true;
+                        return Err(e.into());
+                    }
+                }
+            }
             batch.org_totals.extend(shard.orgs.drain_dirty().map(|(k, t)| (id, self.org_keys.name(k).to_owned(), t)));
             batch
                 .course_totals
                 .extend(shard.courses.drain_dirty().map(|(k, t)| (id, self.course_keys.name(k).to_owned(), t)));
             batch.max_ts.push((id, shard.max_ts));
         }
+        if let Some(log) = log {
+            match log.write(changes(&batch)) {
+                Ok(positions) => batch.changelog = positions,
+                Err(e) => {
+                    self.poisoned = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        let positions = batch.changelog.clone();
         if let Err(e) = self.store.commit(batch) {
             self.poisoned = true;
             return Err(e.into());
         }
+        self.changelog.extend(positions);
         self.offsets.append(&mut self.pending_offsets);
         self.record_meeting_minutes = false;
         self.uncommitted = 0;
@@ -543,6 +651,12 @@ mod tests {
         }
         fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
             self.inner.is_seen(shard, key)
+        }
+        fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError> {
+            self.inner.seen_before(shard, bucket)
+        }
+        fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
+            self.inner.set_shards(shards)
         }
         fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
             match self.refuse {

@@ -17,6 +17,7 @@
 //! implementation. It must not depend on Kafka, RocksDB, HTTP or any clock:
 //! callers pass `now` in.
 
+mod changelog;
 mod engine;
 mod registry;
 mod report;
@@ -25,6 +26,7 @@ mod state;
 mod store;
 mod table;
 
+pub use changelog::{changes, restore_into, Change, ChangeLog};
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats};
 pub use registry::Registry;
 pub use report::{CourseKpis, NodeKpis, Report, Snapshot, TargetStatus, UserCourse, UserReport};

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::state::{CourseTotals, Totals, UserState};
 use crate::table::FastMap;
 
-/// A shard of user state: users are placed by a hash of their id.
+/// A shard of user state: the number of the input partition its users'
+/// events are keyed to ([`pulse_model::partition_of`] of the user id).
 pub type ShardId = u16;
 
 /// A remembered event id: its event-time bucket (hours since the epoch, used
@@ -49,8 +50,11 @@ pub struct LoadedState {
     pub org_totals: Vec<HashMap<String, Totals>>,
     pub course_totals: Vec<HashMap<String, CourseTotals>>,
     pub max_ts: Vec<Millis>,
-    /// Where each (topic, partition) stands, as committed with the state it produced.
+    /// Where each (topic, partition) stands, as committed with the state it
+    /// produced. A partition's number is its shard's.
     pub offsets: BTreeMap<(String, i32), StreamPosition>,
+    /// Per shard: the changelog offset after the last record this state includes.
+    pub changelog: BTreeMap<ShardId, i64>,
 }
 
 /// Where an input partition stands: the next offset to consume, and the
@@ -71,6 +75,9 @@ pub struct Batch {
     pub seen: Vec<(ShardId, SeenKey)>,
     /// Per shard: forget every id whose bucket is below this one.
     pub forget_before: Vec<(ShardId, i64)>,
+    /// The remembered ids `forget_before` drops, listed for the changelog
+    /// (whose compaction needs a tombstone per id); the store drops them by range.
+    pub forgotten: Vec<(ShardId, SeenKey)>,
     pub org_totals: Vec<(ShardId, String, Option<Totals>)>,
     pub course_totals: Vec<(ShardId, String, Option<CourseTotals>)>,
     pub max_ts: Vec<(ShardId, Millis)>,
@@ -78,6 +85,11 @@ pub struct Batch {
     pub targets: Vec<(String, Option<TargetRecord>)>,
     /// The position of every (topic, partition) this batch covers.
     pub offsets: Vec<((String, i32), StreamPosition)>,
+    /// Per shard: the changelog offset after this batch's records.
+    pub changelog: Vec<(ShardId, i64)>,
+    /// Shards whose whole state is deleted (users, ids, totals, newest
+    /// event time, offsets, changelog position), before the rest of the batch.
+    pub drop_shards: Vec<ShardId>,
 }
 
 /// What the engine needs from durable storage. A [`Batch`] is applied
@@ -88,7 +100,12 @@ pub trait Store {
     fn load(&self) -> Result<LoadedState, StoreError>;
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError>;
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError>;
+    /// The remembered ids of a shard whose bucket is below `bucket`.
+    fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError>;
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
+    /// Changes the shard count of a store that holds no shard state yet
+    /// (the count follows the input topics' partitions).
+    fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError>;
     /// After a failed write: succeeds once the store can write again (say,
     /// space was freed), with what it held before the failure.
     fn recover(&mut self) -> Result<(), StoreError>;
@@ -146,11 +163,35 @@ impl Store for MemStore {
         Ok(self.seen[usize::from(shard)].contains_key(&key.hash))
     }
 
+    fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError> {
+        let buckets = self.seen_buckets[usize::from(shard)].range(..bucket);
+        Ok(buckets.flat_map(|(&bucket, hashes)| hashes.iter().map(move |&hash| SeenKey { bucket, hash })).collect())
+    }
+
+    fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
+        let kept = std::mem::take(&mut self.state);
+        *self = MemStore::new(shards);
+        (self.state.meeting_minutes, self.state.orgs, self.state.targets) =
+            (kept.meeting_minutes, kept.orgs, kept.targets);
+        Ok(())
+    }
+
     fn recover(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        for shard in batch.drop_shards {
+            let s = usize::from(shard);
+            self.users[s].clear();
+            self.seen[s].clear();
+            self.seen_buckets[s].clear();
+            self.state.org_totals[s].clear();
+            self.state.course_totals[s].clear();
+            self.state.max_ts[s] = Millis::MIN;
+            self.state.offsets.retain(|(_, p), _| *p != i32::from(shard));
+            self.state.changelog.remove(&shard);
+        }
         if batch.meeting_minutes.is_some() {
             self.state.meeting_minutes = batch.meeting_minutes;
         }
@@ -192,6 +233,7 @@ impl Store for MemStore {
             };
         }
         self.state.offsets.extend(batch.offsets);
+        self.state.changelog.extend(batch.changelog);
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use pulse_metrics::{Encoder, Format};
 use pulse_model::Fy;
 use serde::{Deserialize, Serialize};
 
-use crate::{encode_kpis, encode_service, AppState};
+use crate::{encode_kpis, encode_service, AppState, Lookup};
 
 pub(crate) struct ApiError(StatusCode, String);
 
@@ -198,7 +198,8 @@ pub(crate) async fn user(
     Path(user): Path<String>,
     Query(q): Query<FyQuery>,
     headers: HeaderMap,
-) -> ApiResult<Json<UserReport>> {
+    uri: axum::http::Uri,
+) -> ApiResult<Response> {
     authorize(&state, &headers)?;
     let now = (state.clock)();
     let fy = fy(q.fy.as_deref(), now)?;
@@ -207,6 +208,20 @@ pub(crate) async fn user(
     let found = blocking(move || users.user(&id))
         .await?
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to read user state: {e}")))?;
-    let state = found.ok_or_else(|| not_found(format!("no user `{user}` has any accepted event")))?;
-    Ok(Json(UserReport::of(&user, &state, fy)))
+    match found {
+        Lookup::Here(Some(state)) => Ok(Json(UserReport::of(&user, &state, fy)).into_response()),
+        Lookup::Here(None) => Err(not_found(format!("no user `{user}` has any accepted event"))),
+        // The owner answers the same request (a client sends its token on,
+        // e.g. `curl --location-trusted`).
+        Lookup::Elsewhere(owner) => {
+            let location = format!("http://{owner}{}", uri.path_and_query().map_or(uri.path(), |p| p.as_str()));
+            Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response())
+        }
+        Lookup::Unowned => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no instance owns the partition of user `{user}` right now (a rebalance is under way); retry shortly"
+            ),
+        )),
+    }
 }

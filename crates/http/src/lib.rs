@@ -37,16 +37,28 @@ impl SnapshotCell {
     }
 }
 
-/// Looks one user up (blocking; called off the async workers).
-pub trait UserLookup: Send + Sync {
-    fn user(&self, id: &str) -> Result<Option<UserState>, String>;
+/// Where a user's state is, as seen by this instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// This instance owns the user's partition; `None`: no accepted event.
+    Here(Option<UserState>),
+    /// Another instance owns it and serves HTTP at this `host:port`.
+    Elsewhere(String),
+    /// No instance owns it right now (a rebalance is under way).
+    Unowned,
 }
 
-/// A running or served engine: a short lock, then one store read.
+/// Looks one user up (blocking; called off the async workers).
+pub trait UserLookup: Send + Sync {
+    fn user(&self, id: &str) -> Result<Lookup, String>;
+}
+
+/// An engine that holds every user (a served state directory, the demo):
+/// a short lock, then one store read.
 impl<S: Store + Send> UserLookup for std::sync::Mutex<Engine<S>> {
-    fn user(&self, id: &str) -> Result<Option<UserState>, String> {
+    fn user(&self, id: &str) -> Result<Lookup, String> {
         let engine = self.lock().unwrap_or_else(|p| p.into_inner());
-        engine.user(id).map_err(|e| e.to_string())
+        engine.user(id).map(Lookup::Here).map_err(|e| e.to_string())
     }
 }
 

@@ -15,24 +15,29 @@
 //! - when the store refuses a commit (a full disk), nothing of that batch is
 //!   persisted and no offset moved: the loop pauses every partition, keeps
 //!   the group membership alive, retries, and once the store takes writes
-//!   again reloads the committed state and rewinds each partition to it.
+//!   again reloads the committed state and rewinds each partition to it;
+//! - scale-out: the unit of state is the partition number (a shard); see
+//!   [`crate::changelog`] for how a shard's state moves with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use pulse_engine::{Disposition, Engine, EngineError, IngestStats, Store};
-use pulse_model::{InputFormat, Millis};
+use pulse_engine::{Disposition, Engine, EngineError, IngestStats, ShardId, Store};
+use pulse_model::{InputFormat, Millis, Reason, Rejection};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use crate::changelog::{catch_up, Changelog, Forward, FORMAT_HEADER};
 use crate::dead_letters::{DeadLetters, Source};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
+use crate::ownership::{client_id, Ownership};
 use crate::registry::{exists, partitions, RegistryReader, METADATA_TIMEOUT};
 use crate::{client_config, kafka_err, Error, Settings};
 
@@ -61,11 +66,38 @@ struct GroupContext<S> {
     failure: Mutex<Option<String>>,
     /// Dead letters, settled before every commit (the revocation's too).
     dead: Mutex<DeadLetters>,
+    /// The owned shards' changelog producers, written at every commit.
+    changelog: Mutex<Changelog>,
+    /// Set by an assignment: the ownership view is refreshed.
+    reassigned: AtomicBool,
+    ownership: Arc<Ownership>,
+    metrics: Arc<IngestMetrics>,
+    settings: Settings,
 }
 
 impl<S> GroupContext<S> {
     fn dead(&self) -> MutexGuard<'_, DeadLetters> {
         self.dead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn changelog(&self) -> MutexGuard<'_, Changelog> {
+        self.changelog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: Store> GroupContext<S> {
+    /// Makes the local state exactly the given shards', each caught up
+    /// with its changelog: takes over their changelog partitions (fencing
+    /// the previous owners), drops every other shard, restores, reloads.
+    fn take_over(&self, shards: &BTreeSet<ShardId>) -> Result<(), Error> {
+        self.changelog().own(shards)?;
+        lock(&self.engine).keep_only(shards)?;
+        for &shard in shards {
+            catch_up(&self.settings, &self.engine, shard, &self.metrics)?;
+        }
+        lock(&self.engine).reload()?;
+        self.ownership.set_mine(shards.clone());
+        Ok(())
     }
 }
 
@@ -86,41 +118,44 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let mut engine = lock(&self.engine);
         let outcome = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let assigned: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-                let mut resume = Vec::new();
-                for (topic, p) in &assigned {
-                    // The stored offset is already the next one to read.
-                    let offset = engine.next_offset(topic, *p).map_or(Offset::Beginning, Offset::Offset);
-                    resume.push(format!("{topic}/{p}@{offset:?}"));
-                    if let Err(e) = tpl.set_partition_offset(topic, *p, offset) {
-                        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                let shards: BTreeSet<ShardId> = assigned.iter().map(|(_, p)| *p as ShardId).collect();
+                info!(?shards, "assigned; restoring their state from the changelog where the local one is behind");
+                self.take_over(&shards).map_err(|e| e.to_string()).and_then(|()| {
+                    let engine = lock(&self.engine);
+                    let mut resume = Vec::new();
+                    for (topic, p) in &assigned {
+                        // The stored offset is already the next one to read.
+                        let offset = engine.next_offset(topic, *p).map_or(Offset::Beginning, Offset::Offset);
+                        resume.push(format!("{topic}/{p}@{offset:?}"));
+                        tpl.set_partition_offset(topic, *p, offset).map_err(|e| e.to_string())?;
                     }
-                }
-                info!(partitions = ?resume, "assigned; resuming at the stored offsets");
-                self.assigned.store(true, Ordering::Relaxed);
-                consumer.assign(tpl).map_err(|e| e.to_string())
+                    info!(partitions = ?resume, "resuming at the stored offsets");
+                    self.assigned.store(true, Ordering::Relaxed);
+                    self.reassigned.store(true, Ordering::Relaxed);
+                    consumer.assign(tpl).map_err(|e| e.to_string())
+                })
             }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if engine.is_poisoned() => {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if lock(&self.engine).is_poisoned() => {
                 // The store refuses writes: what it holds is the last commit,
                 // where the next owner resumes; nothing more can be persisted.
                 info!("revoked while the store refuses writes; the next owner resumes from the last commit");
-                self.assigned.store(false, Ordering::Relaxed);
+                self.changelog().discard_forwards();
+                self.revoked();
                 consumer.unassign().map_err(|e| e.to_string())
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Bounded: the group waits for this member only so long.
                 let deadline = Instant::now() + Duration::from_secs(10);
-                let persisted = self
-                    .dead()
-                    .settle(&AtomicBool::new(false), Some(deadline))
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| engine.commit().map_err(|e| e.to_string()));
-                info!(ok = persisted.is_ok(), "revoked; state and offsets persisted first");
-                self.assigned.store(false, Ordering::Relaxed);
+                let persisted =
+                    self.dead().settle(&AtomicBool::new(false), Some(deadline)).map_err(|e| e.to_string()).and_then(
+                        |()| lock(&self.engine).commit_logged(Some(&mut *self.changelog())).map_err(|e| e.to_string()),
+                    );
+                info!(ok = persisted.is_ok(), "revoked; state, changelog and offsets persisted first");
+                self.revoked();
                 persisted.and_then(|()| consumer.unassign().map_err(|e| e.to_string()))
             }
             other => {
@@ -134,11 +169,20 @@ impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
     }
 }
 
+impl<S> GroupContext<S> {
+    fn revoked(&self) {
+        self.assigned.store(false, Ordering::Relaxed);
+        self.ownership.set_mine(BTreeSet::new());
+    }
+}
+
 /// What the loop shares with the rest of the process.
 pub struct Shared<'a, S> {
     /// The engine; other threads may lock it briefly (user lookups).
     pub engine: Arc<Mutex<Engine<S>>>,
-    pub metrics: &'a IngestMetrics,
+    pub metrics: Arc<IngestMetrics>,
+    /// Which instance owns which partition, kept current by the loop.
+    pub ownership: Arc<Ownership>,
     /// Publishes the committed state (e.g. the org-level snapshot), with the
     /// lock held: after a commit, at most once per [`PUBLISH_INTERVAL`], and
     /// after the last commit.
@@ -158,13 +202,19 @@ pub fn run<S: Store + Send + 'static>(
     stop: &AtomicBool,
     clock: fn() -> Millis,
 ) -> Result<RunStats, Error> {
-    let Shared { engine: cell, metrics, publish } = shared;
+    let Shared { engine: cell, metrics: shared_metrics, ownership, publish } = shared;
+    let metrics = &*shared_metrics;
     let context = GroupContext {
         engine: Arc::clone(&cell),
         assigned: AtomicBool::new(false),
         ends: Mutex::new(BTreeMap::new()),
         failure: Mutex::new(None),
         dead: Mutex::new(DeadLetters::new(settings)?),
+        changelog: Mutex::new(Changelog::new(settings)),
+        reassigned: AtomicBool::new(false),
+        ownership: Arc::clone(&ownership),
+        metrics: Arc::clone(&shared_metrics),
+        settings: settings.clone(),
     };
     let mut config = client_config(&settings.brokers, &settings.options);
     if let Some(id) = &settings.instance_id {
@@ -177,6 +227,11 @@ pub fn run<S: Store + Send + 'static>(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
         .set("statistics.interval.ms", STATS_INTERVAL.as_millis().to_string())
+        // Range gives a member the same partition numbers of every topic
+        // (they are co-partitioned): a member owns whole shards.
+        .set("partition.assignment.strategy", "range")
+        .set("isolation.level", "read_committed")
+        .set("client.id", client_id(&settings.advertise))
         .create_with_context(context)
         .map_err(kafka_err("failed to create the consumer"))?;
     let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
@@ -184,6 +239,8 @@ pub fn run<S: Store + Send + 'static>(
     retry_while_unreachable(stop, || {
         formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
     })?;
+    let shards = crate::changelog::prepare_topics(settings, &consumer)?;
+    lock(&cell).adopt_shards(shards)?;
     let mut registry_stats = IngestStats::default();
     let mut counts = IngestCounts::default();
     // Kafka timestamps of the messages applied since the last commit.
@@ -192,7 +249,7 @@ pub fn run<S: Store + Send + 'static>(
     counts.registry_read();
     publish(&lock(&cell));
     metrics.publish(&counts);
-    let topics: Vec<&str> = formats.keys().map(String::as_str).collect();
+    let topics: Vec<&str> = formats.keys().map(String::as_str).chain([settings.repartition_topic.as_str()]).collect();
     consumer.subscribe(&topics).map_err(kafka_err("failed to subscribe to the input topics"))?;
 
     let mut since_commit = 0usize;
@@ -208,7 +265,7 @@ pub fn run<S: Store + Send + 'static>(
             since_commit += 1;
         }
         match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+            None => since_commit += skip_markers(&consumer, &mut lock(&cell)),
             Some(Err(e)) => log_transient(&e),
             Some(Ok(msg)) => {
                 let mut engine = lock(&cell);
@@ -216,16 +273,38 @@ pub fn run<S: Store + Send + 'static>(
                 if engine.next_offset(topic, partition).is_some_and(|next| offset < next) {
                     continue;
                 }
-                let format = formats.get(topic).copied().unwrap_or(InputFormat::PulseV1);
                 let now = clock();
-                match engine.ingest(format, msg.payload().unwrap_or_default(), now) {
+                let format = formats.get(topic).copied().ok_or(()).or_else(|()| repartitioned_format(&msg));
+                let outcome = match &format {
+                    Err(rejection) => Ok(Some(Disposition::Dead(rejection.clone()))),
+                    &Ok(format) => match engine.accept(format, msg.payload().unwrap_or_default(), now) {
+                        Err(disposition) => Ok(Some(disposition)),
+                        Ok(ev) => match engine.shard_of(&ev.user) {
+                            shard if i32::from(shard) == partition => engine.apply(&ev).map(Some),
+                            shard => {
+                                // Not this user's partition: forwarded in this
+                                // partition's next transaction, with its offset.
+                                engine.forwarded(&ev);
+                                let value = msg.payload().unwrap_or_default().to_vec();
+                                let forward =
+                                    Forward { user: ev.user.to_string(), to: i32::from(shard), format, value };
+                                consumer.context().changelog().forward(partition as ShardId, forward);
+                                counts.forwarded(topic, format);
+                                Ok(None)
+                            }
+                        },
+                    },
+                };
+                match outcome {
                     Err(e) => failed = Some(e.into()),
                     Ok(disposition) => {
-                        if let Disposition::Dead(why) = &disposition {
-                            let source = Source { topic, partition, offset };
-                            consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
+                        if let Some(disposition) = &disposition {
+                            if let Disposition::Dead(why) = disposition {
+                                let source = Source { topic, partition, offset };
+                                consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
+                            }
+                            counts.message(topic, format.as_ref().map_or(InputFormat::PulseV1, |f| *f), disposition);
                         }
-                        counts.message(topic, format, &disposition);
                         arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
                         // `offset` is applied: the next one to read is `offset + 1`.
                         engine.set_next_offset(topic, partition, offset + 1);
@@ -259,6 +338,11 @@ pub fn run<S: Store + Send + 'static>(
             // Everything since the last commit is dropped, to be consumed again.
             (since_commit, last_commit) = (0, Instant::now());
             arrivals.clear();
+        }
+        if consumer.context().reassigned.swap(false, Ordering::Relaxed)
+            || last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL
+        {
+            ownership.refresh(&consumer, &settings.group_id, &settings.repartition_topic);
         }
         if last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
             if let Some(missing) = missing_topics(&consumer, formats.keys()) {
@@ -350,9 +434,16 @@ impl<S: Store + Send + 'static> StalledStore<'_, S> {
                 // Anything still delivered is dropped: the rewind below refetches it.
                 let _ = self.consumer.poll(Duration::from_millis(100));
             }
-            let mut engine = lock(self.engine);
-            match engine.recover() {
+            let recovered = lock(self.engine).recover();
+            match recovered {
                 Ok(()) => {
+                    // A failed commit may have reached the changelog of some
+                    // shards and not the store: catch those up before resuming.
+                    let context = self.consumer.context();
+                    context.changelog().discard_forwards();
+                    let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
+                    context.take_over(&assignment.elements().iter().map(|e| e.partition() as ShardId).collect())?;
+                    let mut engine = lock(self.engine);
                     let registry = read_registry(settings, self.consumer, &mut engine, registry_stats, self.stop)?;
                     self.rewind(&engine)?;
                     info!("the store takes writes again; resumed from the stored offsets");
@@ -390,7 +481,7 @@ fn missing_topics<'t>(
     topics: impl Iterator<Item = &'t String>,
 ) -> Option<Vec<String>> {
     let md = consumer.fetch_metadata(None, Duration::from_secs(2)).ok()?;
-    let known: std::collections::BTreeSet<&str> = md.topics().iter().filter(|t| exists(t)).map(|t| t.name()).collect();
+    let known: BTreeSet<&str> = md.topics().iter().filter(|t| exists(t)).map(|t| t.name()).collect();
     Some(topics.filter(|t| !known.contains(t.as_str())).cloned().collect())
 }
 
@@ -453,7 +544,7 @@ fn commit<S: Store + Send + 'static>(
     stop: &AtomicBool,
 ) -> Result<(), Error> {
     consumer.context().dead().settle(stop, None)?;
-    engine.commit()?;
+    engine.commit_logged(Some(&mut *consumer.context().changelog()))?;
     let Ok(assignment) = consumer.assignment() else { return Ok(()) };
     let mut tpl = TopicPartitionList::new();
     for e in assignment.elements() {
@@ -468,6 +559,34 @@ fn commit<S: Store + Send + 'static>(
         }
     }
     Ok(())
+}
+
+/// While idle: moves each partition's next offset past the transaction
+/// markers that end it (the repartition topic is written in transactions;
+/// a marker is never delivered, so without this a partition read to its
+/// end would show a lag of one). Every message before the consumer's
+/// position was delivered, and so applied. Returns how many moved.
+fn skip_markers<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>>, engine: &mut Engine<S>) -> usize {
+    let Ok(positions) = consumer.position() else { return 0 };
+    let mut moved = 0;
+    for e in positions.elements() {
+        if let (Offset::Offset(at), Some(next)) = (e.offset(), engine.next_offset(e.topic(), e.partition())) {
+            if at > next {
+                engine.set_next_offset(e.topic(), e.partition(), at);
+                moved += 1;
+            }
+        }
+    }
+    moved
+}
+
+/// The format of a message on the repartition topic, from its header.
+fn repartitioned_format(msg: &BorrowedMessage<'_>) -> Result<InputFormat, Rejection> {
+    let header = msg.headers().and_then(|h| h.iter().find(|h| h.key == FORMAT_HEADER)).and_then(|h| h.value);
+    let name = header.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
+    name.parse().map_err(|_| {
+        Rejection::new(Reason::InvalidField, format!("no valid `{FORMAT_HEADER}` header on a repartitioned message"))
+    })
 }
 
 fn log_transient(e: &KafkaError) {

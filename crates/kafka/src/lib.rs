@@ -12,9 +12,11 @@
 //! `rdkafka::` appears in this crate only. It must not depend on RocksDB or
 //! HTTP: it sees the engine through `pulse_engine::Store`.
 
+mod changelog;
 mod dead_letters;
 mod group;
 mod metrics;
+mod ownership;
 mod registry;
 pub mod tools;
 
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 pub use group::{run, RunStats, Shared, PUBLISH_INTERVAL};
 pub use metrics::IngestMetrics;
+pub use ownership::{Owner, Ownership};
 use pulse_model::InputFormat;
 use rdkafka::ClientConfig;
 
@@ -35,6 +38,14 @@ pub struct Settings {
     pub orgs_topic: String,
     pub targets_topic: String,
     pub dlq_topic: String,
+    /// Compacted, one partition per input partition: every shard's changes
+    /// and offsets, from which its next owner restores it.
+    pub changelog_topic: String,
+    /// Valid events that arrived on a partition other than their user's,
+    /// keyed by user (consumed like an input topic).
+    pub repartition_topic: String,
+    /// The HTTP address other instances send a user lookup to (`host:port`).
+    pub advertise: String,
     pub session_timeout: Duration,
     /// Longest time between two commits of state and offsets.
     pub commit_interval: Duration,

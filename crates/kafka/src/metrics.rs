@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use pulse_engine::{Disposition, IngestStats};
+use pulse_engine::{Disposition, IngestStats, ShardId};
 use pulse_metrics::{Collect, Encoder, Histogram, Kind, COUNT_BUCKETS, SECONDS_BUCKETS};
 use pulse_model::{InputFormat, Millis};
 
@@ -44,6 +44,8 @@ pub struct IngestCounts {
     store_failures: u64,
     /// Input topics the broker no longer knows (deleted under Pulse).
     missing_topics: Vec<String>,
+    /// Valid events sent on to their user's partition.
+    forwarded: u64,
 }
 
 impl Default for IngestCounts {
@@ -61,19 +63,30 @@ impl Default for IngestCounts {
             store_failure: None,
             store_failures: 0,
             missing_topics: Vec::new(),
+            forwarded: 0,
         }
     }
 }
 
 impl IngestCounts {
     pub(crate) fn message(&mut self, topic: &str, format: InputFormat, disposition: &Disposition) {
+        self.consumed(topic, format);
+        self.events.record(disposition);
+    }
+
+    /// A valid event forwarded to the partition of its user.
+    pub(crate) fn forwarded(&mut self, topic: &str, format: InputFormat) {
+        self.consumed(topic, format);
+        self.forwarded += 1;
+    }
+
+    fn consumed(&mut self, topic: &str, format: InputFormat) {
         match self.messages.get_mut(topic) {
             Some((_, n)) => *n += 1,
             None => {
                 self.messages.insert(topic.to_owned(), (format, 1));
             }
         }
-        self.events.record(disposition);
     }
 
     /// A commit persisted `messages` messages; `arrivals` are their Kafka
@@ -161,10 +174,20 @@ impl IngestCounts {
     }
 }
 
+/// Changelog restores: updated directly by the restore (it runs inside the
+/// rebalance callback, while the loop waits).
+#[derive(Debug, Default, Clone)]
+struct Restores {
+    /// Changelog offsets left to read, by shard being restored.
+    remaining: BTreeMap<ShardId, i64>,
+    records: u64,
+}
+
 /// The published copy of the loop's counts; shared with the HTTP server.
 #[derive(Debug, Default)]
 pub struct IngestMetrics {
     published: Mutex<IngestCounts>,
+    restores: Mutex<Restores>,
 }
 
 impl IngestMetrics {
@@ -172,8 +195,25 @@ impl IngestMetrics {
         self.lock().clone_from(counts);
     }
 
-    /// See [`IngestCounts::readiness`].
+    fn restores(&self) -> MutexGuard<'_, Restores> {
+        self.restores.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn restoring(&self, shard: ShardId, remaining: i64) {
+        self.restores().remaining.insert(shard, remaining);
+    }
+
+    pub(crate) fn restored(&self, shard: ShardId, records: u64) {
+        let mut r = self.restores();
+        r.remaining.remove(&shard);
+        r.records += records;
+    }
+
+    /// See [`IngestCounts::readiness`]; never ready while restoring.
     pub fn readiness(&self, max_lag: i64) -> Result<(), String> {
+        if let Some((shard, left)) = self.restores().remaining.first_key_value() {
+            return Err(format!("restoring partition {shard} from the changelog: {left} offsets to go"));
+        }
         self.lock().readiness(max_lag)
     }
 
@@ -186,6 +226,23 @@ impl IngestMetrics {
 impl Collect for IngestMetrics {
     fn collect(&self, enc: &mut Encoder) {
         let c = self.lock().clone();
+        let restores = self.restores().clone();
+        let mut f = enc.family(
+            "pulse_kafka_restore_remaining_offsets",
+            "Changelog offsets left to read, per partition being restored.",
+            Kind::Gauge,
+        );
+        for (shard, left) in &restores.remaining {
+            f.sample(&[("partition", &shard.to_string())], *left as f64);
+        }
+        enc.family("pulse_kafka_restored_records", "Changelog records restored into the local state.", Kind::Counter)
+            .sample(&[], restores.records as f64);
+        enc.family(
+            "pulse_ingest_forwarded",
+            "Valid events forwarded to the partition of their user (the repartition topic).",
+            Kind::Counter,
+        )
+        .sample(&[], c.forwarded as f64);
         let mut f = enc.family("pulse_ingest_messages", "Messages consumed from the input topics.", Kind::Counter);
         for (topic, (format, n)) in &c.messages {
             f.sample(&[("topic", topic), ("format", format.name())], *n as f64);

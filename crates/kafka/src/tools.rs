@@ -29,12 +29,12 @@ type Admin = AdminClient<rdkafka::client::DefaultClientContext>;
 /// Runs one admin request on a new client and checks every topic's result;
 /// `verb` names the request in errors ("create", "delete").
 fn admin_request<F: std::future::Future<Output = rdkafka::error::KafkaResult<Vec<rdkafka::admin::TopicResult>>>>(
-    brokers: &str,
+    client: rdkafka::ClientConfig,
     name: &str,
     verb: &str,
     request: impl FnOnce(&Admin) -> F,
 ) -> Result<(), Error> {
-    let admin: Admin = config(brokers).create().map_err(kafka_err("failed to create an admin client"))?;
+    let admin: Admin = client.create().map_err(kafka_err("failed to create an admin client"))?;
     let results =
         futures_executor::block_on(request(&admin)).map_err(kafka_err(format!("failed to {verb} topic `{name}`")))?;
     for r in results {
@@ -45,16 +45,37 @@ fn admin_request<F: std::future::Future<Output = rdkafka::error::KafkaResult<Vec
 
 /// Creates a topic (replication factor 1); `compacted` for registry topics.
 pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool) -> Result<(), Error> {
-    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    create(config(brokers), name, partitions, TopicReplication::Fixed(1), compacted)
+}
+
+/// Creates one of Pulse's own topics with the broker's default replication
+/// factor (`default.replication.factor`), with the client settings of Pulse.
+pub(crate) fn create_internal_topic(
+    s: &crate::Settings,
+    name: &str,
+    partitions: i32,
+    compacted: bool,
+) -> Result<(), Error> {
+    create(client_config(&s.brokers, &s.options), name, partitions, TopicReplication::Fixed(-1), compacted)
+}
+
+fn create(
+    client: rdkafka::ClientConfig,
+    name: &str,
+    partitions: i32,
+    replication: TopicReplication<'_>,
+    compacted: bool,
+) -> Result<(), Error> {
+    let mut topic = NewTopic::new(name, partitions, replication);
     if compacted {
         topic = topic.set("cleanup.policy", "compact");
     }
-    admin_request(brokers, name, "create", |admin| admin.create_topics([&topic], &AdminOptions::new()))
+    admin_request(client, name, "create", |admin| admin.create_topics([&topic], &AdminOptions::new()))
 }
 
 /// Deletes a topic (tests of a topic deleted under a running Pulse).
 pub fn delete_topic(brokers: &str, name: &str) -> Result<(), Error> {
-    admin_request(brokers, name, "delete", |admin| admin.delete_topics(&[name], &AdminOptions::new()))
+    admin_request(config(brokers), name, "delete", |admin| admin.delete_topics(&[name], &AdminOptions::new()))
 }
 
 /// A producer for tools and tests: keys pick partitions as Kafka's Java

@@ -11,6 +11,7 @@
 
 mod event;
 mod igot;
+mod partition;
 mod records;
 mod reject;
 mod scalar;
@@ -19,6 +20,7 @@ pub mod time;
 mod v1;
 
 pub use event::{Event, EventKind, InputFormat, Minutes, Parsed, Stars, TimeRules, MAX_MESSAGE_BYTES};
+pub use partition::partition_of;
 pub use records::{
     parse_org, parse_target, OrgRecord, OrgUpdate, TargetKpi, TargetRecord, TargetUpdate, RESERVED_NODES,
 };

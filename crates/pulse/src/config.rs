@@ -42,6 +42,15 @@ pub struct RawKafka {
     pub targets_topic: String,
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
+    /// Compacted topic of every partition's state changes, from which an
+    /// instance restores the partitions it is given (default
+    /// `<group_id>.changelog`; created with the inputs' partition count).
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// Topic of valid events that arrived on a partition other than their
+    /// user's, keyed by user (default `<group_id>.repartition`; created too).
+    #[serde(default)]
+    pub repartition_topic: Option<String>,
     /// Kafka group session timeout (default `45s`).
     #[serde(default = "default_session_timeout")]
     pub session_timeout: String,
@@ -80,7 +89,9 @@ pub struct RawStore {
     /// RocksDB memtable size per column family in MiB (default 32).
     #[serde(default = "default_write_buffer_mib")]
     pub write_buffer_mib: usize,
-    /// Shards of a new state directory (default 16; an existing one keeps its own).
+    /// Shards of a new state directory written by `pulse replay` (default
+    /// 16; an existing one keeps its own). `pulse run` uses the input
+    /// topics' partition count instead: a shard is a partition.
     #[serde(default = "default_shards")]
     pub shards: u16,
 }
@@ -105,6 +116,11 @@ pub struct RawHttp {
     /// Address of `/metrics`, health and the API (default `127.0.0.1:9464`).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Address other instances send a user lookup to, when this one owns
+    /// the user's partition (default: `listen`; set it when `listen` is
+    /// 0.0.0.0 or behind a NAT).
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// Bearer token of the user endpoints (`/api/v1/users/..`); unset turns
     /// them off. Prefer the `PULSE_HTTP__TOKEN` environment variable.
     #[serde(default)]
@@ -307,6 +323,21 @@ impl RawConfig {
             bail!("`engine.meeting_minutes` must be at least 1");
         }
         let h = self.http;
+        let listen: SocketAddr = h
+            .listen
+            .parse()
+            .with_context(|| format!("`http.listen` = \"{}\" is not an address like 127.0.0.1:9464", h.listen))?;
+        let advertise = match h.advertise {
+            Some(a) => non_empty("http.advertise", &a)?.to_owned(),
+            None => listen.to_string(),
+        };
+        let group_id = non_empty("kafka.group_id", &k.group_id)?.to_owned();
+        let internal = |key: &str, topic: Option<String>, suffix: &str| match topic {
+            Some(t) => non_empty(key, &t).map(str::to_owned),
+            None => Ok(format!("{group_id}.{suffix}")),
+        };
+        let changelog_topic = internal("kafka.changelog_topic", k.changelog_topic, "changelog")?;
+        let repartition_topic = internal("kafka.repartition_topic", k.repartition_topic, "repartition")?;
         if h.ready_max_lag < 0 {
             bail!("`http.ready_max_lag` must not be negative");
         }
@@ -316,11 +347,14 @@ impl RawConfig {
         Ok(Config {
             kafka: pulse_kafka::Settings {
                 brokers: non_empty("kafka.brokers", &k.brokers)?.to_owned(),
-                group_id: non_empty("kafka.group_id", &k.group_id)?.to_owned(),
+                group_id,
                 inputs,
                 orgs_topic: non_empty("kafka.orgs_topic", &k.orgs_topic)?.to_owned(),
                 targets_topic: non_empty("kafka.targets_topic", &k.targets_topic)?.to_owned(),
                 dlq_topic: non_empty("kafka.dlq_topic", &k.dlq_topic)?.to_owned(),
+                changelog_topic,
+                repartition_topic,
+                advertise,
                 session_timeout,
                 commit_interval,
                 commit_messages: k.commit_messages,
@@ -338,9 +372,7 @@ impl RawConfig {
             max_age: duration("engine.max_age", &e.max_age)?,
             meeting_minutes: e.meeting_minutes,
             http: HttpSettings {
-                listen: h.listen.parse().with_context(|| {
-                    format!("`http.listen` = \"{}\" is not an address like 127.0.0.1:9464", h.listen)
-                })?,
+                listen,
                 token: match h.token {
                     Some(t) if t.trim().is_empty() => bail!("`http.token` is empty: remove it or set a secret"),
                     t => t,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pulse_engine::{Engine, EngineConfig};
-use pulse_http::{AppState, SnapshotCell};
-use pulse_kafka::{IngestMetrics, Shared};
+use pulse_http::{AppState, Lookup, SnapshotCell, UserLookup};
+use pulse_kafka::{IngestMetrics, Owner, Ownership, Shared};
 use pulse_model::{Millis, TimeRules};
 use pulse_store::{RocksStore, StoreMetrics, StoreOptions};
 use tracing::info;
@@ -77,6 +77,7 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
 
     let ingest = Arc::new(IngestMetrics::default());
+    let ownership = Arc::new(Ownership::default());
     let store_metrics = Arc::new(StoreMetrics::default());
     let snapshot = Arc::new(SnapshotCell::default());
     let http = &config.http;
@@ -86,7 +87,7 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let state = AppState {
         snapshot: Arc::clone(&snapshot),
-        users: engine.clone(),
+        users: Arc::new(OwnedUsers { engine: engine.clone(), ownership: ownership.clone() }),
         collectors: vec![ingest.clone(), store_metrics.clone()],
         readiness,
         token: http.token.clone(),
@@ -101,7 +102,7 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
         snapshot.set(engine.snapshot());
         store_metrics.record(engine.store());
     };
-    let shared = Shared { engine, metrics: &ingest, publish: &mut publish };
+    let shared = Shared { engine, metrics: ingest, ownership, publish: &mut publish };
     let stats = pulse_kafka::run(settings, shared, &stop, wall_clock)?;
     info!(
         accepted = stats.events.accepted,
@@ -112,6 +113,24 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
         "stopped cleanly"
     );
     Ok(())
+}
+
+/// User lookups of one instance among several: the user's partition is
+/// looked up here if this instance owns it, else pointed to its owner.
+struct OwnedUsers {
+    engine: Arc<Mutex<Engine<RocksStore>>>,
+    ownership: Arc<Ownership>,
+}
+
+impl UserLookup for OwnedUsers {
+    fn user(&self, id: &str) -> Result<Lookup, String> {
+        let shard = self.engine.lock().unwrap_or_else(|p| p.into_inner()).shard_of(id);
+        match self.ownership.owner(shard) {
+            Owner::Here => self.engine.user(id),
+            Owner::At(address) => Ok(Lookup::Elsewhere(address)),
+            Owner::Unknown => Ok(Lookup::Unowned),
+        }
+    }
 }
 
 /// What `pulse serve` needs.

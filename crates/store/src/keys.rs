@@ -16,6 +16,8 @@ pub const ORG: u8 = b'r';
 pub const TARGET: u8 = b't';
 pub const OFFSET: u8 = b'x';
 pub const MAX_TS: u8 = b'w';
+/// A shard's changelog position.
+pub const CHANGELOG: u8 = b'l';
 /// The store's own description: format version and shard count.
 pub const FORMAT: u8 = b'f';
 pub const MEETING_MINUTES: u8 = b'h';
@@ -68,6 +70,13 @@ pub fn seen(shard: ShardId, bucket: i64, hash: u128) -> Vec<u8> {
     k
 }
 
+pub fn decode_seen(key: &[u8]) -> Result<pulse_engine::SeenKey, KeyError> {
+    let rest = check_space(SEEN, key, 27)?;
+    let bucket = unflip_i64(rest[2..10].try_into().map_err(|_| KeyError::TooShort(key.len()))?);
+    let hash = u128::from_be_bytes(rest[10..26].try_into().map_err(|_| KeyError::TooShort(key.len()))?);
+    Ok(pulse_engine::SeenKey { bucket, hash })
+}
+
 /// The first seen key of a bucket (inclusive range bound).
 pub fn seen_bucket_start(shard: ShardId, bucket: i64) -> Vec<u8> {
     let mut k = with_shard(SEEN, shard, 8);
@@ -109,14 +118,24 @@ pub fn decode_offset(key: &[u8]) -> Result<(&str, i32), KeyError> {
     Ok((topic, p as i32))
 }
 
-/// `[MAX_TS][shard u16]`.
-pub fn max_ts(shard: ShardId) -> Vec<u8> {
-    with_shard(MAX_TS, shard, 0)
+/// `[space][shard u16]`: a shard's newest event time, its changelog position.
+pub fn shard(space: u8, shard: ShardId) -> Vec<u8> {
+    with_shard(space, shard, 0)
 }
 
-pub fn decode_max_ts(key: &[u8]) -> Result<ShardId, KeyError> {
-    let rest = check_space(MAX_TS, key, 3)?;
+pub fn decode_shard(space: u8, key: &[u8]) -> Result<ShardId, KeyError> {
+    let rest = check_space(space, key, 3)?;
     Ok(ShardId::from_be_bytes([rest[0], rest[1]]))
+}
+
+/// The first key of a shard's part of a sharded keyspace, and the first
+/// key after it (a range-delete's bounds).
+pub fn shard_range(space: u8, shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    let end = match shard.checked_add(1) {
+        Some(next) => with_shard(space, next, 0),
+        None => vec![space + 1],
+    };
+    (with_shard(space, shard, 0), end)
 }
 
 pub fn decode_i64(value: &[u8]) -> Result<i64, KeyError> {
@@ -153,9 +172,13 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         assert_eq!(decode_sharded_text(USER, &sharded_text(USER, 513, "u-17")).unwrap(), (513, "u-17"));
+        assert_eq!(decode_seen(&seen(2, -3, 7 << 100)).unwrap(), pulse_engine::SeenKey { bucket: -3, hash: 7 << 100 });
         assert_eq!(decode_text(ORG, &text(ORG, "M_12")).unwrap(), "M_12");
         assert_eq!(decode_offset(&offset("pulse.telemetry", -1)).unwrap(), ("pulse.telemetry", -1));
-        assert_eq!(decode_max_ts(&max_ts(7)).unwrap(), 7);
+        assert_eq!(decode_shard(MAX_TS, &shard(MAX_TS, 7)).unwrap(), 7);
+        let (start, end) = shard_range(USER, 3);
+        assert!(start <= sharded_text(USER, 3, "") && sharded_text(USER, 3, "\u{10ffff}") < end);
+        assert!(sharded_text(USER, 2, "\u{10ffff}") < start && end <= sharded_text(USER, 4, ""));
         for v in [i64::MIN, -1, 0, 1, i64::MAX] {
             assert_eq!(decode_i64(&encode_i64(v)).unwrap(), v);
         }

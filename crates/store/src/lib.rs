@@ -35,8 +35,9 @@ const FAMILIES: [&str; 4] = [CF_USERS, CF_SEEN, CF_TOTALS, CF_META];
 /// Version of the value encoding, the first byte of every value.
 const VALUE_VERSION: u8 = 1;
 /// Version of the directory layout, stored under [`keys::FORMAT`]. 2: a
-/// partition's offset is stored with its newest event time.
-const LAYOUT_VERSION: u8 = 2;
+/// partition's offset is stored with its newest event time. 3: users are
+/// sharded by their Kafka partition (murmur2), with changelog positions.
+const LAYOUT_VERSION: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -255,8 +256,12 @@ impl Store for RocksStore {
                     state.offsets.insert((topic.to_owned(), partition), decode("a partition position", &v)?);
                 }
                 Some(keys::MAX_TS) => {
-                    let shard = usize::from(keys::decode_max_ts(&k).map_err(key_err)?).min(n - 1);
+                    let shard = usize::from(keys::decode_shard(keys::MAX_TS, &k).map_err(key_err)?).min(n - 1);
                     state.max_ts[shard] = keys::decode_i64(&v).map_err(key_err)?;
+                }
+                Some(keys::CHANGELOG) => {
+                    let shard = keys::decode_shard(keys::CHANGELOG, &k).map_err(key_err)?;
+                    state.changelog.insert(shard, keys::decode_i64(&v).map_err(key_err)?);
                 }
                 Some(keys::MEETING_MINUTES) => state.meeting_minutes = Some(decode("the hours threshold", &v)?),
                 Some(keys::FORMAT) => {}
@@ -279,6 +284,28 @@ impl Store for RocksStore {
         Ok(self.db.get_pinned_cf(self.cf(CF_SEEN), k).map_err(err("failed to read an event id"))?.is_some())
     }
 
+    fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError> {
+        let start = keys::seen_bucket_start(shard, i64::MIN);
+        let end = keys::seen_bucket_start(shard, bucket);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(end);
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(CF_SEEN), opts, mode) {
+            let (k, _) = item.map_err(err("failed to list expired event ids"))?;
+            out.push(keys::decode_seen(&k).map_err(key_err)?);
+        }
+        Ok(out)
+    }
+
+    fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
+        let [a, b] = shards.max(1).to_be_bytes();
+        let meta = self.cf(CF_META);
+        self.db.put_cf(meta, [keys::FORMAT], [LAYOUT_VERSION, a, b]).map_err(err("failed to set the shard count"))?;
+        self.shards = shards.max(1);
+        Ok(())
+    }
+
     fn recover(&mut self) -> Result<(), StoreError> {
         // After a failed WAL write (a full disk) RocksDB refuses every write
         // until it is reopened. Close the writer behind a read-only instance,
@@ -299,6 +326,26 @@ impl Store for RocksStore {
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
         let (users, seen, totals, meta) = (self.cf(CF_USERS), self.cf(CF_SEEN), self.cf(CF_TOTALS), self.cf(CF_META));
         let mut wb = WriteBatch::default();
+        for &shard in &batch.drop_shards {
+            for (cf, space) in
+                [(users, keys::USER), (seen, keys::SEEN), (totals, keys::ORG_TOTALS), (totals, keys::COURSE_TOTALS)]
+            {
+                let (start, end) = keys::shard_range(space, shard);
+                wb.delete_range_cf(cf, start, end);
+            }
+            wb.delete_cf(meta, keys::shard(keys::MAX_TS, shard));
+            wb.delete_cf(meta, keys::shard(keys::CHANGELOG, shard));
+            for item in self.db.prefix_iterator_cf(meta, [keys::OFFSET]) {
+                let (k, _) = item.map_err(err("failed to list the partition positions"))?;
+                // Without a prefix extractor the iterator runs on past its prefix.
+                if k.first() != Some(&keys::OFFSET) {
+                    break;
+                }
+                if keys::decode_offset(&k).map_err(key_err)?.1 == i32::from(shard) {
+                    wb.delete_cf(meta, &k);
+                }
+            }
+        }
         if let Some(m) = batch.meeting_minutes {
             wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m)?);
         }
@@ -330,7 +377,10 @@ impl Store for RocksStore {
             }
         }
         for (shard, ts) in &batch.max_ts {
-            wb.put_cf(meta, keys::max_ts(*shard), keys::encode_i64(*ts));
+            wb.put_cf(meta, keys::shard(keys::MAX_TS, *shard), keys::encode_i64(*ts));
+        }
+        for (shard, position) in &batch.changelog {
+            wb.put_cf(meta, keys::shard(keys::CHANGELOG, *shard), keys::encode_i64(*position));
         }
         for (id, rec) in &batch.orgs {
             match rec {

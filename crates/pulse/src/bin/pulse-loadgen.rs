@@ -4,7 +4,7 @@
 //! and its event mix come from `pulse-loadgen`'s library; this binary adds
 //! the formats, the perturbations (exact duplicates, out-of-order arrival,
 //! user migrations, malformed messages) and the sinks: NDJSON files in every
-//! input format, or Kafka topics keyed by user, at a fixed rate or as fast as
+//! input format, or Kafka topics keyed by user (Sunbird telemetry by message id), at a fixed rate or as fast as
 //! possible. It can write the reference model's expected report of exactly
 //! what it produced.
 
@@ -120,7 +120,9 @@ enum Mix {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Out {
     format: InputFormat,
-    key: Vec<u8>,
+    /// The user id; for `sunbird-telemetry` the message id (`mid`): Sunbird's
+    /// pipeline does not key by user, so Pulse repartitions it.
+    key: String,
     value: Vec<u8>,
 }
 
@@ -280,7 +282,12 @@ fn main() -> anyhow::Result<()> {
                 true
             }
         };
-        let mut out = Out { format, key: format!("u-{}", e.user).into_bytes(), value: line.as_bytes().to_vec() };
+        let key = match format {
+            // Sunbird's pipeline keys telemetry by message id, not by user.
+            InputFormat::SunbirdTelemetry => format!("e-{}-{}", args.seed, e.seq),
+            _ => format!("u-{}", e.user),
+        };
+        let mut out = Out { format, key, value: line.as_bytes().to_vec() };
         if args.malformed > 0.0 && rng.gen_bool(args.malformed) {
             // Cut in the middle: `invalid_json` for every format.
             out.value.truncate(out.value.len() / 2);
@@ -355,7 +362,7 @@ fn format_of(e: &GenEvent, mix: Mix, rng: &mut SmallRng) -> InputFormat {
 }
 
 fn emit(sink: &mut Sink, sent: &mut Vec<Message>, keep: bool, out: Out) -> anyhow::Result<()> {
-    sink.send(out.format.name(), &out.key, &out.value)?;
+    sink.send(out.format.name(), out.key.as_bytes(), &out.value)?;
     if keep {
         sent.push(Message::Event { format: out.format, value: out.value });
     }
