@@ -1034,3 +1034,265 @@ fn keyed_messages_land_where_the_platforms_java_producers_put_them() {
         assert_eq!(r.partition, placed, "key {:?}", String::from_utf8_lossy(&key));
     }
 }
+
+/// One `pulse run` of a group of several: its own state directory and HTTP port.
+struct Instance {
+    name: &'static str,
+    data: PathBuf,
+    http: String,
+    child: Option<Child>,
+}
+
+impl Instance {
+    fn new(case: &Case, name: &'static str) -> Instance {
+        let data = case.dir.path().join(format!("data-{name}"));
+        Instance { name, data, http: format!("127.0.0.1:{}", free_port()), child: None }
+    }
+
+    fn start(&mut self, case: &Case) {
+        self.child = Some(case.start_with(&[
+            ("PULSE_STORE__DATA_DIR", self.data.display().to_string()),
+            ("PULSE_HTTP__LISTEN", self.http.clone()),
+            ("PULSE_HTTP__TOKEN", "scale-out".to_owned()),
+            // The model remembers every id; this test is about state moving
+            // between instances, not about forgetting ids (tested on its own).
+            ("PULSE_ENGINE__DEDUP_HORIZON", "3650d".to_owned()),
+        ]));
+    }
+
+    fn kill_9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    /// The partitions of `topic` this instance consumes, from its /metrics.
+    fn partitions(&self, topic: &str) -> Result<Vec<i32>, String> {
+        let (_, metrics) = http_get(&self.http, "/metrics").map_err(|e| format!("{}: {e}", self.name))?;
+        let label = format!("topic=\"{topic}\"");
+        let partition = |line: &str| line.split("partition=\"").nth(1)?.split('"').next()?.parse().ok();
+        Ok(metrics
+            .lines()
+            .filter(|l| l.starts_with("pulse_kafka_partition_next_offset{") && l.contains(&label))
+            .filter_map(partition)
+            .collect())
+    }
+}
+
+/// A GET with the user endpoints' token: status, `Location`, body.
+fn get_user(addr: &str, user: &str) -> (u16, Option<String>, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!("GET /api/v1/users/{user} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer scale-out\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let location = head.lines().find_map(|l| l.strip_prefix("location: ").map(str::to_owned));
+    (status, location, body.to_owned())
+}
+
+/// The KPIs that are sums over users: each instance exports the share of
+/// the users it owns, so these add up across instances.
+const ADDITIVE: [&str; 12] = [
+    "registered_users",
+    "learners",
+    "enrolments",
+    "completions",
+    "in_progress",
+    "learning_minutes",
+    "ratings",
+    "enrolments_fy",
+    "completions_fy",
+    "learning_minutes_fy",
+    "active_users_fy",
+    "users_meeting_hours_fy",
+];
+
+/// One check of a settled group: every instance ready; each partition
+/// consumed by exactly one instance; the group caught up; and, at every
+/// node, the sum over instances of each additive KPI equals the reference
+/// model's, each ratio recomputed from those sums equals the model's, and
+/// `employees` (registry data every instance holds whole) is the model's.
+fn scale_out_check(case: &Case, instances: &[&Instance], partitions: i32) -> Result<(), String> {
+    for i in instances {
+        let (status, body) = http_get(&i.http, "/readyz").map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("{} not ready: {body}", i.name));
+        }
+    }
+    let mut owners: BTreeMap<i32, &str> = BTreeMap::new();
+    for i in instances {
+        for p in i.partitions(&case.events)? {
+            if let Some(other) = owners.insert(p, i.name) {
+                return Err(format!("partition {p} is consumed by {other} and {}", i.name));
+            }
+        }
+    }
+    if owners.len() != partitions as usize {
+        return Err(format!("not every partition is owned: {owners:?}"));
+    }
+    let repartition = format!("{}.repartition", case.group);
+    for topic in [&case.events, &repartition] {
+        let high = tools::high_watermarks(&brokers(), topic).map_err(|e| e.to_string())?;
+        let committed = tools::committed_offsets(&brokers(), &case.group, topic).unwrap_or_default();
+        if !high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h)) {
+            return Err(format!("{topic} not caught up: ends {high:?}, committed {committed:?}"));
+        }
+    }
+    let settings = Settings {
+        meeting_minutes: 240,
+        time_rules: TimeRules { max_age_ms: 3650 * 86_400_000 },
+        ingest_now: wall_clock(),
+    };
+    let now = pulse_model::time::parse_rfc3339(NOW).unwrap();
+    let model = pulse_oracle::report(&case.sent, &settings, FY, now);
+    for (node, expected) in model["nodes"].as_object().unwrap() {
+        let mut sum: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut rated_stars = 0.0;
+        for i in instances {
+            let (status, body) = http_get(&i.http, &format!("/api/v1/nodes/{}?fy=2025-26", url_encode(node)))
+                .map_err(|e| e.to_string())?;
+            if status != 200 {
+                return Err(format!("{}: node {node}: {status} {body}", i.name));
+            }
+            let report: Value = serde_json::from_str(&body).unwrap();
+            let kpis = &report["nodes"][node];
+            for key in ADDITIVE {
+                *sum.entry(key).or_default() += kpis[key].as_f64().unwrap_or(0.0);
+            }
+            rated_stars += kpis["average_rating"].as_f64().unwrap_or(0.0) * kpis["ratings"].as_f64().unwrap_or(0.0);
+            if kpis["employees"] != expected["employees"] {
+                return Err(format!("{}: node {node}: employees {} vs {}", i.name, kpis["employees"], expected["employees"]));
+            }
+        }
+        let ratio = |a: f64, b: f64| (b != 0.0).then(|| a / b);
+        let employees = expected["employees"].as_f64().unwrap_or(0.0);
+        let derived = [
+            ("onboarding_ratio", ratio(sum["registered_users"], employees)),
+            ("completion_ratio", ratio(sum["completions"], sum["enrolments"])),
+            ("average_rating", ratio(rated_stars, sum["ratings"])),
+            ("learning_minutes_per_user_fy", ratio(sum["learning_minutes_fy"], sum["registered_users"])),
+        ];
+        let sums = sum.iter().map(|(k, v)| (*k, Some(*v)));
+        for (key, actual) in sums.chain(derived) {
+            let want = expected[key].as_f64();
+            let close = match (actual, want) {
+                (Some(a), Some(w)) => (a - w).abs() <= 1e-6 * w.abs().max(1.0),
+                (a, w) => a == w,
+            };
+            if !close {
+                return Err(format!("node {node}: {key} summed over instances is {actual:?}, the model says {want:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits (up to 4 minutes: a killed member leaves after the 10 s session
+/// timeout, then its partitions are restored elsewhere) until the check passes.
+fn scale_out_settles(case: &Case, instances: &mut [&mut Instance], partitions: i32) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        for i in instances.iter_mut() {
+            if let Some(status) = i.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{}: {} exited with {status}:\n{}", case.name, i.name, case.log());
+            }
+        }
+        let running: Vec<&Instance> = instances.iter().map(|i| &**i).collect();
+        match scale_out_check(case, &running, partitions) {
+            Ok(()) => return,
+            Err(why) if Instant::now() < deadline => {
+                let _ = why;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(why) => panic!("{}: the group did not settle in 240s: {why}\n{}", case.name, case.log()),
+        }
+    }
+}
+
+/// Scale-out: three instances in one group on loopback, against the real
+/// broker. One starts; two join; one is killed with `kill -9`; it comes
+/// back on its stale state directory; events flow through every step, a
+/// third of them keyed by event id (forwarded to their user's partition).
+/// After each step settles, the sum over instances of every KPI equals the
+/// reference model's and each partition is consumed by exactly one instance.
+#[test]
+fn three_instances_share_the_partitions_and_sum_to_the_model_through_joins_a_kill_and_a_rejoin() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    const PARTITIONS: i32 = 6;
+    let mut case = Case::new(PARTITIONS);
+    let (orgs, events) = history(23, 12_000);
+    case.produce_orgs(&orgs);
+    case.produce_targets(&target_records());
+    // A third keyed by event id, as a producer that does not key by user
+    // would (a copy keeps its original's key, so the same third).
+    let events: Vec<Kv> = events
+        .into_iter()
+        .map(|(key, value)| {
+            let v: Value = serde_json::from_slice(value.as_deref().unwrap()).unwrap();
+            let id = v["id"].as_str().unwrap().as_bytes().to_vec();
+            match id.iter().map(|&b| u32::from(b)).sum::<u32>() % 3 {
+                0 => (Some(id), value),
+                _ => (key, value),
+            }
+        })
+        .collect();
+    let chunks: Vec<Vec<Kv>> = events.chunks(events.len() / 4 + 1).map(<[Kv]>::to_vec).collect();
+    let flow = |case: &mut Case, chunk: &[Kv]| {
+        case.sent.extend(chunk.iter().map(|(_, v)| Message::Event {
+            format: InputFormat::PulseV1,
+            value: v.clone().unwrap_or_default(),
+        }));
+        let (topic, chunk) = (case.events.clone(), chunk.to_vec());
+        std::thread::spawn(move || tools::produce(&brokers(), &topic, &chunk).unwrap())
+    };
+    let (mut a, mut b, mut c) = (Instance::new(&case, "a"), Instance::new(&case, "b"), Instance::new(&case, "c"));
+
+    eprintln!("scale-out: one instance");
+    let producing = flow(&mut case, &chunks[0]);
+    a.start(&case);
+    producing.join().unwrap();
+    scale_out_settles(&case, &mut [&mut a], PARTITIONS);
+
+    eprintln!("scale-out: two more join");
+    let producing = flow(&mut case, &chunks[1]);
+    b.start(&case);
+    c.start(&case);
+    producing.join().unwrap();
+    scale_out_settles(&case, &mut [&mut a, &mut b, &mut c], PARTITIONS);
+    for i in [&a, &b, &c] {
+        assert!(!i.partitions(&case.events).unwrap().is_empty(), "{} got no partition", i.name);
+    }
+    // A user lookup on an instance that does not own the user's partition
+    // is redirected to the owner, which answers it.
+    let first: Value = serde_json::from_slice(chunks[0][0].1.as_deref().unwrap()).unwrap();
+    let user = first["user"].as_str().unwrap();
+    let shard = pulse_model::partition_of(user.as_bytes(), PARTITIONS as u32) as i32;
+    let owner = [&a, &b, &c].into_iter().find(|i| i.partitions(&case.events).unwrap().contains(&shard)).unwrap();
+    let other = [&a, &b, &c].into_iter().find(|i| i.name != owner.name).unwrap();
+    let (status, location, _) = get_user(&other.http, user);
+    assert_eq!((status, location.as_deref()), (307, Some(format!("http://{}/api/v1/users/{user}", owner.http).as_str())));
+    let (status, _, body) = get_user(&owner.http, user);
+    assert_eq!(status, 200, "{body}");
+
+    eprintln!("scale-out: kill -9 of one");
+    let producing = flow(&mut case, &chunks[2]);
+    std::thread::sleep(Duration::from_millis(300));
+    b.kill_9();
+    producing.join().unwrap();
+    scale_out_settles(&case, &mut [&mut a, &mut c], PARTITIONS);
+
+    eprintln!("scale-out: it comes back on its stale state");
+    let producing = flow(&mut case, &chunks[3]);
+    b.start(&case);
+    producing.join().unwrap();
+    scale_out_settles(&case, &mut [&mut a, &mut b, &mut c], PARTITIONS);
+    let log = case.log();
+    assert!(log.contains("restored from the changelog"), "no partition was restored:\n{log}");
+    for i in [&mut a, &mut b, &mut c] {
+        let mut child = i.child.take().unwrap();
+        stop(&mut child, &case);
+    }
+}
