@@ -12,8 +12,16 @@
 //!   resident memory (current and peak) and state size on disk, then
 //!   `kill -9` and the time until the restarted process answers `/readyz`.
 //!
-//! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency` or `scale`
-//! runs one part; `PULSE_BENCH_TRACE=1` also prints every probe's latency in order).
+//! - scale-out: `PULSE_BENCH_SCALEOUT_EVENTS` events (default 600,000) over
+//!   6 partitions, caught up from empty state by 1, then 2, then 3
+//!   instances (each count in a group of its own): time and rate of each, and
+//!   their ratios to one instance; then the restore of a partition holding
+//!   `PULSE_BENCH_RESTORE_USERS` users (default 1,000,000): one instance
+//!   catches up a one-partition topic, stops, and a new instance on an empty
+//!   state directory restores the partition from the changelog.
+//!
+//! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency`, `scale`
+//! or `scaleout` runs one part; `PULSE_BENCH_TRACE=1` also prints every probe's latency in order).
 //! Each part uses its own topics, group and state directory.
 
 #[path = "../tests/common/http.rs"]
@@ -38,6 +46,7 @@ fn brokers() -> String {
 
 /// Topics, a config and a state directory of one run.
 struct Setup {
+    partitions: i32,
     prefix: String,
     dir: tempfile::TempDir,
     http: String,
@@ -45,11 +54,16 @@ struct Setup {
 
 impl Setup {
     fn new(part: &str) -> Setup {
+        Setup::with_partitions(part, 16)
+    }
+
+    fn with_partitions(part: &str, partitions: i32) -> Setup {
         let prefix = format!("bench.{part}.{}", std::process::id());
         let dir = tempfile::tempdir().expect("temp dir");
         let http = format!("127.0.0.1:{}", free_port());
         let b = brokers();
-        tools::create_topic(&b, &self_topic(&prefix, "events"), 16, false).expect("create topic (is Kafka running?)");
+        tools::create_topic(&b, &self_topic(&prefix, "events"), partitions, false)
+            .expect("create topic (is Kafka running?)");
         tools::create_topic(&b, &self_topic(&prefix, "orgs"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "targets"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "dlq"), 1, false).expect("create topic");
@@ -77,7 +91,7 @@ impl Setup {
             data = dir.path().join("data").display(),
         );
         std::fs::write(dir.path().join("pulse.toml"), config).expect("write config");
-        Setup { prefix, dir, http }
+        Setup { prefix, dir, http, partitions }
     }
 
     fn topic(&self, name: &str) -> String {
@@ -85,19 +99,52 @@ impl Setup {
     }
 
     fn start(&self) -> Child {
+        self.start_with(&[])
+    }
+
+    /// `pulse run` with config overrides (`PULSE_SECTION__KEY`); its log
+    /// (info) goes to `pulse.log` in the run's directory.
+    fn start_with(&self, overrides: &[(&str, String)]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("pulse.log"))
+            .expect("open the log");
         Command::new(env!("CARGO_BIN_EXE_pulse"))
             .args(["run", "--config"])
             .arg(self.dir.path().join("pulse.toml"))
-            .env("RUST_LOG", "warn")
+            .envs(overrides.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn,pulse_kafka::changelog=info")
             .stdout(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start pulse run")
+    }
+
+    /// Waits until `group` has committed the end of every partition of the
+    /// events topic and of its repartition topic.
+    fn wait_caught_up(&self, group: &str, children: &mut [Child]) {
+        let topics = [self.topic("events"), format!("{group}.repartition")];
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            for c in children.iter_mut() {
+                assert!(c.try_wait().expect("status").is_none(), "pulse run exited during the catch-up");
+            }
+            let done = topics.iter().all(|topic| {
+                let high = tools::high_watermarks(&brokers(), topic).unwrap_or_default();
+                let committed = tools::committed_offsets(&brokers(), group, topic).unwrap_or_default();
+                !high.is_empty() && high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h))
+            });
+            if done {
+                return;
+            }
+        }
     }
 
     /// `pulse-loadgen` producing to this run's topics.
     fn loadgen(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pulse-loadgen"));
-        c.args(["--brokers", &brokers(), "--partitions", "16"])
+        c.args(["--brokers", &brokers(), "--partitions", &self.partitions.to_string()])
             .args(["--events-topic", &self.topic("events"), "--orgs-topic", &self.topic("orgs")])
             .args(["--targets-topic", &self.topic("targets")])
             .args(args);
@@ -265,6 +312,85 @@ fn scale() {
     let _ = pulse.wait();
 }
 
+/// `pulse run` instances in one group, each with its own state and port.
+fn instances(s: &Setup, group: &str, n: usize) -> Vec<Child> {
+    (0..n)
+        .map(|i| {
+            s.start_with(&[
+                ("PULSE_KAFKA__GROUP_ID", group.to_owned()),
+                ("PULSE_KAFKA__INSTANCE_ID", format!("{group}.{i}")),
+                ("PULSE_STORE__DATA_DIR", s.dir.path().join(format!("{group}.{i}")).display().to_string()),
+                ("PULSE_HTTP__LISTEN", format!("127.0.0.1:{}", free_port())),
+            ])
+        })
+        .collect()
+}
+
+fn stop_all(children: Vec<Child>) {
+    for mut c in children {
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = c.wait();
+    }
+}
+
+fn scaleout() {
+    let events = env_or("PULSE_BENCH_SCALEOUT_EVENTS", 600_000);
+    let s = Setup::with_partitions("scaleout", 6);
+    let first_fy = pulse_model::Fy(pulse_model::Fy::of(wall_ms()).0 - 2).to_string();
+    let out = s
+        .loadgen(&["--users", "200000", "--events", &events.to_string(), "--first-fy", &first_fy])
+        .output()
+        .expect("pulse-loadgen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rates = Vec::new();
+    for n in 1..=3 {
+        let group = format!("{}.x{n}", s.prefix);
+        let t = Instant::now();
+        let mut children = instances(&s, &group, n);
+        s.wait_caught_up(&group, &mut children);
+        let took = t.elapsed().as_secs_f64();
+        rates.push(events as f64 / took);
+        println!(
+            "scale-out: {n} instance(s) caught up {events} events in {took:.1}s: {:.0} events/s, {:.2}x one instance",
+            rates[n - 1],
+            rates[n - 1] / rates[0]
+        );
+        stop_all(children);
+    }
+
+    let users = env_or("PULSE_BENCH_RESTORE_USERS", 1_000_000);
+    let r = Setup::with_partitions("restore", 1);
+    let out = r
+        .loadgen(&["--users", &users.to_string(), "--events", &(users * 2).to_string()])
+        .args(["--first-fy", &first_fy])
+        .output()
+        .expect("pulse-loadgen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let group = format!("{}.group", r.prefix);
+    let mut first = instances(&r, &group, 1);
+    r.wait_caught_up(&group, &mut first);
+    stop_all(first);
+    let t = Instant::now();
+    let http = format!("127.0.0.1:{}", free_port());
+    let second = r.start_with(&[
+        ("PULSE_KAFKA__INSTANCE_ID", format!("{group}.restorer")),
+        ("PULSE_STORE__DATA_DIR", r.dir.path().join("restored").display().to_string()),
+        ("PULSE_HTTP__LISTEN", http.clone()),
+    ]);
+    wait_for_ok(&http, "/readyz", Duration::from_secs(1800));
+    let took = t.elapsed().as_secs_f64();
+    let (_, metrics) = http_get(&http, "/metrics").expect("metrics");
+    let national = metrics.lines().find(|l| l.starts_with("pulse_kpi_registered_users{org=\"national\"}"));
+    let restored = metrics.lines().find(|l| l.starts_with("pulse_kafka_restored_records_total"));
+    println!("restore: one partition, {}; {}", national.unwrap_or("?"), restored.unwrap_or("?"));
+    println!("  a new instance on an empty state directory was ready in {took:.1}s");
+    let log = std::fs::read_to_string(r.dir.path().join("pulse.log")).unwrap_or_default();
+    if let Some(line) = log.lines().filter(|l| l.contains("restored from the changelog")).last() {
+        println!("  {}", line.split_once("INFO ").map_or(line, |(_, rest)| rest));
+    }
+    stop_all(vec![second]);
+}
+
 fn main() {
     let which = std::env::var("PULSE_BENCH").unwrap_or_else(|_| "all".into());
     if matches!(which.as_str(), "all" | "latency") {
@@ -272,5 +398,8 @@ fn main() {
     }
     if matches!(which.as_str(), "all" | "scale") {
         scale();
+    }
+    if matches!(which.as_str(), "all" | "scaleout") {
+        scaleout();
     }
 }

@@ -1083,7 +1083,8 @@ impl Instance {
 fn get_user(addr: &str, user: &str) -> (u16, Option<String>, String) {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let request = format!("GET /api/v1/users/{user} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer scale-out\r\n\r\n");
+    let request =
+        format!("GET /api/v1/users/{user} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer scale-out\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
@@ -1164,7 +1165,10 @@ fn scale_out_check(case: &Case, instances: &[&Instance], partitions: i32) -> Res
             }
             rated_stars += kpis["average_rating"].as_f64().unwrap_or(0.0) * kpis["ratings"].as_f64().unwrap_or(0.0);
             if kpis["employees"] != expected["employees"] {
-                return Err(format!("{}: node {node}: employees {} vs {}", i.name, kpis["employees"], expected["employees"]));
+                return Err(format!(
+                    "{}: node {node}: employees {} vs {}",
+                    i.name, kpis["employees"], expected["employees"]
+                ));
             }
         }
         let ratio = |a: f64, b: f64| (b != 0.0).then(|| a / b);
@@ -1241,10 +1245,11 @@ fn three_instances_share_the_partitions_and_sum_to_the_model_through_joins_a_kil
         .collect();
     let chunks: Vec<Vec<Kv>> = events.chunks(events.len() / 4 + 1).map(<[Kv]>::to_vec).collect();
     let flow = |case: &mut Case, chunk: &[Kv]| {
-        case.sent.extend(chunk.iter().map(|(_, v)| Message::Event {
-            format: InputFormat::PulseV1,
-            value: v.clone().unwrap_or_default(),
-        }));
+        case.sent.extend(
+            chunk
+                .iter()
+                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap_or_default() }),
+        );
         let (topic, chunk) = (case.events.clone(), chunk.to_vec());
         std::thread::spawn(move || tools::produce(&brokers(), &topic, &chunk).unwrap())
     };
@@ -1273,7 +1278,10 @@ fn three_instances_share_the_partitions_and_sum_to_the_model_through_joins_a_kil
     let owner = [&a, &b, &c].into_iter().find(|i| i.partitions(&case.events).unwrap().contains(&shard)).unwrap();
     let other = [&a, &b, &c].into_iter().find(|i| i.name != owner.name).unwrap();
     let (status, location, _) = get_user(&other.http, user);
-    assert_eq!((status, location.as_deref()), (307, Some(format!("http://{}/api/v1/users/{user}", owner.http).as_str())));
+    assert_eq!(
+        (status, location.as_deref()),
+        (307, Some(format!("http://{}/api/v1/users/{user}", owner.http).as_str()))
+    );
     let (status, _, body) = get_user(&owner.http, user);
     assert_eq!(status, 200, "{body}");
 

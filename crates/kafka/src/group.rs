@@ -339,9 +339,13 @@ pub fn run<S: Store + Send + 'static>(
             (since_commit, last_commit) = (0, Instant::now());
             arrivals.clear();
         }
-        if consumer.context().reassigned.swap(false, Ordering::Relaxed)
-            || last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL
-        {
+        let reassigned = consumer.context().reassigned.swap(false, Ordering::Relaxed);
+        if reassigned {
+            // The owned shards changed (restored, or dropped): what this
+            // instance exports must change with them, traffic or not.
+            unpublished = true;
+        }
+        if reassigned || last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
             ownership.refresh(&consumer, &settings.group_id, &settings.repartition_topic);
         }
         if last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
