@@ -94,6 +94,9 @@ fn main() {
         orgs_topic: orgs,
         targets_topic: targets,
         dlq_topic: dlq,
+        changelog_topic: format!("{group}.changelog"),
+        repartition_topic: format!("{group}.repartition"),
+        advertise: "127.0.0.1:9464".into(),
         session_timeout: Duration::from_secs(45),
         commit_interval: Duration::from_millis(100),
         commit_messages: 20_000,
@@ -107,10 +110,11 @@ fn main() {
         std::thread::spawn(move || {
             // As `pulse run` does: publish the org-level snapshot at every commit.
             let snapshot = pulse_http::SnapshotCell::default();
-            let metrics = pulse_kafka::IngestMetrics::default();
+            let metrics = Arc::new(pulse_kafka::IngestMetrics::default());
+            let ownership = Arc::new(pulse_kafka::Ownership::default());
             let mut publish = |e: &pulse_engine::Engine<RocksStore>| snapshot.set(e.snapshot());
             let engine = Arc::new(std::sync::Mutex::new(engine));
-            let shared = pulse_kafka::Shared { engine, metrics: &metrics, publish: &mut publish };
+            let shared = pulse_kafka::Shared { engine, metrics, ownership, publish: &mut publish };
             pulse_kafka::run(&settings, shared, &stop, wall_clock)
         })
     };

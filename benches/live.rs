@@ -385,7 +385,7 @@ fn scaleout() {
     println!("restore: one partition, {}; {}", national.unwrap_or("?"), restored.unwrap_or("?"));
     println!("  a new instance on an empty state directory was ready in {took:.1}s");
     let log = std::fs::read_to_string(r.dir.path().join("pulse.log")).unwrap_or_default();
-    if let Some(line) = log.lines().filter(|l| l.contains("restored from the changelog")).last() {
+    if let Some(line) = log.lines().rev().find(|l| l.contains("restored from the changelog")) {
         println!("  {}", line.split_once("INFO ").map_or(line, |(_, rest)| rest));
     }
     stop_all(vec![second]);

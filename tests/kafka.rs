@@ -96,6 +96,13 @@ impl Case {
             shards = 4
             [engine]
             max_age = "3650d"
+            # The reference models remember every id. Forgetting ids past the
+            # horizon is the engine's (its tests). Here a generated history
+            # packs ~50 events into a day of event time, so one commit
+            # interval of a backlog catch-up spans weeks of it: a copy taking
+            # the repartition route could then come after its original was
+            # forgotten, which the contract allows and the models do not.
+            dedup_horizon = "3650d"
             [http]
             listen = "{http}"
             "#,
@@ -179,9 +186,10 @@ impl Case {
             let behind: Vec<String> = [&self.events, &self.sunbird, &self.ratings, &repartition]
                 .into_iter()
                 .filter(|topic| {
-                    let high = tools::high_watermarks(&brokers(), topic).unwrap();
+                    // Unknown ends (a broker just restarted) count as behind.
+                    let high = tools::high_watermarks(&brokers(), topic).unwrap_or_default();
                     let committed = tools::committed_offsets(&brokers(), &self.group, topic).unwrap_or_default();
-                    !high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h))
+                    high.is_empty() || !high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h))
                 })
                 .cloned()
                 .collect();
@@ -304,8 +312,7 @@ fn history(seed: u64, n: usize) -> (Vec<Kv>, Vec<Kv>) {
             (Some(format!("u-{}", e.user).into_bytes()), Some(line.clone().into_bytes()))
         })
         .collect();
-    // Exact duplicates arrive ~20 events after their originals: within the
-    // 7-day dedup horizon (a later copy may count again, as the contract says).
+    // Exact duplicates arrive ~20 events after their originals.
     for i in (0..events.len().saturating_sub(20)).step_by(97).rev() {
         let copy = events[i].clone();
         events.insert(i + 20, copy);
@@ -1054,9 +1061,6 @@ impl Instance {
             ("PULSE_STORE__DATA_DIR", self.data.display().to_string()),
             ("PULSE_HTTP__LISTEN", self.http.clone()),
             ("PULSE_HTTP__TOKEN", "scale-out".to_owned()),
-            // The model remembers every id; this test is about state moving
-            // between instances, not about forgetting ids (tested on its own).
-            ("PULSE_ENGINE__DEDUP_HORIZON", "3650d".to_owned()),
         ]));
     }
 

@@ -116,12 +116,12 @@ mod tests {
     fn an_assignment_is_read_for_one_topic() {
         let mut b = vec![0, 1];
         b.extend_from_slice(&2i32.to_be_bytes());
-        for (topic, parts) in [("a", vec![0, 3]), ("bb", vec![1])] {
+        for (topic, parts) in [("a", vec![0i32, 3]), ("bb", vec![1])] {
             b.extend_from_slice(&(topic.len() as i16).to_be_bytes());
             b.extend_from_slice(topic.as_bytes());
             b.extend_from_slice(&(parts.len() as i32).to_be_bytes());
             for p in parts {
-                b.extend_from_slice(&(p as i32).to_be_bytes());
+                b.extend_from_slice(&p.to_be_bytes());
             }
         }
         b.extend_from_slice(&(-1i32).to_be_bytes());
