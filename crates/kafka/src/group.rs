@@ -91,6 +91,9 @@ impl<S: Store> GroupContext<S> {
     /// the previous owners), drops every other shard, restores, reloads.
     fn take_over(&self, shards: &BTreeSet<ShardId>) -> Result<(), Error> {
         self.changelog().own(shards)?;
+        // Registry records read since the last commit: the reload below
+        // would drop them, and their topic is not read again.
+        lock(&self.engine).commit_logged(Some(&mut *self.changelog()))?;
         lock(&self.engine).keep_only(shards)?;
         for &shard in shards {
             catch_up(&self.settings, &self.engine, shard, &self.metrics)?;
@@ -124,7 +127,11 @@ impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 let shards: BTreeSet<ShardId> = assigned.iter().map(|(_, p)| *p as ShardId).collect();
                 info!(?shards, "assigned; restoring their state from the changelog where the local one is behind");
-                self.take_over(&shards).map_err(|e| e.to_string()).and_then(|()| {
+                // While the store refuses writes, the stalled loop takes
+                // the partitions over once it recovers.
+                let poisoned = lock(&self.engine).is_poisoned();
+                let taken = if poisoned { Ok(()) } else { self.take_over(&shards) };
+                taken.map_err(|e| e.to_string()).and_then(|()| {
                     let engine = lock(&self.engine);
                     let mut resume = Vec::new();
                     for (topic, p) in &assigned {
