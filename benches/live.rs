@@ -360,12 +360,25 @@ fn scaleout() {
 
     let users = env_or("PULSE_BENCH_RESTORE_USERS", 1_000_000);
     let r = Setup::with_partitions("restore", 1);
-    let out = r
-        .loadgen(&["--users", &users.to_string(), "--events", &(users * 2).to_string()])
-        .args(["--first-fy", &first_fy])
-        .output()
-        .expect("pulse-loadgen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Every user registers and then spends time on a course: one user state
+    // with a course, two remembered ids and a share of org and course totals.
+    let t = Instant::now();
+    let producer = tools::Producer::new(&brokers()).expect("producer");
+    let day = 86_400_000;
+    let start = wall_ms() - 300 * day;
+    let mut line = String::new();
+    for u in 0..users {
+        let (user, org, ts) = (format!("u-{u}"), format!("O_{}", u % 500), start + (u as i64 % 250) * day);
+        for (kind, extra) in [("registration", String::new()), ("progress", format!(r#","course":"do_{}","minutes":25"#, u % 300))] {
+            line.clear();
+            line.push_str(&format!(
+                r#"{{"v":1,"id":"{kind}-{u}","type":"{kind}","ts":{ts},"user":"{user}","org":"{org}"{extra}}}"#
+            ));
+            producer.send(&r.topic("events"), Some(user.as_bytes()), Some(line.as_bytes())).expect("produce");
+        }
+    }
+    producer.flush().expect("flush");
+    println!("restore: {} events over {users} users produced in {:.0}s", users * 2, t.elapsed().as_secs_f64());
     let group = format!("{}.group", r.prefix);
     let mut first = instances(&r, &group, 1);
     r.wait_caught_up(&group, &mut first);

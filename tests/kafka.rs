@@ -182,23 +182,29 @@ impl Case {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("{}: pulse exited with {status} before catching up:\n{}", self.name, self.log());
             }
-            let repartition = format!("{}.repartition", self.group);
-            let behind: Vec<String> = [&self.events, &self.sunbird, &self.ratings, &repartition]
-                .into_iter()
-                .filter(|topic| {
-                    // Unknown ends (a broker just restarted) count as behind.
-                    let high = tools::high_watermarks(&brokers(), topic).unwrap_or_default();
-                    let committed = tools::committed_offsets(&brokers(), &self.group, topic).unwrap_or_default();
-                    high.is_empty() || !high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h))
-                })
-                .cloned()
-                .collect();
+            let behind = self.behind();
             if behind.is_empty() {
                 return;
             }
             assert!(Instant::now() < deadline, "{}: not caught up in 180s on {behind:?}:\n{}", self.name, self.log());
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The input topics (the repartition topic included) whose group
+    /// offsets have not reached their ends.
+    fn behind(&self) -> Vec<String> {
+        let repartition = format!("{}.repartition", self.group);
+        [&self.events, &self.sunbird, &self.ratings, &repartition]
+            .into_iter()
+            .filter(|topic| {
+                // Unknown ends (a broker just restarted) count as behind.
+                let high = tools::high_watermarks(&brokers(), topic).unwrap_or_default();
+                let committed = tools::committed_offsets(&brokers(), &self.group, topic).unwrap_or_default();
+                high.is_empty() || !high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h))
+            })
+            .cloned()
+            .collect()
     }
 
     fn report(&self) -> Value {
@@ -245,14 +251,19 @@ impl Case {
         }
     }
 
-    fn assert_equals_model(&self) {
+    /// The reference model's report of everything produced so far.
+    fn model(&self) -> Value {
         let settings = Settings {
             meeting_minutes: 240,
             time_rules: TimeRules { max_age_ms: 3650 * 86_400_000 },
             ingest_now: wall_clock(),
         };
         let now = pulse_model::time::parse_rfc3339(NOW).unwrap();
-        let expected = pulse_oracle::report(&self.sent, &settings, FY, now);
+        pulse_oracle::report(&self.sent, &settings, FY, now)
+    }
+
+    fn assert_equals_model(&self) {
+        let expected = self.model();
         let actual = self.report();
         if let Some(d) = json_diff(&actual, &expected) {
             panic!("{}: report differs from the reference model: {d}\n{}", self.name, self.log());
@@ -1138,21 +1149,11 @@ fn scale_out_check(case: &Case, instances: &[&Instance], partitions: i32) -> Res
     if owners.len() != partitions as usize {
         return Err(format!("not every partition is owned: {owners:?}"));
     }
-    let repartition = format!("{}.repartition", case.group);
-    for topic in [&case.events, &repartition] {
-        let high = tools::high_watermarks(&brokers(), topic).map_err(|e| e.to_string())?;
-        let committed = tools::committed_offsets(&brokers(), &case.group, topic).unwrap_or_default();
-        if !high.iter().all(|(p, h)| *h == 0 || committed.get(p).is_some_and(|c| c >= h)) {
-            return Err(format!("{topic} not caught up: ends {high:?}, committed {committed:?}"));
-        }
+    let behind = case.behind();
+    if !behind.is_empty() {
+        return Err(format!("not caught up on {behind:?}"));
     }
-    let settings = Settings {
-        meeting_minutes: 240,
-        time_rules: TimeRules { max_age_ms: 3650 * 86_400_000 },
-        ingest_now: wall_clock(),
-    };
-    let now = pulse_model::time::parse_rfc3339(NOW).unwrap();
-    let model = pulse_oracle::report(&case.sent, &settings, FY, now);
+    let model = case.model();
     for (node, expected) in model["nodes"].as_object().unwrap() {
         let mut sum: BTreeMap<&str, f64> = BTreeMap::new();
         let mut rated_stars = 0.0;
