@@ -369,7 +369,9 @@ fn scaleout() {
     let mut line = String::new();
     for u in 0..users {
         let (user, org, ts) = (format!("u-{u}"), format!("O_{}", u % 500), start + (u as i64 % 250) * day);
-        for (kind, extra) in [("registration", String::new()), ("progress", format!(r#","course":"do_{}","minutes":25"#, u % 300))] {
+        for (kind, extra) in
+            [("registration", String::new()), ("progress", format!(r#","course":"do_{}","minutes":25"#, u % 300))]
+        {
             line.clear();
             line.push_str(&format!(
                 r#"{{"v":1,"id":"{kind}-{u}","type":"{kind}","ts":{ts},"user":"{user}","org":"{org}"{extra}}}"#

@@ -1309,3 +1309,29 @@ fn three_instances_share_the_partitions_and_sum_to_the_model_through_joins_a_kil
         stop(&mut child, &case);
     }
 }
+
+/// Input topics with different partition counts cannot share shards: Pulse
+/// refuses to start, naming each topic's count.
+#[test]
+fn input_topics_with_different_partition_counts_are_refused_at_start() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let case = Case::new(2);
+    let odd = format!("test.odd.{}", case.name);
+    tools::create_topic(&brokers(), &odd, 3, false).unwrap();
+    let inputs = format!(
+        r#"[{{ topic = "{}", format = "pulse-v1" }}, {{ topic = "{odd}", format = "pulse-v1" }}]"#,
+        case.events
+    );
+    let mut pulse = case.start_with(&[("PULSE_KAFKA__INPUTS", inputs)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = pulse.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "pulse kept running with mismatched partition counts");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = case.log();
+    assert!(log.contains("the same partition count") && log.contains(&format!("\"{odd}\": 3")), "{log}");
+}
