@@ -131,12 +131,20 @@ impl Changelog {
         self.forwards.clear();
     }
 
-    /// One shard's transaction: its changes and its forwards, all or none.
-    fn transaction(&self, shard: ShardId, changes: &[Change], forwards: &[Forward]) -> Result<i64, StoreError> {
+    fn producer(&self, shard: ShardId) -> Result<&BaseProducer<Delivered>, StoreError> {
+        self.producers.get(&shard).ok_or_else(|| {
+            StoreError::new(
+                format!("failed to write changelog partition {shard}"),
+                "this instance does not own the partition now (a rebalance took it)",
+            )
+        })
+    }
+
+    /// Opens a shard's transaction and hands it the shard's changes and
+    /// forwards (not yet acknowledged).
+    fn begin(&self, shard: ShardId, changes: &[Change], forwards: &[Forward]) -> Result<(), StoreError> {
         let what = format!("failed to write changelog partition {shard}");
-        let producer = self.producers.get(&shard).ok_or_else(|| {
-            StoreError::new(what.clone(), "this instance does not own the partition now (a rebalance took it)")
-        })?;
+        let producer = self.producer(shard)?;
         producer.begin_transaction().map_err(store_err(what.clone()))?;
         let s = &self.settings;
         for c in changes {
@@ -155,6 +163,14 @@ impl Changelog {
                 .headers(headers);
             send(producer, record).map_err(store_err(what.clone()))?;
         }
+        Ok(())
+    }
+
+    /// Waits for a begun transaction's acknowledgements and commits it;
+    /// returns the changelog offset after its records.
+    fn finish(&self, shard: ShardId) -> Result<i64, StoreError> {
+        let what = format!("failed to write changelog partition {shard}");
+        let producer = self.producer(shard)?;
         producer.flush(TRANSACTION_TIMEOUT).map_err(store_err(what.clone()))?;
         if let Some(e) = producer.context().refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(StoreError::new(what, e));
@@ -181,28 +197,44 @@ fn send<'a>(producer: &BaseProducer<Delivered>, mut record: BaseRecord<'a, [u8],
 }
 
 impl ChangeLog for Changelog {
+    /// Every shard's transaction is opened and filled before the first is
+    /// committed, so their acknowledgements are awaited together rather
+    /// than one shard after another.
     fn write(&mut self, changes: BTreeMap<ShardId, Vec<Change>>) -> Result<Vec<(ShardId, i64)>, StoreError> {
-        let mut positions = Vec::with_capacity(changes.len());
         // Every forward moved its source partition's offset, so its shard
         // has changes: the loop below covers every forward.
         let mut forwards = std::mem::take(&mut self.forwards);
-        for (shard, records) in changes {
-            let f = forwards.remove(&shard).unwrap_or_default();
-            match self.transaction(shard, &records, &f) {
-                Ok(next) => positions.push((shard, next)),
-                Err(e) => {
-                    if let Some(p) = self.producers.get(&shard) {
-                        if p.abort_transaction(TRANSACTION_TIMEOUT).is_err() {
-                            // Fenced or fatal: this producer is done; the
-                            // next assignment (or recovery) makes another.
-                            self.producers.remove(&shard);
-                        }
+        let mut open = Vec::with_capacity(changes.len());
+        let mut outcome = Ok(Vec::with_capacity(changes.len()));
+        for (shard, records) in &changes {
+            open.push(*shard);
+            if let Err(e) = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default()) {
+                outcome = Err(e);
+                break;
+            }
+        }
+        if let Ok(positions) = &mut outcome {
+            while let Some(&shard) = open.first() {
+                match self.finish(shard) {
+                    Ok(next) => positions.push((shard, next)),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
                     }
-                    return Err(e);
+                }
+                open.remove(0);
+            }
+        }
+        if outcome.is_err() {
+            for shard in open {
+                if self.producers.get(&shard).is_some_and(|p| p.abort_transaction(TRANSACTION_TIMEOUT).is_err()) {
+                    // Fenced or fatal: this producer is done; the next
+                    // assignment (or recovery) makes another.
+                    self.producers.remove(&shard);
                 }
             }
         }
-        Ok(positions)
+        outcome
     }
 }
 
