@@ -7,8 +7,10 @@
 //!
 //! State is split in two:
 //! - per-user state ([`UserState`]) and dedup ids live in a [`Store`], grouped in
-//!   shards by a hash of the user id: a user's state and everything derived from
-//!   it (the user's share of every org and course total) live in one shard;
+//!   shards by the Kafka partition of the user id (Java's murmur2): a user's
+//!   state and everything derived from it (the user's share of every org and
+//!   course total) live in one shard, which can move between instances
+//!   through its changelog records ([`changes`], [`restore_into`]);
 //! - per-org and per-course totals of each shard, the registry and the targets
 //!   are small (O(orgs + courses)) and held in memory, so rendering every
 //!   node's KPIs costs time proportional to the number of orgs, not users.

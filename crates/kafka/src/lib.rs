@@ -6,8 +6,11 @@
 //! go), the readers of the org registry and targets topics (all partitions,
 //! from the beginning, no group), the dead-letter producer (a partition's
 //! offset passes a dead letter only once the broker acknowledged it), and the
-//! advisory group commits that let lag tools see progress. [`tools`] has the
-//! small admin and produce helpers that tests and the load generator use.
+//! advisory group commits that let lag tools see progress; and scale-out:
+//! the changelog (one transactional producer per owned shard), restoring a
+//! shard on assignment, the repartition topic for events off their user's
+//! partition, and who owns which partition ([`Ownership`]). [`tools`] has
+//! the small admin and produce helpers that tests and the load generator use.
 //!
 //! `rdkafka::` appears in this crate only. It must not depend on RocksDB or
 //! HTTP: it sees the engine through `pulse_engine::Store`.
