@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use pulse_engine::{Engine, EngineConfig};
-use pulse_http::{router, AppState, Exposition, SnapshotCell};
+use pulse_http::{router, AppState, Exposition, Lookup, SnapshotCell, UserLookup};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::Millis;
 use pulse_store::{RocksStore, StoreMetrics};
@@ -332,4 +332,32 @@ async fn fy_families_cover_the_configured_number_of_latest_years() {
     // Older years stay in the API.
     let (_, old) = api.json("/api/v1/nodes/national?fy=2024-25", &[]).await;
     assert_eq!(old["nodes"]["national"]["enrolments_fy"], 1);
+}
+
+/// Where another instance says a user lives.
+struct Away(Lookup);
+
+impl UserLookup for Away {
+    fn user(&self, _: &str) -> Result<Lookup, String> {
+        Ok(self.0.clone())
+    }
+}
+
+#[tokio::test]
+async fn a_user_another_instance_owns_is_redirected_there_and_an_unowned_one_is_retried() {
+    let data = replayed();
+    let mut api = Api::open(data.path(), Ok(()));
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [(header::AUTHORIZATION, bearer.as_str())];
+    Arc::get_mut(&mut api.state).unwrap().users = Arc::new(Away(Lookup::Elsewhere("10.0.0.7:9464".into())));
+    let req = Request::get("/api/v1/users/u%202?fy=2025-26").header(header::AUTHORIZATION, &bearer);
+    let resp = router(Arc::clone(&api.state)).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = resp.headers().get(header::LOCATION).unwrap().to_str().unwrap();
+    assert_eq!(location, "http://10.0.0.7:9464/api/v1/users/u%202?fy=2025-26", "the same request, on the owner");
+
+    Arc::get_mut(&mut api.state).unwrap().users = Arc::new(Away(Lookup::Unowned));
+    let (status, body) = api.json("/api/v1/users/u2", &auth).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"].as_str().unwrap().contains("retry"), "{body}");
 }
