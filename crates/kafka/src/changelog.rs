@@ -256,6 +256,8 @@ pub(crate) fn catch_up<S: Store>(
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
+        // Never skip ahead: a start below the log's would read from its start.
+        .set("auto.offset.reset", "earliest")
         .create()
         .map_err(kafka_err("failed to create the changelog reader"))?;
     let topic = &settings.changelog_topic;
