@@ -128,7 +128,11 @@ impl Setup {
         loop {
             std::thread::sleep(Duration::from_millis(200));
             for c in children.iter_mut() {
-                assert!(c.try_wait().expect("status").is_none(), "pulse run exited during the catch-up");
+                if let Some(status) = c.try_wait().expect("status") {
+                    let log = std::fs::read_to_string(self.dir.path().join("pulse.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                    panic!("pulse run exited ({status}) during the catch-up; its log ends:\n{}", tail.join("\n"));
+                }
             }
             let done = topics.iter().all(|topic| {
                 let high = tools::high_watermarks(&brokers(), topic).unwrap_or_default();

@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::{client_config, kafka_err, Error};
@@ -26,37 +27,46 @@ fn config(brokers: &str) -> rdkafka::ClientConfig {
 
 type Admin = AdminClient<rdkafka::client::DefaultClientContext>;
 
-/// Runs one admin request on a new client and checks every topic's result;
-/// `verb` names the request in errors ("create", "delete").
+/// Runs one admin request on a new client and checks every topic's result
+/// (`fine`: an error code that counts as success); `verb` names the request
+/// in errors ("create", "delete").
 fn admin_request<F: std::future::Future<Output = rdkafka::error::KafkaResult<Vec<rdkafka::admin::TopicResult>>>>(
     client: rdkafka::ClientConfig,
     name: &str,
     verb: &str,
+    fine: Option<RDKafkaErrorCode>,
     request: impl FnOnce(&Admin) -> F,
 ) -> Result<(), Error> {
     let admin: Admin = client.create().map_err(kafka_err("failed to create an admin client"))?;
     let results =
         futures_executor::block_on(request(&admin)).map_err(kafka_err(format!("failed to {verb} topic `{name}`")))?;
     for r in results {
-        r.map_err(|(t, code)| Error::Setup(format!("failed to {verb} topic `{t}`: {code}")))?;
+        match r {
+            Err((_, code)) if Some(code) == fine => {}
+            r => r.map(drop).map_err(|(t, code)| Error::Setup(format!("failed to {verb} topic `{t}`: {code}")))?,
+        }
     }
     Ok(())
 }
 
 /// Creates a topic (replication factor 1); `compacted` for registry topics.
 pub fn create_topic(brokers: &str, name: &str, partitions: i32, compacted: bool) -> Result<(), Error> {
-    create(config(brokers), name, partitions, TopicReplication::Fixed(1), compacted)
+    create(config(brokers), name, partitions, TopicReplication::Fixed(1), compacted, None)
 }
 
 /// Creates one of Pulse's own topics with the broker's default replication
 /// factor (`default.replication.factor`), with the client settings of Pulse.
+/// Instances starting together race to create it, with the same partition
+/// count: one that finds it created meanwhile goes on.
 pub(crate) fn create_internal_topic(
     s: &crate::Settings,
     name: &str,
     partitions: i32,
     compacted: bool,
 ) -> Result<(), Error> {
-    create(client_config(&s.brokers, &s.options), name, partitions, TopicReplication::Fixed(-1), compacted)
+    let client = client_config(&s.brokers, &s.options);
+    let exists = Some(RDKafkaErrorCode::TopicAlreadyExists);
+    create(client, name, partitions, TopicReplication::Fixed(-1), compacted, exists)
 }
 
 fn create(
@@ -65,17 +75,18 @@ fn create(
     partitions: i32,
     replication: TopicReplication<'_>,
     compacted: bool,
+    fine: Option<RDKafkaErrorCode>,
 ) -> Result<(), Error> {
     let mut topic = NewTopic::new(name, partitions, replication);
     if compacted {
         topic = topic.set("cleanup.policy", "compact");
     }
-    admin_request(client, name, "create", |admin| admin.create_topics([&topic], &AdminOptions::new()))
+    admin_request(client, name, "create", fine, |admin| admin.create_topics([&topic], &AdminOptions::new()))
 }
 
 /// Deletes a topic (tests of a topic deleted under a running Pulse).
 pub fn delete_topic(brokers: &str, name: &str) -> Result<(), Error> {
-    admin_request(config(brokers), name, "delete", |admin| admin.delete_topics(&[name], &AdminOptions::new()))
+    admin_request(config(brokers), name, "delete", None, |admin| admin.delete_topics(&[name], &AdminOptions::new()))
 }
 
 /// A producer for tools and tests: keys pick partitions as Kafka's Java
@@ -120,7 +131,7 @@ impl Producer {
                     self.inner.poll(Duration::ZERO);
                     return Ok(());
                 }
-                Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                Err((e, back)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     self.inner.poll(Duration::from_millis(50));
                     record = back;
                 }
