@@ -391,8 +391,10 @@ fn scaleout() {
     stop_all(first);
     let t = Instant::now();
     let http = format!("127.0.0.1:{}", free_port());
+    // The same static member id, on an empty state directory: as a pod
+    // rescheduled onto a new volume, it takes the partition over at once.
     let second = r.start_with(&[
-        ("PULSE_KAFKA__INSTANCE_ID", format!("{group}.restorer")),
+        ("PULSE_KAFKA__INSTANCE_ID", format!("{group}.0")),
         ("PULSE_STORE__DATA_DIR", r.dir.path().join("restored").display().to_string()),
         ("PULSE_HTTP__LISTEN", http.clone()),
     ]);
