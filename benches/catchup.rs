@@ -98,7 +98,7 @@ fn main() {
         repartition_topic: format!("{group}.repartition"),
         advertise: "127.0.0.1:9464".into(),
         session_timeout: Duration::from_secs(45),
-        commit_interval: Duration::from_millis(100),
+        commit_interval: Duration::from_millis(env("PULSE_BENCH_COMMIT_MS", 100)),
         commit_messages: 20_000,
         instance_id: None,
         options: Default::default(),

@@ -1094,6 +1094,16 @@ impl Instance {
     }
 }
 
+/// A failed test must not leave its instances running.
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A GET with the user endpoints' token: status, `Location`, body.
 fn get_user(addr: &str, user: &str) -> (u16, Option<String>, String) {
     use std::io::Write;

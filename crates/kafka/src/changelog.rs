@@ -197,44 +197,52 @@ fn send<'a>(producer: &BaseProducer<Delivered>, mut record: BaseRecord<'a, [u8],
 }
 
 impl ChangeLog for Changelog {
-    /// Every shard's transaction is opened and filled before the first is
-    /// committed, so their acknowledgements are awaited together rather
-    /// than one shard after another.
+    /// Every shard's transaction is opened and filled first; then all are
+    /// committed at once, one thread each: a commit waits for the broker to
+    /// write its markers, and one shard after another would add those waits up.
     fn write(&mut self, changes: BTreeMap<ShardId, Vec<Change>>) -> Result<Vec<(ShardId, i64)>, StoreError> {
         // Every forward moved its source partition's offset, so its shard
         // has changes: the loop below covers every forward.
         let mut forwards = std::mem::take(&mut self.forwards);
-        let mut open = Vec::with_capacity(changes.len());
-        let mut outcome = Ok(Vec::with_capacity(changes.len()));
+        let mut begun = Ok(());
         for (shard, records) in &changes {
-            open.push(*shard);
-            if let Err(e) = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default()) {
-                outcome = Err(e);
+            begun = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default());
+            if begun.is_err() {
                 break;
             }
         }
-        if let Ok(positions) = &mut outcome {
-            while let Some(&shard) = open.first() {
-                match self.finish(shard) {
-                    Ok(next) => positions.push((shard, next)),
-                    Err(e) => {
-                        outcome = Err(e);
-                        break;
+        let finished: Vec<(ShardId, Result<i64, StoreError>)> = match begun {
+            Err(e) => changes.keys().map(|&s| (s, Err(StoreError::new("not committed", e.to_string())))).collect(),
+            Ok(()) => std::thread::scope(|scope| {
+                let this = &*self;
+                let running: Vec<_> =
+                    changes.keys().map(|&shard| (shard, scope.spawn(move || this.finish(shard)))).collect();
+                running
+                    .into_iter()
+                    .map(|(shard, t)| {
+                        let outcome =
+                            t.join().unwrap_or_else(|_| Err(StoreError::new("commit", "a commit thread panicked")));
+                        (shard, outcome)
+                    })
+                    .collect()
+            }),
+        };
+        let mut positions = Vec::with_capacity(finished.len());
+        let mut failed = None;
+        for (shard, outcome) in finished {
+            match outcome {
+                Ok(next) => positions.push((shard, next)),
+                Err(e) => {
+                    if self.producers.get(&shard).is_some_and(|p| p.abort_transaction(TRANSACTION_TIMEOUT).is_err()) {
+                        // Fenced or fatal: this producer is done; the next
+                        // assignment (or recovery) makes another.
+                        self.producers.remove(&shard);
                     }
-                }
-                open.remove(0);
-            }
-        }
-        if outcome.is_err() {
-            for shard in open {
-                if self.producers.get(&shard).is_some_and(|p| p.abort_transaction(TRANSACTION_TIMEOUT).is_err()) {
-                    // Fenced or fatal: this producer is done; the next
-                    // assignment (or recovery) makes another.
-                    self.producers.remove(&shard);
+                    failed.get_or_insert(e);
                 }
             }
         }
-        outcome
+        failed.map_or(Ok(positions), Err)
     }
 }
 
