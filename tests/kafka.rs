@@ -1068,11 +1068,16 @@ impl Instance {
     }
 
     fn start(&mut self, case: &Case) {
-        self.child = Some(case.start_with(&[
+        self.start_with(case, &[]);
+    }
+
+    fn start_with(&mut self, case: &Case, extra: &[(&str, String)]) {
+        let own = [
             ("PULSE_STORE__DATA_DIR", self.data.display().to_string()),
             ("PULSE_HTTP__LISTEN", self.http.clone()),
             ("PULSE_HTTP__TOKEN", "scale-out".to_owned()),
-        ]));
+        ];
+        self.child = Some(case.start_with(&[own.as_slice(), extra].concat()));
     }
 
     fn kill_9(&mut self) {
@@ -1344,4 +1349,68 @@ fn input_topics_with_different_partition_counts_are_refused_at_start() {
     assert!(!status.success());
     let log = case.log();
     assert!(log.contains("the same partition count") && log.contains(&format!("\"{odd}\": 3")), "{log}");
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success());
+}
+
+/// A zombie: an instance paused (SIGSTOP) past its session timeout while
+/// events flow. The group gives its partitions to the other, whose take-over
+/// fences it. Resumed (SIGCONT), its writes for those partitions are refused,
+/// so nothing it held uncommitted counts; it rejoins, and the sums over
+/// instances equal the model again.
+#[test]
+fn a_paused_instance_is_fenced_when_it_resumes_and_nothing_counts_twice() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    const PARTITIONS: i32 = 4;
+    let mut case = Case::new(PARTITIONS);
+    let (orgs, events) = history(31, 6_000);
+    case.produce_orgs(&orgs);
+    case.produce_targets(&target_records());
+    let chunks: Vec<Vec<Kv>> = events.chunks(events.len() / 3 + 1).map(<[Kv]>::to_vec).collect();
+    let (mut a, mut b) = (Instance::new(&case, "a"), Instance::new(&case, "b"));
+    case.produce_events(&chunks[0]);
+    a.start(&case);
+    // Commits seldom, so that it is paused holding applied, uncommitted state.
+    b.start_with(&case, &[("PULSE_KAFKA__COMMIT_INTERVAL", "3s".to_owned())]);
+    scale_out_settles(&case, &mut [&mut a, &mut b], PARTITIONS);
+
+    // Where `b` stands, committed or not (its positions include what it
+    // applied since its last commit).
+    let applied = |i: &Instance| -> i64 {
+        let (_, metrics) = http_get(&i.http, "/metrics").unwrap();
+        let lines = metrics.lines().filter(|l| l.starts_with("pulse_kafka_partition_next_offset{"));
+        lines.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as i64
+    };
+    let before = applied(&b);
+    let topic = case.events.clone();
+    let producing = {
+        let chunk = chunks[1].clone();
+        std::thread::spawn(move || tools::produce(&brokers(), &topic, &chunk).unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while applied(&b) == before {
+        assert!(Instant::now() < deadline, "b applied nothing of the second chunk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(b.child.as_ref().unwrap(), "-STOP");
+    producing.join().unwrap();
+    case.sent.extend(
+        chunks[1].iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }),
+    );
+    // The session timeout is 10 s: then `a` owns every partition.
+    scale_out_settles(&case, &mut [&mut a], PARTITIONS);
+
+    signal(b.child.as_ref().unwrap(), "-CONT");
+    case.produce_events(&chunks[2]);
+    scale_out_settles(&case, &mut [&mut a, &mut b], PARTITIONS);
+    // Its writes were refused (fenced): the state it held was dropped.
+    let log = case.log();
+    let refused = log.lines().filter(|l| l.contains("could not be persisted") || l.contains("refused a write"));
+    assert!(refused.count() > 0, "the resumed instance was never refused:\n{log}");
+    for i in [&mut a, &mut b] {
+        let mut child = i.child.take().unwrap();
+        stop(&mut child, &case);
+    }
 }

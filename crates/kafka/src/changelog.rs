@@ -246,6 +246,20 @@ impl ChangeLog for Changelog {
     }
 }
 
+/// The changelog reader's context: reaching the end of the partition is
+/// how a restore knows it is done, not an error to log.
+struct EndIsNoError;
+
+impl ClientContext for EndIsNoError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            warn!(%error, reason, "changelog reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNoError {}
+
 /// Brings the local state of `shard` up to its changelog's end: from the
 /// local changelog offset when it is valid, else (no local state, or one
 /// from another changelog) from the start after dropping the local copy.
@@ -258,7 +272,7 @@ pub(crate) fn catch_up<S: Store>(
     metrics: &IngestMetrics,
 ) -> Result<u64, Error> {
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
-    let consumer: BaseConsumer = client_config(&settings.brokers, &settings.options)
+    let consumer: BaseConsumer<EndIsNoError> = client_config(&settings.brokers, &settings.options)
         .set("group.id", format!("{}.restore", settings.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -266,7 +280,10 @@ pub(crate) fn catch_up<S: Store>(
         .set("enable.partition.eof", "true")
         // Never skip ahead: a start below the log's would read from its start.
         .set("auto.offset.reset", "earliest")
-        .create()
+        // A partition read to its end ends with a commit marker and no
+        // data: do not let the broker wait for more before answering.
+        .set("fetch.wait.max.ms", "10")
+        .create_with_context(EndIsNoError)
         .map_err(kafka_err("failed to create the changelog reader"))?;
     let topic = &settings.changelog_topic;
     let partition = i32::from(shard);

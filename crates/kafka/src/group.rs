@@ -161,9 +161,22 @@ impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
                     self.dead().settle(&AtomicBool::new(false), Some(deadline)).map_err(|e| e.to_string()).and_then(
                         |()| lock(&self.engine).commit_logged(Some(&mut *self.changelog())).map_err(|e| e.to_string()),
                     );
-                info!(ok = persisted.is_ok(), "revoked; state, changelog and offsets persisted first");
+                match persisted {
+                    Ok(()) => info!("revoked; state, changelog and offsets persisted first"),
+                    Err(e) => {
+                        // Fenced by the partitions' next owner (this member
+                        // was paused past its session), or the store refuses
+                        // writes: what was applied since the last commit is
+                        // dropped; the next owner resumes from that commit.
+                        error!(error = %e, "revoked, but the state could not be persisted; dropping what the last commit lacks");
+                        self.changelog().discard_forwards();
+                        if let Err(e) = lock(&self.engine).reload() {
+                            error!(error = %e, "reloading the committed state failed; the next commit retries");
+                        }
+                    }
+                }
                 self.revoked();
-                persisted.and_then(|()| consumer.unassign().map_err(|e| e.to_string()))
+                consumer.unassign().map_err(|e| e.to_string())
             }
             other => {
                 warn!(error = ?other, "rebalance failed; dropping the assignment");
