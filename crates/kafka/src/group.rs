@@ -259,13 +259,16 @@ pub fn run<S: Store + Send + 'static>(
     retry_while_unreachable(stop, || {
         formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
     })?;
-    let shards = crate::changelog::prepare_topics(settings, &consumer)?;
+    // A broker just restarted may know its topics before it leads their partitions.
+    let shards = retry_while_unreachable(stop, || crate::changelog::prepare_topics(settings, &consumer))?;
     lock(&cell).adopt_shards(shards)?;
     let mut registry_stats = IngestStats::default();
     let mut counts = IngestCounts::default();
     // Kafka timestamps of the messages applied since the last commit.
     let mut arrivals: Vec<Millis> = Vec::new();
-    let mut registry = read_registry(settings, &consumer, &mut lock(&cell), &mut registry_stats, stop)?;
+    let mut registry = retry_while_unreachable(stop, || {
+        read_registry(settings, &consumer, &mut lock(&cell), &mut registry_stats, stop)
+    })?;
     counts.registry_read();
     publish(&lock(&cell));
     metrics.publish(&counts);
@@ -458,26 +461,33 @@ impl<S: Store + Send + 'static> StalledStore<'_, S> {
                 // Anything still delivered is dropped: the rewind below refetches it.
                 let _ = self.consumer.poll(Duration::from_millis(100));
             }
-            let recovered = lock(self.engine).recover();
-            match recovered {
-                Ok(()) => {
-                    // A failed commit may have reached the changelog of some
-                    // shards and not the store: catch those up before resuming.
-                    let context = self.consumer.context();
-                    context.changelog().discard_forwards();
-                    let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
-                    context.take_over(&assignment.elements().iter().map(|e| e.partition() as ShardId).collect())?;
-                    let mut engine = lock(self.engine);
-                    let registry = read_registry(settings, self.consumer, &mut engine, registry_stats, self.stop)?;
-                    self.rewind(&engine)?;
+            let recovered = lock(self.engine).recover().map_err(Error::from);
+            match recovered.and_then(|()| self.resume(settings, registry_stats)) {
+                Ok(registry) => {
                     info!("the store takes writes again; resumed from the stored offsets");
                     counts.store_recovered();
                     self.metrics.publish(counts);
                     return Ok(registry);
                 }
-                Err(e) => warn!(error = %e, "the store still refuses writes"),
+                // A broker coming back may answer some requests and not
+                // others yet: every step is tried again next round.
+                Err(e) => warn!(error = %e, "the store or the changelog still refuses writes; retrying"),
             }
         }
+    }
+
+    /// Once the store takes writes: catches the assigned shards up with
+    /// their changelogs (a failed commit may have reached some of them and
+    /// not the store), re-reads the registry, rewinds every partition.
+    fn resume(&self, settings: &Settings, registry_stats: &mut IngestStats) -> Result<RegistryReader, Error> {
+        let context = self.consumer.context();
+        context.changelog().discard_forwards();
+        let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
+        context.take_over(&assignment.elements().iter().map(|e| e.partition() as ShardId).collect())?;
+        let mut engine = lock(self.engine);
+        let registry = read_registry(settings, self.consumer, &mut engine, registry_stats, self.stop)?;
+        self.rewind(&engine)?;
+        Ok(registry)
     }
 
     /// Seeks every assigned (paused) partition to its stored offset, then resumes it.
@@ -512,7 +522,7 @@ fn missing_topics<'t>(
 /// Runs `attempt` until it succeeds, retrying with backoff while Kafka is
 /// unreachable (`/readyz` says not ready meanwhile, `/healthz` stays up);
 /// any other error, such as a missing topic, is returned at once.
-fn retry_while_unreachable(stop: &AtomicBool, mut attempt: impl FnMut() -> Result<(), Error>) -> Result<(), Error> {
+fn retry_while_unreachable<T>(stop: &AtomicBool, mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
     let mut backoff = Duration::from_secs(1);
     loop {
         match attempt() {

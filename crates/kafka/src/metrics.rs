@@ -139,8 +139,8 @@ impl IngestCounts {
     pub fn readiness(&self, max_lag: i64) -> Result<(), String> {
         if let Some(e) = &self.store_failure {
             return Err(format!(
-                "ingestion stopped: the store refused a commit ({e}); free space under store.data_dir, \
-                 Pulse retries by itself"
+                "ingestion stopped: the store or the changelog refused a commit ({e}); Pulse retries by \
+                 itself (a full disk: free space under store.data_dir; the changelog: the brokers must be reachable)"
             ));
         }
         if let Some(topic) = self.missing_topics.first() {
