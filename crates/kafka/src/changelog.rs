@@ -204,45 +204,47 @@ impl ChangeLog for Changelog {
         // Every forward moved its source partition's offset, so its shard
         // has changes: the loop below covers every forward.
         let mut forwards = std::mem::take(&mut self.forwards);
-        let mut begun = Ok(());
+        let mut begun = Vec::with_capacity(changes.len());
         for (shard, records) in &changes {
-            begun = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default());
-            if begun.is_err() {
-                break;
+            begun.push(*shard);
+            if let Err(e) = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default()) {
+                self.abort(&begun);
+                return Err(e);
             }
         }
-        let finished: Vec<(ShardId, Result<i64, StoreError>)> = match begun {
-            Err(e) => changes.keys().map(|&s| (s, Err(StoreError::new("not committed", e.to_string())))).collect(),
-            Ok(()) => std::thread::scope(|scope| {
-                let this = &*self;
-                let running: Vec<_> =
-                    changes.keys().map(|&shard| (shard, scope.spawn(move || this.finish(shard)))).collect();
-                running
-                    .into_iter()
-                    .map(|(shard, t)| {
-                        let outcome =
-                            t.join().unwrap_or_else(|_| Err(StoreError::new("commit", "a commit thread panicked")));
-                        (shard, outcome)
-                    })
-                    .collect()
-            }),
-        };
+        let finished: Vec<(ShardId, Result<i64, StoreError>)> = std::thread::scope(|scope| {
+            let this = &*self;
+            let running: Vec<_> = begun.iter().map(|&shard| (shard, scope.spawn(move || this.finish(shard)))).collect();
+            let joined = running.into_iter().map(|(shard, t)| {
+                (shard, t.join().unwrap_or_else(|_| Err(StoreError::new("commit", "a commit thread panicked"))))
+            });
+            joined.collect()
+        });
         let mut positions = Vec::with_capacity(finished.len());
         let mut failed = None;
         for (shard, outcome) in finished {
             match outcome {
                 Ok(next) => positions.push((shard, next)),
                 Err(e) => {
-                    if self.producers.get(&shard).is_some_and(|p| p.abort_transaction(TRANSACTION_TIMEOUT).is_err()) {
-                        // Fenced or fatal: this producer is done; the next
-                        // assignment (or recovery) makes another.
-                        self.producers.remove(&shard);
-                    }
+                    self.abort(&[shard]);
                     failed.get_or_insert(e);
                 }
             }
         }
         failed.map_or(Ok(positions), Err)
+    }
+}
+
+impl Changelog {
+    /// Aborts the open transactions of `shards`. A producer that cannot
+    /// abort (fenced, or fatal) is done: the next assignment, or recovery,
+    /// makes another.
+    fn abort(&mut self, shards: &[ShardId]) {
+        for shard in shards {
+            if self.producers.get(shard).is_some_and(|p| p.abort_transaction(TRANSACTION_TIMEOUT).is_err()) {
+                self.producers.remove(shard);
+            }
+        }
     }
 }
 

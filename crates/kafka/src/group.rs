@@ -297,26 +297,23 @@ pub fn run<S: Store + Send + 'static>(
                     continue;
                 }
                 let now = clock();
-                let format = formats.get(topic).copied().ok_or(()).or_else(|()| repartitioned_format(&msg));
-                let outcome = match &format {
-                    Err(rejection) => Ok(Some(Disposition::Dead(rejection.clone()))),
-                    &Ok(format) => match engine.accept(format, msg.payload().unwrap_or_default(), now) {
-                        Err(disposition) => Ok(Some(disposition)),
-                        Ok(ev) => match engine.shard_of(&ev.user) {
-                            shard if i32::from(shard) == partition => engine.apply(&ev).map(Some),
-                            shard => {
-                                // Not this user's partition: forwarded in this
-                                // partition's next transaction, with its offset.
-                                engine.forwarded(&ev);
-                                let value = msg.payload().unwrap_or_default().to_vec();
-                                let forward =
-                                    Forward { user: ev.user.to_string(), to: i32::from(shard), format, value };
-                                consumer.context().changelog().forward(partition as ShardId, forward);
-                                counts.forwarded(topic, format);
-                                Ok(None)
-                            }
-                        },
-                    },
+                // The repartition topic carries each message's format in a header.
+                let format = formats.get(topic).copied().map_or_else(|| repartitioned_format(&msg), Ok);
+                let label = *format.as_ref().unwrap_or(&InputFormat::PulseV1);
+                let payload = msg.payload().unwrap_or_default();
+                let outcome = match format.map_err(Disposition::Dead).and_then(|f| engine.accept(f, payload, now)) {
+                    Err(disposition) => Ok(Some(disposition)),
+                    Ok(ev) if i32::from(engine.shard_of(&ev.user)) == partition => engine.apply(&ev).map(Some),
+                    Ok(ev) => {
+                        // Not this user's partition: forwarded in this
+                        // partition's next transaction, with its offset.
+                        engine.forwarded(&ev);
+                        let to = i32::from(engine.shard_of(&ev.user));
+                        let forward = Forward { user: ev.user.to_string(), to, format: label, value: payload.to_vec() };
+                        consumer.context().changelog().forward(partition as ShardId, forward);
+                        counts.forwarded(topic, label);
+                        Ok(None)
+                    }
                 };
                 match outcome {
                     Err(e) => failed = Some(e.into()),
@@ -326,7 +323,7 @@ pub fn run<S: Store + Send + 'static>(
                                 let source = Source { topic, partition, offset };
                                 consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
                             }
-                            counts.message(topic, format.as_ref().map_or(InputFormat::PulseV1, |f| *f), disposition);
+                            counts.message(topic, label, disposition);
                         }
                         arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
                         // `offset` is applied: the next one to read is `offset + 1`.
