@@ -98,9 +98,11 @@ fn main() {
         repartition_topic: format!("{group}.repartition"),
         advertise: "127.0.0.1:9464".into(),
         session_timeout: Duration::from_secs(45),
+        max_poll_interval: Duration::from_secs(300),
         commit_interval: Duration::from_millis(env("PULSE_BENCH_COMMIT_MS", 100)),
         commit_messages: 20_000,
         instance_id: None,
+        shards: None,
         options: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -245,6 +245,7 @@ async fn metrics_carry_every_kpi_of_every_node_as_the_report_says() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(feature = "services"), ignore = "needs promtool: scripts/test runs it (--features services)")]
 async fn openmetrics_when_asked_and_promtool_finds_nothing_to_lint() {
     let data = replayed();
     let api = Api::open(data.path(), Ok(()));

@@ -111,6 +111,7 @@ fn assert_cells_match(cells: &BTreeMap<String, Value>, org: &str, kpis: &Value) 
 }
 
 #[test]
+#[cfg_attr(not(feature = "services"), ignore = "needs Chromium: scripts/test runs it (--features services)")]
 fn the_page_shows_the_api_numbers_and_drills_down() {
     let dir = tempfile::tempdir().unwrap();
     let (mut serve, addr) = serve_scenario(dir.path());

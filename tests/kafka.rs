@@ -93,7 +93,6 @@ impl Case {
             session_timeout = "10s"
             [store]
             data_dir = "{data}"
-            shards = 4
             [engine]
             max_age = "3650d"
             # The reference models remember every id. Forgetting ids past the
@@ -1413,4 +1412,173 @@ fn a_paused_instance_is_fenced_when_it_resumes_and_nothing_counts_twice() {
         let mut child = i.child.take().unwrap();
         stop(&mut child, &case);
     }
+}
+
+/// The directory `scripts/kafka` keeps the broker's data, pid and TLS files in.
+fn broker_data() -> PathBuf {
+    let cache = std::env::var("PULSE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/pulse"));
+    let port = std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into());
+    cache.join(format!("kafka-data-{port}"))
+}
+
+/// The broker's process, signalled directly (SIGSTOP freezes it: it holds
+/// every connection open and answers nothing, as a hung broker does).
+fn broker_signal(sig: &str) {
+    let pid = std::fs::read_to_string(broker_data().join("kafka.pid")).unwrap();
+    assert!(Command::new("kill").args([sig, pid.trim()]).status().unwrap().success());
+}
+
+/// A number from a /metrics body.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The broker frozen (SIGSTOP) while Pulse commits in the middle of a
+/// catch-up: user lookups and /metrics keep answering at once from the
+/// last commit, /readyz turns 503 within `http.ready_max_stall` naming the
+/// stuck loop, and what /metrics shows is never ahead of what is persisted.
+/// Thawed (SIGCONT), Pulse goes on; nothing lost, nothing twice.
+#[test]
+fn a_frozen_broker_blocks_no_reader_and_readiness_reports_the_stuck_loop() {
+    let _broker = BROKER.write().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(2);
+    let (orgs, events) = history(41, 100_000);
+    case.produce_orgs(&orgs);
+    case.produce_events(&events);
+    let overrides = [("PULSE_HTTP__READY_MAX_STALL", "3s".to_owned()), ("PULSE_HTTP__TOKEN", "scale-out".to_owned())];
+    let mut pulse = case.start_with(&overrides);
+    // Frozen as soon as it has applied something: far from the end, with a
+    // commit due every 50 ms.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let applied = http_get(&case.http, "/metrics").ok().map_or(0.0, |(_, m)| {
+            m.lines()
+                .filter(|l| l.starts_with("pulse_kafka_partition_next_offset{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        });
+        if applied > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing applied in 120s:\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker_signal("-STOP");
+    let frozen = Instant::now();
+    let thaw = scopeguard(|| broker_signal("-CONT"));
+    let user = match &events[0].0 {
+        Some(k) => String::from_utf8(k.clone()).unwrap(),
+        None => panic!("history keys events by user"),
+    };
+    let mut slowest = Duration::ZERO;
+    let reason = loop {
+        let asked = Instant::now();
+        let (status, _, body) = get_user(&case.http, &user);
+        slowest = slowest.max(asked.elapsed());
+        assert!(matches!(status, 200 | 404 | 503), "user lookup while frozen: {status} {body}");
+        let (status, body) = http_get(&case.http, "/readyz").unwrap();
+        if status == 503 && body.contains("no progress") {
+            break body;
+        }
+        assert!(frozen.elapsed() < Duration::from_secs(8), "/readyz did not report the stuck loop: {status} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(slowest < Duration::from_millis(200), "a user lookup took {slowest:?} while the broker was frozen");
+    eprintln!("frozen broker: not ready after {:?} ({reason}); slowest lookup {slowest:?}", frozen.elapsed());
+    // What is shown is persisted: the committed state (read-only, beside
+    // the running Pulse) counts at least as many enrolments.
+    let (_, metrics) = http_get(&case.http, "/metrics").unwrap();
+    let shown = sample(&metrics, "pulse_kpi_enrolments{org=\"national\"}").unwrap_or(0.0);
+    let committed = case.report()["nodes"]["national"]["enrolments"].as_f64().unwrap_or(0.0);
+    assert!(shown <= committed, "/metrics shows {shown} enrolments, the store holds {committed}");
+    drop(thaw);
+    case.wait_caught_up(&mut pulse);
+    wait_for_ok(&case.http, "/readyz", Duration::from_secs(60));
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
+}
+
+/// Runs `f` when dropped, so that a failed assertion still thaws the broker.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// A broker restart that lands while a new instance takes its partitions
+/// over (fencing the previous owner, restoring from the changelog into an
+/// empty state directory): the take-over fails or waits, Pulse does not
+/// exit, and once the broker is back it takes over again and catches up;
+/// the state it restored and built equals the reference model.
+#[test]
+fn a_broker_restart_during_a_take_over_is_waited_out() {
+    let _broker = BROKER.write().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(4);
+    let (orgs, events) = history(43, 40_000);
+    case.produce_orgs(&orgs);
+    let (first, second) = events.split_at(events.len() / 2);
+    case.produce_events(first);
+    let mut a = Instance::new(&case, "a");
+    a.start(&case);
+    scale_out_settles(&case, &mut [&mut a], 4);
+    let mut child = a.child.take().unwrap();
+    stop(&mut child, &case);
+    case.produce_events(second);
+    // A new instance with no local state: it restores every partition.
+    let mut b = Instance::new(&case, "b");
+    let log_before = case.log().len();
+    b.start(&case);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !case.log()[log_before..].contains("assigned; restoring") {
+        assert!(Instant::now() < deadline, "never assigned:\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kafka_script("stop");
+    std::thread::sleep(Duration::from_secs(2));
+    kafka_script("start");
+    let status = b.child.as_mut().unwrap().try_wait().unwrap();
+    assert!(status.is_none(), "pulse exited ({status:?}) when the broker restarted in its take-over:\n{}", case.log());
+    scale_out_settles(&case, &mut [&mut b], 4);
+    let mut child = b.child.take().unwrap();
+    stop(&mut child, &case);
+    case.data.clone_from(&b.data);
+    case.assert_equals_model();
+}
+
+/// Pulse as it connects to a production cluster: SASL_SSL (SCRAM-SHA-512,
+/// the broker's certificate checked against the CA `scripts/kafka` made),
+/// reading an input topic whose producer compresses with zstd. It consumes,
+/// creates its own topics, commits its changelog and group offsets through
+/// that listener, and the state equals the reference model.
+#[test]
+fn sasl_ssl_with_scram_and_a_zstd_input_topic_equal_the_model() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(2);
+    let (orgs, events) = history(47, 4_000);
+    case.produce_orgs(&orgs);
+    tools::produce_compressed(&brokers(), &case.events, &events, "zstd").unwrap();
+    case.sent
+        .extend(events.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }));
+    let port: u16 = std::env::var("KAFKA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9092);
+    let sasl_ssl = std::env::var("KAFKA_SASL_SSL_PORT").unwrap_or_else(|_| (port + 2).to_string());
+    let options = format!(
+        "\n[kafka.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
+         \"sasl.username\" = \"pulse\"\n\"sasl.password\" = \"pulse-secret\"\n\"ssl.ca.location\" = \"{}\"\n",
+        broker_data().join("tls/ca.pem").display()
+    );
+    let mut config = std::fs::read_to_string(&case.config).unwrap();
+    config.push_str(&options);
+    std::fs::write(&case.config, config).unwrap();
+    let mut pulse = case.start_with(&[("PULSE_KAFKA__BROKERS", format!("127.0.0.1:{sasl_ssl}"))]);
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+    case.assert_equals_model();
 }

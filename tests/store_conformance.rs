@@ -201,6 +201,10 @@ mod tmpfs;
 /// store refuses to recover while the disk is full, recovers once space is
 /// freed, and holds exactly the batches committed before the failure.
 #[test]
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs root to mount a tmpfs: scripts/test runs it (--features services)"
+)]
 fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
     let disk = tmpfs::Tmpfs::mount(32);
     let dir = disk.path().join("data");
@@ -245,6 +249,10 @@ fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs root to mount a tmpfs: scripts/test runs it (--features services)"
+)]
 fn a_full_disk_at_start_fails_at_open_saying_so() {
     let disk = tmpfs::Tmpfs::mount(4);
     disk.fill();

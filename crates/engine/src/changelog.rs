@@ -17,6 +17,7 @@ use pulse_model::Millis;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::codec;
 use crate::state::{CourseTotals, Totals};
 use crate::store::{Batch, SeenKey, ShardId, StoreError, StreamPosition};
 
@@ -42,17 +43,13 @@ const COURSE_TOTALS: u8 = b'c';
 const NEWEST: u8 = b'w';
 const FORGET: u8 = b'f';
 const OFFSET: u8 = b'x';
-/// First byte of every value, so the format can evolve.
-const VERSION: u8 = 1;
 
 fn key(kind: u8, text: &[u8]) -> Vec<u8> {
     [&[kind], text].concat()
 }
 
 fn value<T: Serialize>(v: &T) -> Option<Vec<u8>> {
-    let mut out = vec![VERSION];
-    bincode::serialize_into(&mut out, v).expect("plain structs serialize into a Vec");
-    Some(out)
+    Some(codec::encode(v))
 }
 
 fn seen_key(k: &SeenKey) -> Vec<u8> {
@@ -97,13 +94,7 @@ pub fn changes(batch: &Batch) -> BTreeMap<ShardId, Vec<Change>> {
 }
 
 fn decode<T: DeserializeOwned>(value: Option<&[u8]>) -> Result<T, StoreError> {
-    match value.and_then(|v| v.split_first()) {
-        Some((&VERSION, rest)) => bincode::deserialize(rest).map_err(|e| StoreError::new("bad changelog value", e)),
-        other => Err(StoreError::new(
-            "bad changelog value",
-            format!("format {:?} is not {VERSION}; was it written by another Pulse version?", other.map(|o| o.0)),
-        )),
-    }
+    codec::decode("a changelog value", value.unwrap_or_default())
 }
 
 fn text(bytes: &[u8]) -> Result<String, StoreError> {

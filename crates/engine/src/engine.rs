@@ -1,7 +1,7 @@
 //! The engine: applies events and registry records to the state, keeps the
 //! write-back cache of changed users, and commits it to the [`Store`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::{
     parse, parse_org, parse_target, Event, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed, Rejection, TargetRecord,
@@ -10,7 +10,7 @@ use pulse_model::{
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::changelog::{changes, ChangeLog};
+use crate::changelog::{changes, Change, ChangeLog};
 use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
@@ -87,6 +87,19 @@ impl IngestStats {
     }
 }
 
+/// A commit between [`Engine::prepare_commit`] and [`Engine::finish_commit`].
+#[derive(Debug)]
+pub struct PendingCommit {
+    batch: Batch,
+}
+
+impl PendingCommit {
+    /// Its changelog records, by shard.
+    pub fn changes(&self) -> BTreeMap<ShardId, Vec<Change>> {
+        changes(&self.batch)
+    }
+}
+
 /// In-memory state of one shard: its totals (always current) and what changed
 /// since the last commit.
 #[derive(Debug, Default)]
@@ -100,6 +113,9 @@ struct Shard {
     users: FastMap<String, UserState>,
     seen: FastSet<u128>,
     seen_keys: Vec<SeenKey>,
+    /// The forget bound (an hour bucket) last written for this shard:
+    /// the store's range delete is written only when it moves.
+    forgotten_before: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -117,6 +133,9 @@ pub struct Engine<S> {
     /// Partition positions, committed and pending, by (topic, partition).
     offsets: BTreeMap<(String, i32), StreamPosition>,
     pending_offsets: BTreeMap<(String, i32), StreamPosition>,
+    /// Partitions read to their end: nothing older can arrive from them
+    /// before something newer, so they do not hold the watermark back.
+    at_end: BTreeSet<(String, i32)>,
     /// Per shard: the changelog offset after the last record the store holds.
     changelog: BTreeMap<ShardId, i64>,
     /// The time of the last valid event, until `set_next_offset` files it
@@ -144,6 +163,7 @@ impl<S: Store> Engine<S> {
             pending_targets: BTreeMap::new(),
             offsets: BTreeMap::new(),
             pending_offsets: BTreeMap::new(),
+            at_end: BTreeSet::new(),
             changelog: BTreeMap::new(),
             last_event: None,
             uncommitted: 0,
@@ -195,6 +215,13 @@ impl<S: Store> Engine<S> {
     pub fn recover(&mut self) -> Result<(), EngineError> {
         self.store.recover()?;
         self.reload()
+    }
+
+    /// Marks memory as possibly different from the store (taking a
+    /// partition over failed half-way): nothing is applied or committed
+    /// until [`Engine::recover`] reloads it.
+    pub fn invalidate(&mut self) {
+        self.poisoned = true;
     }
 
     /// Whether a store operation failed since the last (re)load: until
@@ -267,7 +294,7 @@ impl<S: Store> Engine<S> {
     /// instance owns): every other shard's state is deleted, so that no
     /// instance holds, or exports, a shard another one owns. Everything
     /// applied must be committed first.
-    pub fn keep_only(&mut self, shards: &std::collections::BTreeSet<ShardId>) -> Result<(), EngineError> {
+    pub fn keep_only(&mut self, shards: &BTreeSet<ShardId>) -> Result<(), EngineError> {
         let drop: Vec<ShardId> = (0..self.shards()).filter(|s| !shards.contains(s)).collect();
         self.restore(Batch { drop_shards: drop, ..Batch::default() })?;
         self.reload()
@@ -327,9 +354,7 @@ impl<S: Store> Engine<S> {
         if shard.seen.contains(&key.hash) || store.is_seen(shard_id, key)? {
             return Ok(Disposition::Duplicate);
         }
-        shard.seen.insert(key.hash);
-        shard.seen_keys.push(key);
-
+        // Read before the id is marked seen: a failed read leaves no trace.
         let (user, is_new) = match shard.users.get_mut(&*ev.user) {
             Some(u) => (u, false),
             None => {
@@ -338,6 +363,9 @@ impl<S: Store> Engine<S> {
                 (shard.users.entry(ev.user.to_string()).or_insert(stored.unwrap_or_default()), is_new)
             }
         };
+        shard.seen.insert(key.hash);
+        shard.seen_keys.push(key);
+
         // The user's share moves: out of the totals it counted in before the
         // event, into those it counts in after (a different org if it moved).
         let before = (!is_new).then(|| (org_keys.id(user.org_key()), user.totals(*meeting_ms)));
@@ -426,7 +454,14 @@ impl<S: Store> Engine<S> {
     /// which may lag far behind the others. `None` outside Kafka (replay).
     fn watermark(&self) -> Option<Millis> {
         let keys = self.offsets.keys().chain(self.pending_offsets.keys().filter(|k| !self.offsets.contains_key(*k)));
-        keys.filter_map(|k| self.position(k)?.newest_event).min()
+        keys.filter(|k| !self.at_end.contains(*k)).filter_map(|k| self.position(k)?.newest_event).min()
+    }
+
+    /// The partitions now read to their end (the caller knows their ends):
+    /// a partition that receives nothing more must not keep every shard's
+    /// ids remembered forever.
+    pub fn set_at_end(&mut self, partitions: BTreeSet<(String, i32)>) {
+        self.at_end = partitions;
     }
 
     /// Forgets the registry and the targets (in memory and, at the next
@@ -454,6 +489,18 @@ impl<S: Store> Engine<S> {
     /// The changelog goes first: a crash between the two leaves the local
     /// state behind the changelog, which the next assignment catches up.
     pub fn commit_logged(&mut self, log: Option<&mut dyn ChangeLog>) -> Result<(), EngineError> {
+        let pending = self.prepare_commit(log.is_some())?;
+        let logged = log.map(|log| log.write(pending.changes()));
+        self.finish_commit(pending, logged)
+    }
+
+    /// The first half of a commit: takes every change since the last commit
+    /// out of memory into a batch. Its changelog records can then be written
+    /// without holding the engine (a reader looking a user up meanwhile sees
+    /// the last commit), and [`Engine::finish_commit`] stores it. Nothing may
+    /// be applied in between. `logged`: the changelog will be written, so
+    /// the ids forgotten now are listed for it.
+    pub fn prepare_commit(&mut self, logged: bool) -> Result<PendingCommit, EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
@@ -476,13 +523,17 @@ impl<S: Store> Engine<S> {
             // An id already past the horizon is not kept (nor logged).
             batch.seen.extend(shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).map(|k| (id, k)));
             shard.seen.clear();
-            batch.forget_before.push((id, forget));
-            if log.is_some() {
-                match self.store.seen_before(id, forget) {
-                    Ok(keys) => batch.forgotten.extend(keys.into_iter().map(|k| (id, k))),
-                    Err(e) => {
-                        self.poisoned = true;
-                        return Err(e.into());
+            // The range delete (and its changelog record) only when the bound moves.
+            if shard.forgotten_before.is_none_or(|f| forget > f) {
+                shard.forgotten_before = Some(forget);
+                batch.forget_before.push((id, forget));
+                if logged {
+                    match self.store.seen_before(id, forget) {
+                        Ok(keys) => batch.forgotten.extend(keys.into_iter().map(|k| (id, k))),
+                        Err(e) => {
+                            self.poisoned = true;
+                            return Err(e.into());
+                        }
                     }
                 }
             }
@@ -492,24 +543,31 @@ impl<S: Store> Engine<S> {
                 .extend(shard.courses.drain_dirty().map(|(k, t)| (id, self.course_keys.name(k).to_owned(), t)));
             batch.max_ts.push((id, shard.max_ts));
         }
-        if let Some(log) = log {
-            match log.write(changes(&batch)) {
-                Ok(positions) => batch.changelog = positions,
-                Err(e) => {
-                    self.poisoned = true;
-                    return Err(e.into());
-                }
-            }
+        // Until it is stored, memory is ahead of the store: a failure
+        // anywhere before then leaves the engine to be recovered.
+        self.poisoned = true;
+        Ok(PendingCommit { batch })
+    }
+
+    /// The second half of a commit: `logged` is the outcome of writing the
+    /// pending commit's changelog records (`None`: no changelog); on success
+    /// the batch goes to the store with the changelog positions.
+    pub fn finish_commit(
+        &mut self,
+        pending: PendingCommit,
+        logged: Option<Result<Vec<(ShardId, i64)>, StoreError>>,
+    ) -> Result<(), EngineError> {
+        let PendingCommit { mut batch } = pending;
+        if let Some(logged) = logged {
+            batch.changelog = logged?;
         }
         let positions = batch.changelog.clone();
-        if let Err(e) = self.store.commit(batch) {
-            self.poisoned = true;
-            return Err(e.into());
-        }
+        self.store.commit(batch)?;
         self.changelog.extend(positions);
         self.offsets.append(&mut self.pending_offsets);
         self.record_meeting_minutes = false;
         self.uncommitted = 0;
+        self.poisoned = false;
         Ok(())
     }
 
@@ -610,6 +668,43 @@ mod tests {
         // The positions carry the newest event time through a restart.
         let engine = Engine::open(engine.into_store(), EngineConfig::default()).unwrap();
         assert_eq!(engine.watermark(), Some(t0 + 8 * day));
+    }
+
+    #[test]
+    fn a_partition_read_to_its_end_does_not_hold_the_ids_of_the_others() {
+        let day = 24 * HOUR_MS;
+        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
+        let t0 = 1_750_000_000_000;
+        let consume = |engine: &mut Engine<MemStore>, partition: i32, offset: i64, id: &str, ts: Millis| {
+            let d = engine.apply(&progress(id, ts)).unwrap();
+            engine.set_next_offset("in", partition, offset + 1);
+            engine.commit().unwrap();
+            d
+        };
+        // Partition 1 received one event, then nothing more; partition 0 moves on.
+        consume(&mut engine, 1, 0, "quiet", t0);
+        consume(&mut engine, 0, 0, "a", t0);
+        consume(&mut engine, 0, 1, "b", t0 + 30 * day);
+        assert_eq!(consume(&mut engine, 0, 2, "a", t0), Disposition::Duplicate, "held back by partition 1");
+        // Partition 1 is at its end: the watermark is partition 0's alone.
+        engine.set_at_end([("in".to_owned(), 1)].into());
+        consume(&mut engine, 0, 3, "c", t0 + 30 * day);
+        assert_eq!(consume(&mut engine, 0, 4, "a", t0), Disposition::Applied);
+    }
+
+    #[test]
+    fn the_forget_range_is_written_only_when_the_bound_moves() {
+        let day = 24 * HOUR_MS;
+        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
+        let t0 = 1_750_000_000_000;
+        let mut bounds = Vec::new();
+        for (i, ts) in [t0, t0 + 1000, t0 + 2000, t0 + 8 * day].into_iter().enumerate() {
+            engine.apply(&progress(&format!("e{i}"), ts)).unwrap();
+            let pending = engine.prepare_commit(false).unwrap();
+            bounds.push(pending.batch.forget_before.len());
+            engine.finish_commit(pending, None).unwrap();
+        }
+        assert_eq!(bounds, [1, 0, 0, 1], "written at the first commit and when it moved");
     }
 
     fn registered(engine: &Engine<impl Store>, node: &str) -> Option<i64> {

@@ -20,6 +20,7 @@
 //! callers pass `now` in.
 
 mod changelog;
+pub mod codec;
 mod engine;
 mod registry;
 mod report;
@@ -29,7 +30,7 @@ mod store;
 mod table;
 
 pub use changelog::{changes, restore_into, Change, ChangeLog};
-pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats};
+pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit};
 pub use registry::Registry;
 pub use report::{CourseKpis, NodeKpis, Report, Snapshot, TargetStatus, UserCourse, UserReport};
 pub use rollup::{NodeView, OrgView};

@@ -17,12 +17,13 @@
 //!   none) to the end, read `read_committed`, before any event is applied.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pulse_engine::{restore_into, Batch, Change, ChangeLog, Engine, EngineError, ShardId, Store, StoreError};
 use pulse_model::InputFormat;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -38,10 +39,14 @@ use crate::{client_config, kafka_err, Error, Settings};
 pub const FORMAT_HEADER: &str = "pulse.format";
 
 /// How long a transaction may take before the broker aborts it.
-const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Restored records written to the store per batch.
 const RESTORE_CHUNK: usize = 20_000;
+
+/// A restore that reads nothing for this long gives up (the brokers are
+/// away); the stalled loop tries the take-over again.
+const RESTORE_STALL: Duration = Duration::from_secs(30);
 
 /// Offsets of the changelog records a producer wrote, and the first refusal.
 struct Delivered {
@@ -84,6 +89,16 @@ pub(crate) struct Changelog {
     producers: BTreeMap<ShardId, BaseProducer<Delivered>>,
     /// By source shard: forwards since the last commit.
     forwards: BTreeMap<ShardId, Vec<Forward>>,
+    /// Partitions of input topics that are not co-partitioned with the
+    /// shards: their forwards since the last commit, and their next
+    /// offsets. No shard holds these offsets: they are committed to the
+    /// consumer group inside the transaction that carries the forwards
+    /// (Kafka's exactly-once v2: the group coordinator refuses them from a
+    /// member of an older generation, so a zombie cannot commit them).
+    carried: Vec<Forward>,
+    carried_offsets: BTreeMap<(String, i32), i64>,
+    /// The group's metadata at the last poll, for those offset commits.
+    group: Option<ConsumerGroupMetadata>,
 }
 
 fn store_err(context: String) -> impl FnOnce(KafkaError) -> StoreError {
@@ -92,7 +107,14 @@ fn store_err(context: String) -> impl FnOnce(KafkaError) -> StoreError {
 
 impl Changelog {
     pub(crate) fn new(settings: &Settings) -> Changelog {
-        Changelog { settings: settings.clone(), producers: BTreeMap::new(), forwards: BTreeMap::new() }
+        Changelog {
+            settings: settings.clone(),
+            producers: BTreeMap::new(),
+            forwards: BTreeMap::new(),
+            carried: Vec::new(),
+            carried_offsets: BTreeMap::new(),
+            group: None,
+        }
     }
 
     /// Takes over the given shards' changelog partitions (fencing any
@@ -121,14 +143,46 @@ impl Changelog {
         Ok(())
     }
 
+    /// Queues a forward for the transaction of shard `from` (its source partition's).
     pub(crate) fn forward(&mut self, from: ShardId, forward: Forward) {
         self.forwards.entry(from).or_default().push(forward);
+    }
+
+    /// A message of a partition not co-partitioned with the shards was
+    /// handled (its event, if valid, forwarded): `next` is the offset to
+    /// commit for its partition.
+    pub(crate) fn carry(&mut self, topic: &str, partition: i32, next: i64, forward: Option<Forward>) {
+        self.carried.extend(forward);
+        self.carried_offsets.insert((topic.to_owned(), partition), next);
+    }
+
+    /// The next offsets of such partitions not committed yet.
+    pub(crate) fn carried_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.carried_offsets.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    /// The group's metadata, for the next commit's offsets.
+    pub(crate) fn set_group(&mut self, group: Option<ConsumerGroupMetadata>) {
+        self.group = group;
     }
 
     /// Drops the forwards of a batch that was never committed (its
     /// messages are consumed again).
     pub(crate) fn discard_forwards(&mut self) {
         self.forwards.clear();
+        self.carried.clear();
+        self.carried_offsets.clear();
+    }
+
+    /// The owned shard whose transaction carries the partitions that are
+    /// not co-partitioned: the lowest (any owned one would do).
+    fn carrier(&self) -> Result<ShardId, StoreError> {
+        self.producers.keys().next().copied().ok_or_else(|| {
+            StoreError::new(
+                "failed to commit the offsets of partitions not co-partitioned with the shards",
+                "this instance owns no shard to carry them (a rebalance is under way)",
+            )
+        })
     }
 
     fn producer(&self, shard: ShardId) -> Result<&BaseProducer<Delivered>, StoreError> {
@@ -141,8 +195,14 @@ impl Changelog {
     }
 
     /// Opens a shard's transaction and hands it the shard's changes and
-    /// forwards (not yet acknowledged).
-    fn begin(&self, shard: ShardId, changes: &[Change], forwards: &[Forward]) -> Result<(), StoreError> {
+    /// forwards (not yet acknowledged), and `offsets` for the group.
+    fn begin(
+        &self,
+        shard: ShardId,
+        changes: &[Change],
+        forwards: &[Forward],
+        offsets: Option<&TopicPartitionList>,
+    ) -> Result<(), StoreError> {
         let what = format!("failed to write changelog partition {shard}");
         let producer = self.producer(shard)?;
         producer.begin_transaction().map_err(store_err(what.clone()))?;
@@ -163,12 +223,17 @@ impl Changelog {
                 .headers(headers);
             send(producer, record).map_err(store_err(what.clone()))?;
         }
+        if let Some(offsets) = offsets {
+            let group = self.group.as_ref().ok_or_else(|| StoreError::new(what.clone(), "not in a consumer group"))?;
+            producer.send_offsets_to_transaction(offsets, group, TRANSACTION_TIMEOUT).map_err(store_err(what))?;
+        }
         Ok(())
     }
 
     /// Waits for a begun transaction's acknowledgements and commits it;
-    /// returns the changelog offset after its records.
-    fn finish(&self, shard: ShardId) -> Result<i64, StoreError> {
+    /// returns the changelog offset after its records (`None` when it held
+    /// none: a carrier of forwards and group offsets only).
+    fn finish(&self, shard: ShardId, records: usize) -> Result<Option<i64>, StoreError> {
         let what = format!("failed to write changelog partition {shard}");
         let producer = self.producer(shard)?;
         producer.flush(TRANSACTION_TIMEOUT).map_err(store_err(what.clone()))?;
@@ -177,8 +242,11 @@ impl Changelog {
         }
         producer.commit_transaction(TRANSACTION_TIMEOUT).map_err(store_err(what.clone()))?;
         let last = producer.context().last.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if records == 0 {
+            return Ok(None);
+        }
         // The stored position is the next offset after this transaction's records.
-        last.map(|l| l + 1).ok_or_else(|| StoreError::new(what, "no changelog record was acknowledged"))
+        last.map(|l| Some(l + 1)).ok_or_else(|| StoreError::new(what, "no changelog record was acknowledged"))
     }
 }
 
@@ -200,21 +268,39 @@ impl ChangeLog for Changelog {
     /// Every shard's transaction is opened and filled first; then all are
     /// committed at once, one thread each: a commit waits for the broker to
     /// write its markers, and one shard after another would add those waits up.
-    fn write(&mut self, changes: BTreeMap<ShardId, Vec<Change>>) -> Result<Vec<(ShardId, i64)>, StoreError> {
+    fn write(&mut self, mut changes: BTreeMap<ShardId, Vec<Change>>) -> Result<Vec<(ShardId, i64)>, StoreError> {
         // Every forward moved its source partition's offset, so its shard
-        // has changes: the loop below covers every forward.
+        // has changes; the carrier may have none of its own.
         let mut forwards = std::mem::take(&mut self.forwards);
+        let carried = std::mem::take(&mut self.carried_offsets);
+        let mut offsets = None;
+        if !carried.is_empty() {
+            let carrier = self.carrier()?;
+            changes.entry(carrier).or_default();
+            forwards.entry(carrier).or_default().append(&mut self.carried);
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), next) in &carried {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                    .map_err(store_err("failed to list the offsets to commit".into()))?;
+            }
+            offsets = Some((carrier, tpl));
+        }
         let mut begun = Vec::with_capacity(changes.len());
         for (shard, records) in &changes {
             begun.push(*shard);
-            if let Err(e) = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default()) {
+            let group_offsets = offsets.as_ref().filter(|(c, _)| c == shard).map(|(_, tpl)| tpl);
+            if let Err(e) = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default(), group_offsets) {
                 self.abort(&begun);
                 return Err(e);
             }
         }
-        let finished: Vec<(ShardId, Result<i64, StoreError>)> = std::thread::scope(|scope| {
+        let finished: Vec<(ShardId, Result<Option<i64>, StoreError>)> = std::thread::scope(|scope| {
             let this = &*self;
-            let running: Vec<_> = begun.iter().map(|&shard| (shard, scope.spawn(move || this.finish(shard)))).collect();
+            let changes = &changes;
+            let running: Vec<_> = begun
+                .iter()
+                .map(|&shard| (shard, scope.spawn(move || this.finish(shard, changes[&shard].len()))))
+                .collect();
             let joined = running.into_iter().map(|(shard, t)| {
                 (shard, t.join().unwrap_or_else(|_| Err(StoreError::new("commit", "a commit thread panicked"))))
             });
@@ -224,7 +310,7 @@ impl ChangeLog for Changelog {
         let mut failed = None;
         for (shard, outcome) in finished {
             match outcome {
-                Ok(next) => positions.push((shard, next)),
+                Ok(next) => positions.extend(next.map(|n| (shard, n))),
                 Err(e) => {
                     self.abort(&[shard]);
                     failed.get_or_insert(e);
@@ -267,11 +353,28 @@ impl rdkafka::consumer::ConsumerContext for EndIsNoError {}
 /// from another changelog) from the start after dropping the local copy.
 /// The shard's changelog producer must be initialized first, so that no
 /// transaction of an earlier owner is still open. Returns the records read.
+/// Gives up when `stop` is set, or when nothing arrives for
+/// [`RESTORE_STALL`]. What was restored so far stays, under the old
+/// changelog position: the next attempt reads those records again, which
+/// is harmless, as every record is a whole value.
 pub(crate) fn catch_up<S: Store>(
     settings: &Settings,
     engine: &Mutex<Engine<S>>,
     shard: ShardId,
     metrics: &IngestMetrics,
+    stop: &AtomicBool,
+) -> Result<u64, Error> {
+    let outcome = restore(settings, engine, shard, metrics, stop);
+    metrics.restored(shard, *outcome.as_ref().unwrap_or(&0));
+    outcome
+}
+
+fn restore<S: Store>(
+    settings: &Settings,
+    engine: &Mutex<Engine<S>>,
+    shard: ShardId,
+    metrics: &IngestMetrics,
+    stop: &AtomicBool,
 ) -> Result<u64, Error> {
     let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
     let consumer: BaseConsumer<EndIsNoError> = client_config(&settings.brokers, &settings.options)
@@ -312,13 +415,25 @@ pub(crate) fn catch_up<S: Store>(
         .map_err(kafka_err("failed to build an assignment"))?;
     consumer.assign(&tpl).map_err(kafka_err("failed to assign the changelog partition"))?;
     let (mut batch, mut in_batch, mut total) = (Batch::default(), 0usize, 0u64);
+    let mut last_read = Instant::now();
     metrics.restoring(shard, high - start);
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Stopped("restoring a partition from the changelog"));
+        }
+        if last_read.elapsed() > RESTORE_STALL {
+            return Err(Error::Timeout(format!(
+                "restoring changelog partition {shard}: nothing read for {}s after {total} records; \
+                 the brokers may be away",
+                RESTORE_STALL.as_secs()
+            )));
+        }
         match consumer.poll(Duration::from_millis(500)) {
             None => {}
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => warn!(error = %e, shard, "reading the changelog; librdkafka retries"),
             Some(Ok(m)) => {
+                last_read = Instant::now();
                 restore_into(&mut batch, shard, m.key().unwrap_or_default(), m.payload()).map_err(EngineError::from)?;
                 (in_batch, total) = (in_batch + 1, total + 1);
                 if in_batch >= RESTORE_CHUNK {
@@ -332,47 +447,70 @@ pub(crate) fn catch_up<S: Store>(
     // Read to the end (`read_committed`: nothing is open on this partition).
     batch.changelog.push((shard, high));
     lock().restore(batch)?;
-    metrics.restored(shard, total);
     info!(shard, records = total, from = start, to = high, elapsed = ?started.elapsed(), "restored from the changelog");
     Ok(total)
 }
 
-/// Checks that the input topics are co-partitioned (the same partition
-/// count, so a user's events of every topic share a partition number) and
-/// creates the changelog (compacted) and repartition topics with that count
-/// when they are missing. Returns the count: the number of shards.
+/// The shard layout: how many shards, and which topics are co-partitioned
+/// with them (as many partitions as shards, so that partition `p` of each
+/// is owned with shard `p`: the group's `range` assignor gives a member the
+/// same partition numbers of every topic of one count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub shards: ShardId,
+    /// The input topics with `shards` partitions, and the repartition topic.
+    pub aligned: BTreeSet<String>,
+}
+
+/// Decides the shard count (`settings.shards`, default the largest input
+/// partition count; never fewer, so that a member given a partition of any
+/// input also owns a shard) and creates the changelog (compacted) and
+/// repartition topics with that count when they are missing.
 pub(crate) fn prepare_topics(
     settings: &Settings,
     consumer: &BaseConsumer<impl rdkafka::consumer::ConsumerContext>,
-) -> Result<ShardId, Error> {
+) -> Result<Layout, Error> {
     let mut counts = BTreeMap::new();
     for (topic, _) in &settings.inputs {
         counts.insert(topic.as_str(), partitions(consumer, topic)?.len());
     }
-    let n = counts.values().copied().max().unwrap_or(1);
-    if counts.values().any(|&c| c != n) {
+    let largest = counts.values().copied().max().unwrap_or(1);
+    let n = settings.shards.map_or(largest, usize::from);
+    if n < largest {
         return Err(Error::Setup(format!(
-            "the input topics must have the same partition count, as a user's events of every topic are \
-             kept by the owner of one partition number; they have {counts:?}: add partitions to the smaller ones"
+            "`store.shards` is {n}, fewer than the input topics' partitions ({counts:?}); it must be at least \
+             {largest}, or be left unset"
         )));
     }
+    let shards = ShardId::try_from(n).map_err(|_| {
+        Error::Setup(format!("{n} shards (the input topics' partitions); Pulse supports at most 65535"))
+    })?;
     for (topic, compacted) in [(&settings.changelog_topic, true), (&settings.repartition_topic, false)] {
         match partitions(consumer, topic) {
             Ok(p) if p.len() == n => {}
             Ok(p) => {
                 return Err(Error::Setup(format!(
-                    "topic `{topic}` has {} partitions but the input topics have {n}; it must have as many \
+                    "topic `{topic}` has {} partitions but Pulse runs {n} shards; it must have as many \
                      (delete it to let Pulse recreate it, which rebuilds the state from the inputs' retained history)",
                     p.len()
                 )))
             }
-            Err(Error::Setup(_)) => {
+            Err(Error::MissingTopic(_)) => {
                 info!(topic, partitions = n, compacted, "creating an internal topic");
                 crate::tools::create_internal_topic(settings, topic, n as i32, compacted)?;
             }
             Err(e) => return Err(e),
         }
     }
-    ShardId::try_from(n)
-        .map_err(|_| Error::Setup(format!("the input topics have {n} partitions; Pulse supports at most 65535")))
+    let mut aligned: BTreeSet<String> =
+        counts.into_iter().filter(|&(_, c)| c == n).map(|(t, _)| t.to_owned()).collect();
+    aligned.insert(settings.repartition_topic.clone());
+    if aligned.len() <= settings.inputs.len() {
+        info!(
+            shards = n,
+            ?aligned,
+            "input topics with another partition count reach their users' shards through the repartition topic"
+        );
+    }
+    Ok(Layout { shards, aligned })
 }

@@ -17,7 +17,11 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 use tracing::warn;
 
+use crate::retry::Backoff;
 use crate::{client_config, kafka_err, Error, Settings};
+
+/// The longest a commit waits for the dead letters' acknowledgements.
+pub(crate) const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Dead-letter header names.
 pub const REASON: &str = "pulse.reason";
@@ -136,10 +140,11 @@ impl DeadLetters {
 
     /// Waits until the broker acknowledged every queued letter, sending
     /// refused ones again with backoff while the broker is away. Gives up
-    /// only when `stop` is set or `deadline` passes: the caller must then not
-    /// commit, and the messages are read again after a restart.
-    pub(crate) fn settle(&mut self, stop: &AtomicBool, deadline: Option<Instant>) -> Result<(), Error> {
-        let mut backoff = Duration::from_millis(100);
+    /// when `deadline` passes, or when `stop` is set and a round did not
+    /// settle them: the caller must then not commit, and the messages are
+    /// read again.
+    pub(crate) fn settle(&mut self, stop: &AtomicBool, deadline: Instant) -> Result<(), Error> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let acks = self.producer.context();
         loop {
             if acks.acked.load(Ordering::Relaxed) == self.pending.len() {
@@ -147,24 +152,26 @@ impl DeadLetters {
                 self.pending.clear();
                 return Ok(());
             }
-            let _ = self.producer.flush(Duration::from_secs(10));
+            let _ = self.producer.flush(deadline.saturating_duration_since(Instant::now()).min(FLUSH_ROUND));
             let failed = std::mem::take(&mut *acks.failed.lock().unwrap_or_else(|p| p.into_inner()));
             if failed.is_empty() && acks.acked.load(Ordering::Relaxed) == self.pending.len() {
                 continue;
             }
-            if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Setup(format!(
+            if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
                     "the dead-letter topic `{}` did not acknowledge {} of {} letters; not committing past them",
                     self.topic,
                     self.pending.len() - acks.acked.load(Ordering::Relaxed),
                     self.pending.len()
                 )));
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            std::thread::sleep(backoff.next_delay().min(deadline.saturating_duration_since(Instant::now())));
             for i in failed {
                 self.produce(i);
             }
         }
     }
 }
+
+/// The longest one round of waiting for acknowledgements takes.
+const FLUSH_ROUND: Duration = Duration::from_secs(10);

@@ -1,5 +1,6 @@
 //! The consumer loop: the consumer group on the input topics, feeding the
-//! engine on this (blocking, dedicated) thread.
+//! engine on this (blocking, dedicated) thread. The rebalance protocol is in
+//! [`crate::rebalance`], the stalled loop in [`crate::stall`].
 //!
 //! Offset protocol, in one place:
 //! - the stored offset of a partition is the *next* offset to consume; it is
@@ -12,33 +13,36 @@
 //!   are released;
 //! - after each store commit, the offsets are also committed to the group,
 //!   asynchronously, only so that lag tools see progress;
-//! - when the store refuses a commit (a full disk), nothing of that batch is
-//!   persisted and no offset moved: the loop pauses every partition, keeps
-//!   the group membership alive, retries, and once the store takes writes
-//!   again reloads the committed state and rewinds each partition to it;
+//! - when a commit is refused (a full disk, the brokers away) or a take-over
+//!   fails, nothing of that batch is persisted and no offset moved: the
+//!   loop stalls ([`crate::stall`]) and resumes from the last commit;
+//! - what is published (the snapshot behind `/metrics` and the API) is
+//!   always committed state: it is built only when nothing is applied
+//!   beyond the last commit;
 //! - scale-out: the unit of state is the partition number (a shard); see
 //!   [`crate::changelog`] for how a shard's state moves with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pulse_engine::{Disposition, Engine, EngineError, IngestStats, ShardId, Store};
+use pulse_engine::{Disposition, Engine, IngestStats, ShardId, Store};
 use pulse_model::{InputFormat, Millis, Reason, Rejection};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::statistics::Statistics;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use crate::changelog::{catch_up, Changelog, Forward, FORMAT_HEADER};
-use crate::dead_letters::{DeadLetters, Source};
+use crate::changelog::{Changelog, Forward, FORMAT_HEADER, TRANSACTION_TIMEOUT};
+use crate::dead_letters::{DeadLetters, Source, DEAD_LETTER_TIMEOUT};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
 use crate::ownership::{client_id, Ownership};
-use crate::registry::{exists, partitions, RegistryReader, METADATA_TIMEOUT};
+use crate::rebalance::{lock, GroupContext};
+use crate::registry::{exists, partitions, RegistryReader};
+use crate::retry::retry_while_transient;
+use crate::stall::Stalled;
 use crate::{client_config, kafka_err, Error, Settings};
 
 /// What the loop did, by message source.
@@ -48,153 +52,15 @@ pub struct RunStats {
     pub registry: IngestStats,
 }
 
-fn lock<S>(engine: &Mutex<Engine<S>>) -> MutexGuard<'_, Engine<S>> {
-    // A panic while holding the lock aborts the loop anyway; the state in
-    // the store is still consistent, so recovering the guard is safe.
-    engine.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Runs the rebalance protocol against the engine that owns the offsets.
-struct GroupContext<S> {
-    engine: Arc<Mutex<Engine<S>>>,
-    /// Whether the group has given this member its partitions (maybe none).
-    assigned: AtomicBool,
-    /// Each partition's end offset, from librdkafka's statistics (no
-    /// broker round trip; refreshed every `STATS_INTERVAL`).
-    ends: Mutex<BTreeMap<(String, i32), i64>>,
-    /// A failure inside a callback, reported by the loop after `poll` returns.
-    failure: Mutex<Option<String>>,
-    /// Dead letters, settled before every commit (the revocation's too).
-    dead: Mutex<DeadLetters>,
-    /// The owned shards' changelog producers, written at every commit.
-    changelog: Mutex<Changelog>,
-    /// Set by an assignment: the ownership view is refreshed.
-    reassigned: AtomicBool,
-    ownership: Arc<Ownership>,
-    metrics: Arc<IngestMetrics>,
-    settings: Settings,
-}
-
-impl<S> GroupContext<S> {
-    fn dead(&self) -> MutexGuard<'_, DeadLetters> {
-        self.dead.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn changelog(&self) -> MutexGuard<'_, Changelog> {
-        self.changelog.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl<S: Store> GroupContext<S> {
-    /// Makes the local state exactly the given shards', each caught up
-    /// with its changelog: takes over their changelog partitions (fencing
-    /// the previous owners), drops every other shard, restores, reloads.
-    fn take_over(&self, shards: &BTreeSet<ShardId>) -> Result<(), Error> {
-        self.changelog().own(shards)?;
-        // Registry records read since the last commit: the reload below
-        // would drop them, and their topic is not read again.
-        lock(&self.engine).commit_logged(Some(&mut *self.changelog()))?;
-        lock(&self.engine).keep_only(shards)?;
-        for &shard in shards {
-            catch_up(&self.settings, &self.engine, shard, &self.metrics)?;
-        }
-        lock(&self.engine).reload()?;
-        self.ownership.set_mine(shards.clone());
-        Ok(())
-    }
-}
-
-impl<S: Store + Send + 'static> ClientContext for GroupContext<S> {
-    fn stats(&self, statistics: Statistics) {
-        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
-        for (topic, t) in &statistics.topics {
-            // Partition -1 is librdkafka's internal "unassigned" queue.
-            for (p, part) in t.partitions.iter().filter(|(p, part)| **p >= 0 && part.hi_offset >= 0) {
-                ends.insert((topic.clone(), *p), part.hi_offset);
-            }
-        }
-    }
-}
+/// The longest the loop waits on the brokers without polling the group:
+/// the dead letters' acknowledgements, then a changelog transaction's
+/// flush and commit. `kafka.max_poll_interval` must exceed it, or the group
+/// would drop this member in the middle of a commit.
+pub const LONGEST_DRAIN: Duration =
+    Duration::from_secs(DEAD_LETTER_TIMEOUT.as_secs() + 2 * TRANSACTION_TIMEOUT.as_secs());
 
 /// How often librdkafka reports partition ends (and so how fresh lag is).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
-
-impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let outcome = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let assigned: Vec<(String, i32)> =
-                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-                let shards: BTreeSet<ShardId> = assigned.iter().map(|(_, p)| *p as ShardId).collect();
-                info!(?shards, "assigned; restoring their state from the changelog where the local one is behind");
-                // While the store refuses writes, the stalled loop takes
-                // the partitions over once it recovers.
-                let poisoned = lock(&self.engine).is_poisoned();
-                let taken = if poisoned { Ok(()) } else { self.take_over(&shards) };
-                taken.map_err(|e| e.to_string()).and_then(|()| {
-                    let engine = lock(&self.engine);
-                    let mut resume = Vec::new();
-                    for (topic, p) in &assigned {
-                        // The stored offset is already the next one to read.
-                        let offset = engine.next_offset(topic, *p).map_or(Offset::Beginning, Offset::Offset);
-                        resume.push(format!("{topic}/{p}@{offset:?}"));
-                        tpl.set_partition_offset(topic, *p, offset).map_err(|e| e.to_string())?;
-                    }
-                    info!(partitions = ?resume, "resuming at the stored offsets");
-                    self.assigned.store(true, Ordering::Relaxed);
-                    self.reassigned.store(true, Ordering::Relaxed);
-                    consumer.assign(tpl).map_err(|e| e.to_string())
-                })
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if lock(&self.engine).is_poisoned() => {
-                // The store refuses writes: what it holds is the last commit,
-                // where the next owner resumes; nothing more can be persisted.
-                info!("revoked while the store refuses writes; the next owner resumes from the last commit");
-                self.changelog().discard_forwards();
-                self.revoked();
-                consumer.unassign().map_err(|e| e.to_string())
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Bounded: the group waits for this member only so long.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let persisted =
-                    self.dead().settle(&AtomicBool::new(false), Some(deadline)).map_err(|e| e.to_string()).and_then(
-                        |()| lock(&self.engine).commit_logged(Some(&mut *self.changelog())).map_err(|e| e.to_string()),
-                    );
-                match persisted {
-                    Ok(()) => info!("revoked; state, changelog and offsets persisted first"),
-                    Err(e) => {
-                        // Fenced by the partitions' next owner (this member
-                        // was paused past its session), or the store refuses
-                        // writes: what was applied since the last commit is
-                        // dropped; the next owner resumes from that commit.
-                        error!(error = %e, "revoked, but the state could not be persisted; dropping what the last commit lacks");
-                        self.changelog().discard_forwards();
-                        if let Err(e) = lock(&self.engine).reload() {
-                            error!(error = %e, "reloading the committed state failed; the next commit retries");
-                        }
-                    }
-                }
-                self.revoked();
-                consumer.unassign().map_err(|e| e.to_string())
-            }
-            other => {
-                warn!(error = ?other, "rebalance failed; dropping the assignment");
-                consumer.unassign().map_err(|e| e.to_string())
-            }
-        };
-        if let Err(e) = outcome {
-            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-        }
-    }
-}
-
-impl<S> GroupContext<S> {
-    fn revoked(&self) {
-        self.assigned.store(false, Ordering::Relaxed);
-        self.ownership.set_mine(BTreeSet::new());
-    }
-}
 
 /// What the loop shares with the rest of the process.
 pub struct Shared<'a, S> {
@@ -219,7 +85,7 @@ impl<S> std::fmt::Debug for Shared<'_, S> {
 pub fn run<S: Store + Send + 'static>(
     settings: &Settings,
     shared: Shared<'_, S>,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     clock: fn() -> Millis,
 ) -> Result<RunStats, Error> {
     let Shared { engine: cell, metrics: shared_metrics, ownership, publish } = shared;
@@ -229,12 +95,15 @@ pub fn run<S: Store + Send + 'static>(
         assigned: AtomicBool::new(false),
         ends: Mutex::new(BTreeMap::new()),
         failure: Mutex::new(None),
+        take_over_failed: Mutex::new(None),
         dead: Mutex::new(DeadLetters::new(settings)?),
         changelog: Mutex::new(Changelog::new(settings)),
         reassigned: AtomicBool::new(false),
         ownership: Arc::clone(&ownership),
         metrics: Arc::clone(&shared_metrics),
         settings: settings.clone(),
+        stop: Arc::clone(stop),
+        aligned: std::sync::OnceLock::new(),
     };
     let mut config = client_config(&settings.brokers, &settings.options);
     if let Some(id) = &settings.instance_id {
@@ -246,6 +115,7 @@ pub fn run<S: Store + Send + 'static>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        .set("max.poll.interval.ms", settings.max_poll_interval.as_millis().to_string())
         .set("statistics.interval.ms", STATS_INTERVAL.as_millis().to_string())
         // Range gives a member the same partition numbers of every topic
         // (they are co-partitioned): a member owns whole shards.
@@ -256,19 +126,19 @@ pub fn run<S: Store + Send + 'static>(
         .map_err(kafka_err("failed to create the consumer"))?;
     let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
     let topics = [&settings.orgs_topic, &settings.targets_topic, &settings.dlq_topic];
-    retry_while_unreachable(stop, || {
+    retry_while_transient(stop, || {
         formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
     })?;
     // A broker just restarted may know its topics before it leads their partitions.
-    let shards = retry_while_unreachable(stop, || crate::changelog::prepare_topics(settings, &consumer))?;
-    lock(&cell).adopt_shards(shards)?;
+    let layout = retry_while_transient(stop, || crate::changelog::prepare_topics(settings, &consumer))?;
+    lock(&cell).adopt_shards(layout.shards)?;
+    let aligned = consumer.context().aligned.get_or_init(|| layout.aligned.clone());
     let mut registry_stats = IngestStats::default();
     let mut counts = IngestCounts::default();
     // Kafka timestamps of the messages applied since the last commit.
     let mut arrivals: Vec<Millis> = Vec::new();
-    let mut registry = retry_while_unreachable(stop, || {
-        read_registry(settings, &consumer, &mut lock(&cell), &mut registry_stats, stop)
-    })?;
+    let mut registry =
+        retry_while_transient(stop, || read_registry(settings, &consumer, &cell, &mut registry_stats, stop))?;
     counts.registry_read();
     publish(&lock(&cell));
     metrics.publish(&counts);
@@ -279,12 +149,12 @@ pub fn run<S: Store + Send + 'static>(
     let mut last_commit = Instant::now();
     let mut last_publish = Instant::now();
     let mut last_topic_check = Instant::now();
-    // A commit whose state is not published yet.
-    let mut unpublished = false;
+    let mut publication = Publication::default();
     while !stop.load(Ordering::Relaxed) {
+        metrics.beat();
         // A store failure, applying or committing, stalls the loop below.
         let mut failed: Option<Error> = None;
-        if registry.poll(&mut lock(&cell), &mut consumer.context().dead(), &mut registry_stats, Duration::ZERO)? > 0 {
+        if registry.poll(&cell, &consumer.context().dead, &mut registry_stats, Duration::ZERO)? > 0 {
             since_commit += 1;
         }
         match consumer.poll(Duration::from_millis(100)) {
@@ -293,77 +163,79 @@ pub fn run<S: Store + Send + 'static>(
             Some(Ok(msg)) => {
                 let mut engine = lock(&cell);
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-                if engine.next_offset(topic, partition).is_some_and(|next| offset < next) {
-                    continue;
-                }
-                let now = clock();
-                // The repartition topic carries each message's format in a header.
-                let format = formats.get(topic).copied().map_or_else(|| repartitioned_format(&msg), Ok);
-                let label = *format.as_ref().unwrap_or(&InputFormat::PulseV1);
-                let payload = msg.payload().unwrap_or_default();
-                let outcome = match format.map_err(Disposition::Dead).and_then(|f| engine.accept(f, payload, now)) {
-                    Err(disposition) => Ok(Some(disposition)),
-                    Ok(ev) if i32::from(engine.shard_of(&ev.user)) == partition => engine.apply(&ev).map(Some),
-                    Ok(ev) => {
-                        // Not this user's partition: forwarded in this
-                        // partition's next transaction, with its offset.
-                        engine.forwarded(&ev);
-                        let to = i32::from(engine.shard_of(&ev.user));
-                        let forward = Forward { user: ev.user.to_string(), to, format: label, value: payload.to_vec() };
-                        consumer.context().changelog().forward(partition as ShardId, forward);
-                        counts.forwarded(topic, label);
-                        Ok(None)
-                    }
-                };
-                match outcome {
-                    Err(e) => failed = Some(e.into()),
-                    Ok(disposition) => {
-                        if let Some(disposition) = &disposition {
-                            if let Disposition::Dead(why) = disposition {
-                                let source = Source { topic, partition, offset };
-                                consumer.context().dead().send(msg.key(), msg.payload(), why, &source);
+                if engine.is_poisoned() {
+                    // A take-over failed in this poll's rebalance: nothing is
+                    // applied until the stalled loop has done it.
+                    failed = Some(pulse_engine::EngineError::Poisoned.into());
+                } else if engine.next_offset(topic, partition).is_none_or(|next| offset >= next) {
+                    let now = clock();
+                    let aligned = aligned.contains(topic);
+                    match route(&mut engine, consumer.context(), &msg, formats.get(topic).copied(), now, aligned) {
+                        Err(e) => failed = Some(e.into()),
+                        Ok(Routed { format, disposition, forward }) => {
+                            match &disposition {
+                                None => counts.forwarded(topic, format),
+                                Some(d) => counts.message(topic, format, d),
                             }
-                            counts.message(topic, label, disposition);
+                            arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
+                            // `offset` is handled: the next one to read is `offset + 1`.
+                            let mut changelog = consumer.context().changelog();
+                            if aligned {
+                                // Forwarded in this partition's (its shard's) next
+                                // transaction, which also holds its offset.
+                                if let Some(forward) = forward {
+                                    changelog.forward(partition as ShardId, forward);
+                                }
+                                engine.set_next_offset(topic, partition, offset + 1);
+                            } else {
+                                changelog.carry(topic, partition, offset + 1, forward);
+                            }
+                            since_commit += 1;
                         }
-                        arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
-                        // `offset` is applied: the next one to read is `offset + 1`.
-                        engine.set_next_offset(topic, partition, offset + 1);
-                        since_commit += 1;
                     }
                 }
             }
         }
         if let Some(failure) = consumer.context().failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(Error::Setup(format!("rebalance failed: {failure}")));
+            return Err(Error::Setup(format!("librdkafka refused the group's assignment: {failure}")));
+        }
+        if let Some(e) = consumer.context().take_over_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            failed = Some(e);
         }
         let due = since_commit >= settings.commit_messages
             || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval);
         if due && failed.is_none() {
-            let mut engine = lock(&cell);
             let started = Instant::now();
-            match commit(&consumer, &mut engine, CommitMode::Async, stop) {
+            match commit(&consumer, &cell, CommitMode::Async) {
                 Err(e) => failed = Some(e),
                 Ok(()) => {
+                    let engine = lock(&cell);
                     counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
                     arrivals.clear();
                     record_positions(&consumer, &engine, &mut counts);
                     metrics.publish(&counts);
-                    (since_commit, last_commit, unpublished) = (0, Instant::now(), true);
+                    (since_commit, last_commit) = (0, Instant::now());
+                    publication.changed();
                 }
             }
         }
         if let Some(e) = failed {
-            let store = StalledStore { consumer: &consumer, engine: &cell, metrics, stop };
-            registry = store.wait(e, &mut counts, settings, &mut registry_stats)?;
-            // Everything since the last commit is dropped, to be consumed again.
+            let stalled = Stalled { consumer: &consumer, engine: &cell, metrics, stop };
+            match stalled.wait(e, &mut counts, settings, &mut registry_stats)? {
+                Some(resumed) => registry = resumed,
+                None => break,
+            }
+            // Everything since the last commit is dropped, to be consumed
+            // again; the shards may have been restored.
             (since_commit, last_commit) = (0, Instant::now());
+            publication.changed();
             arrivals.clear();
         }
         let reassigned = consumer.context().reassigned.swap(false, Ordering::Relaxed);
         if reassigned {
             // The owned shards changed (restored, or dropped): what this
             // instance exports must change with them, traffic or not.
-            unpublished = true;
+            publication.changed();
         }
         if reassigned || last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
             ownership.refresh(&consumer, &settings.group_id, &settings.repartition_topic);
@@ -377,129 +249,128 @@ pub fn run<S: Store + Send + 'static>(
             }
             last_topic_check = Instant::now();
         }
+        {
+            let engine = lock(&cell);
+            if publication.due(engine.uncommitted()) {
+                publish(&engine);
+            }
+        }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
             let engine = lock(&cell);
-            if unpublished {
-                publish(&engine);
-                unpublished = false;
-            }
             record_positions(&consumer, &engine, &mut counts);
             metrics.publish(&counts);
             last_publish = Instant::now();
         }
     }
-    info!("stopping: persisting state and offsets");
-    let mut engine = lock(&cell);
-    commit(&consumer, &mut engine, CommitMode::Sync, stop)?;
-    publish(&engine);
+    if lock(&cell).is_poisoned() {
+        info!("stopping while ingestion is stalled: the last commit stands");
+    } else {
+        info!("stopping: persisting state and offsets");
+        commit(&consumer, &cell, CommitMode::Sync)?;
+        publish(&lock(&cell));
+    }
     consumer.unsubscribe();
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
 }
 
+/// When the state is published (built into the snapshot behind `/metrics`
+/// and the API): after it changed, at most once per [`PUBLISH_INTERVAL`]
+/// (building it costs O(orgs x shards)), and only while nothing is applied
+/// beyond the last commit, so what is shown is always persisted: a crash
+/// can take back what was applied, never what was shown.
+#[derive(Debug)]
+struct Publication {
+    /// Committed (or reloaded) state that is not published yet.
+    pending: bool,
+    last: Instant,
+}
+
+impl Default for Publication {
+    fn default() -> Self {
+        Publication { pending: false, last: Instant::now() }
+    }
+}
+
+impl Publication {
+    /// The committed state changed: a commit, a take-over, a recovery.
+    fn changed(&mut self) {
+        self.pending = true;
+    }
+
+    /// Whether to publish now, given the messages applied since the last commit.
+    fn due(&mut self, uncommitted: usize) -> bool {
+        let due = self.pending && uncommitted == 0 && self.last.elapsed() >= PUBLISH_INTERVAL;
+        if due {
+            (self.pending, self.last) = (false, Instant::now());
+        }
+        due
+    }
+}
+
+/// What became of one input message.
+struct Routed {
+    /// Its format (for the counts).
+    format: InputFormat,
+    /// `None` if it was forwarded.
+    disposition: Option<Disposition>,
+    forward: Option<Forward>,
+}
+
+/// Parses one input message and applies it, or finds it dead or ignored,
+/// or hands it back to be forwarded to its user's shard: always when its
+/// partition is not `aligned` with the shards (the owner of partition `p`
+/// of such a topic need not own shard `p`).
+fn route<S: Store + Send + 'static>(
+    engine: &mut Engine<S>,
+    context: &GroupContext<S>,
+    msg: &BorrowedMessage<'_>,
+    format: Option<InputFormat>,
+    now: Millis,
+    aligned: bool,
+) -> Result<Routed, pulse_engine::EngineError> {
+    let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+    // The repartition topic carries each message's format in a header.
+    let format = format.map_or_else(|| repartitioned_format(msg), Ok);
+    let label = *format.as_ref().unwrap_or(&InputFormat::PulseV1);
+    let payload = msg.payload().unwrap_or_default();
+    let disposition = match format.map_err(Disposition::Dead).and_then(|f| engine.accept(f, payload, now)) {
+        Err(disposition) => disposition,
+        Ok(ev) if aligned && i32::from(engine.shard_of(&ev.user)) == partition => engine.apply(&ev)?,
+        Ok(ev) => {
+            if aligned {
+                // Its time counts in this partition's newest event time, as
+                // an applied one's would (the dedup watermark).
+                engine.forwarded(&ev);
+            }
+            let to = i32::from(engine.shard_of(&ev.user));
+            let forward = Forward { user: ev.user.to_string(), to, format: label, value: payload.to_vec() };
+            return Ok(Routed { format: label, disposition: None, forward: Some(forward) });
+        }
+    };
+    if let Disposition::Dead(why) = &disposition {
+        context.dead().send(msg.key(), msg.payload(), why, &Source { topic, partition, offset });
+    }
+    Ok(Routed { format: label, disposition: Some(disposition), forward: None })
+}
+
 /// Rebuilds the registry and targets from their topics (on every start, and
 /// after the store recovers), before any event is applied, and commits them.
-fn read_registry<S: Store + Send + 'static>(
+pub(crate) fn read_registry<S: Store + Send + 'static>(
     settings: &Settings,
     consumer: &BaseConsumer<GroupContext<S>>,
-    engine: &mut Engine<S>,
+    engine: &Mutex<Engine<S>>,
     stats: &mut IngestStats,
     stop: &AtomicBool,
 ) -> Result<RegistryReader, Error> {
     let mut registry = RegistryReader::new(settings)?;
-    engine.clear_registry();
-    registry.catch_up(engine, &mut consumer.context().dead(), stats)?;
-    consumer.context().dead().settle(stop, None)?;
+    lock(engine).clear_registry();
+    let context = consumer.context();
+    registry.catch_up(engine, &context.dead, stats)?;
+    context.dead().settle(stop, Instant::now() + DEAD_LETTER_TIMEOUT)?;
+    let mut engine = lock(engine);
     engine.commit()?;
     info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
     Ok(registry)
-}
-
-/// How long a stalled loop waits between attempts to write to the store.
-const STORE_RETRY: Duration = Duration::from_secs(5);
-
-/// The loop while the store refuses writes.
-struct StalledStore<'a, S: Store + Send + 'static> {
-    consumer: &'a BaseConsumer<GroupContext<S>>,
-    engine: &'a Arc<Mutex<Engine<S>>>,
-    metrics: &'a IngestMetrics,
-    stop: &'a AtomicBool,
-}
-
-impl<S: Store + Send + 'static> StalledStore<'_, S> {
-    /// Returns `error` unless it is the store's. Otherwise: says so (log,
-    /// metric, readiness), pauses every partition while polling to keep the
-    /// group membership, and every [`STORE_RETRY`] asks the engine to
-    /// recover. Once it has, re-reads the registry, rewinds every assigned
-    /// partition to its stored offset and resumes. Nothing applied since the
-    /// last commit survives, and no offset moved past it.
-    fn wait(
-        &self,
-        error: Error,
-        counts: &mut IngestCounts,
-        settings: &Settings,
-        registry_stats: &mut IngestStats,
-    ) -> Result<RegistryReader, Error> {
-        if !matches!(error, Error::Engine(EngineError::Store(_) | EngineError::Poisoned)) {
-            return Err(error);
-        }
-        error!(%error, retry_every = ?STORE_RETRY, "the store refused a write; ingestion stopped until it takes one");
-        counts.store_failed(error.to_string());
-        self.metrics.publish(counts);
-        loop {
-            let until = Instant::now() + STORE_RETRY;
-            while Instant::now() < until {
-                if self.stop.load(Ordering::Relaxed) {
-                    return Err(error);
-                }
-                if let Ok(assignment) = self.consumer.assignment() {
-                    // Cheap, and covers partitions a rebalance just assigned.
-                    let _ = self.consumer.pause(&assignment);
-                }
-                // Anything still delivered is dropped: the rewind below refetches it.
-                let _ = self.consumer.poll(Duration::from_millis(100));
-            }
-            let recovered = lock(self.engine).recover().map_err(Error::from);
-            match recovered.and_then(|()| self.resume(settings, registry_stats)) {
-                Ok(registry) => {
-                    info!("the store takes writes again; resumed from the stored offsets");
-                    counts.store_recovered();
-                    self.metrics.publish(counts);
-                    return Ok(registry);
-                }
-                // A broker coming back may answer some requests and not
-                // others yet: every step is tried again next round.
-                Err(e) => warn!(error = %e, "the store or the changelog still refuses writes; retrying"),
-            }
-        }
-    }
-
-    /// Once the store takes writes: catches the assigned shards up with
-    /// their changelogs (a failed commit may have reached some of them and
-    /// not the store), re-reads the registry, rewinds every partition.
-    fn resume(&self, settings: &Settings, registry_stats: &mut IngestStats) -> Result<RegistryReader, Error> {
-        let context = self.consumer.context();
-        context.changelog().discard_forwards();
-        let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
-        context.take_over(&assignment.elements().iter().map(|e| e.partition() as ShardId).collect())?;
-        let mut engine = lock(self.engine);
-        let registry = read_registry(settings, self.consumer, &mut engine, registry_stats, self.stop)?;
-        self.rewind(&engine)?;
-        Ok(registry)
-    }
-
-    /// Seeks every assigned (paused) partition to its stored offset, then resumes it.
-    fn rewind(&self, engine: &Engine<S>) -> Result<(), Error> {
-        let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
-        for e in assignment.elements() {
-            let offset = engine.next_offset(e.topic(), e.partition()).map_or(Offset::Beginning, Offset::Offset);
-            self.consumer.seek(e.topic(), e.partition(), offset, METADATA_TIMEOUT).map_err(kafka_err(format!(
-                "failed to rewind {}/{}",
-                e.topic(),
-                e.partition()
-            )))?;
-        }
-        self.consumer.resume(&assignment).map_err(kafka_err("failed to resume the partitions"))
-    }
 }
 
 /// How often the input topics' existence is checked (a deleted topic makes
@@ -516,26 +387,6 @@ fn missing_topics<'t>(
     Some(topics.filter(|t| !known.contains(t.as_str())).cloned().collect())
 }
 
-/// Runs `attempt` until it succeeds, retrying with backoff while Kafka is
-/// unreachable (`/readyz` says not ready meanwhile, `/healthz` stays up);
-/// any other error, such as a missing topic, is returned at once.
-fn retry_while_unreachable<T>(stop: &AtomicBool, mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        match attempt() {
-            Err(e @ Error::Kafka { .. }) if !stop.load(Ordering::Relaxed) => {
-                warn!(error = %e, retry_in = ?backoff, "Kafka is unreachable; retrying (not ready meanwhile)");
-                let until = Instant::now() + backoff;
-                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            other => return other,
-        }
-    }
-}
-
 /// How often committed state is published (building the org-level
 /// snapshot costs O(orgs x shards), docs/BENCHMARKS.md) and positions and
 /// lag are refreshed while no commit happens.
@@ -547,42 +398,66 @@ fn record_positions<S: Store + Send + 'static>(
     engine: &Engine<S>,
     counts: &mut IngestCounts,
 ) {
-    if !consumer.context().assigned.load(Ordering::Relaxed) {
+    let context = consumer.context();
+    if !context.assigned.load(Ordering::Relaxed) {
         counts.unassigned();
         return;
     }
     let Ok(assignment) = consumer.assignment() else { return };
-    let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner());
+    let ends = context.ends.lock().unwrap_or_else(|p| p.into_inner());
+    let changelog = context.changelog();
     let positions = assignment
         .elements()
         .iter()
         .map(|e| {
             let key = (e.topic().to_owned(), e.partition());
             // With nothing stored yet, the loop starts at the beginning.
-            let next = engine.next_offset(&key.0, key.1).unwrap_or(0);
+            let next = match context.is_aligned(&key.0) {
+                true => engine.next_offset(&key.0, key.1),
+                false => changelog.carried_offset(&key.0, key.1).or_else(|| consumer_position(consumer, &key)),
+            };
             let high = ends.get(&key).copied();
-            (key, Position { next, high })
+            (key, Position { next: next.unwrap_or(0), high })
         })
         .collect();
     counts.positions(positions);
 }
-/// Waits for the dead letters' acknowledgements, persists state and
-/// offsets, then tells the group (advisory).
+
+/// Where the consumer stands on a partition (the next offset it delivers).
+fn consumer_position<C: ConsumerContext>(consumer: &BaseConsumer<C>, key: &(String, i32)) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    positions.find_partition(&key.0, key.1)?.offset().to_raw().filter(|&o| o >= 0)
+}
+
+/// Persists state and offsets (see [`GroupContext::persist`]), then tells
+/// the group (advisory).
 fn commit<S: Store + Send + 'static>(
     consumer: &BaseConsumer<GroupContext<S>>,
-    engine: &mut Engine<S>,
+    engine: &Mutex<Engine<S>>,
     mode: CommitMode,
-    stop: &AtomicBool,
 ) -> Result<(), Error> {
-    consumer.context().dead().settle(stop, None)?;
-    engine.commit_logged(Some(&mut *consumer.context().changelog()))?;
+    {
+        // A partition read to its end does not hold back the forgetting of ids.
+        let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner());
+        let mut engine = lock(engine);
+        let at_end = ends
+            .iter()
+            .filter(|((topic, p), high)| engine.next_offset(topic, *p).is_some_and(|next| next >= **high))
+            .map(|(key, _)| key.clone())
+            .collect();
+        engine.set_at_end(at_end);
+    }
+    consumer.context().persist(consumer, Instant::now() + DEAD_LETTER_TIMEOUT)?;
     let Ok(assignment) = consumer.assignment() else { return Ok(()) };
     let mut tpl = TopicPartitionList::new();
-    for e in assignment.elements() {
+    let engine = lock(engine);
+    // The others' group offsets were committed in the transaction.
+    for e in assignment.elements().iter().filter(|e| consumer.context().is_aligned(e.topic())) {
         if let Some(next) = engine.next_offset(e.topic(), e.partition()) {
             let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
         }
     }
+    drop(engine);
     if tpl.count() > 0 {
         if let Err(e) = consumer.commit(&tpl, mode) {
             // Only lag dashboards read these; Pulse resumes from its own store.
@@ -622,4 +497,24 @@ fn repartitioned_format(msg: &BorrowedMessage<'_>) -> Result<InputFormat, Reject
 
 fn log_transient(e: &KafkaError) {
     warn!(error = %e, "kafka error; librdkafka retries and reconnects by itself");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_committed_state_is_published_and_not_too_often() {
+        let long_ago = Instant::now() - PUBLISH_INTERVAL * 2;
+        let mut p = Publication { pending: false, last: long_ago };
+        assert!(!p.due(0), "nothing changed");
+        p.changed();
+        assert!(!p.due(3), "events applied since the commit would be shown before they are persisted");
+        assert!(p.due(0));
+        assert!(!p.due(0), "published already");
+        p.changed();
+        assert!(!p.due(0), "within the publish interval of the last");
+        p.last = long_ago;
+        assert!(p.due(0));
+    }
 }

@@ -20,15 +20,19 @@ mod dead_letters;
 mod group;
 mod metrics;
 mod ownership;
+mod rebalance;
 mod registry;
+mod retry;
+mod stall;
 pub mod tools;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use group::{run, RunStats, Shared, PUBLISH_INTERVAL};
+pub use group::{run, RunStats, Shared, LONGEST_DRAIN, PUBLISH_INTERVAL};
 pub use metrics::IngestMetrics;
 pub use ownership::{Owner, Ownership};
+use pulse_engine::ShardId;
 use pulse_model::InputFormat;
 use rdkafka::ClientConfig;
 
@@ -50,6 +54,9 @@ pub struct Settings {
     /// The HTTP address other instances send a user lookup to (`host:port`).
     pub advertise: String,
     pub session_timeout: Duration,
+    /// `max.poll.interval.ms`: longer than [`LONGEST_DRAIN`], the longest
+    /// the loop waits on the brokers without polling.
+    pub max_poll_interval: Duration,
     /// Longest time between two commits of state and offsets.
     pub commit_interval: Duration,
     /// Messages after which a commit happens sooner.
@@ -57,22 +64,52 @@ pub struct Settings {
     /// `group.instance.id`: static membership, so a restarted instance is
     /// given its partitions back without waiting for the session timeout.
     pub instance_id: Option<String>,
+    /// The shard count: partitions of the changelog and repartition topics
+    /// (`None`: the largest input partition count; never fewer).
+    pub shards: Option<ShardId>,
     /// Raw librdkafka settings, applied last (e.g. SASL/SSL).
     pub options: BTreeMap<String, String>,
 }
 
+/// What can go wrong on the Kafka side. The loop decides by variant what
+/// to do: [`Error::is_transient`] ones stall ingestion and are retried, the
+/// others stop Pulse at start with what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A broker did not answer, or refused a request.
     #[error("{context}: {source}")]
     Kafka {
         context: String,
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// A wait on the brokers ran past its bound.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Engine(#[from] pulse_engine::EngineError),
+    /// A topic Pulse reads does not exist.
+    #[error(
+        "topic `{0}` does not exist; create it (the registry and targets topics compacted, with any partition count)"
+    )]
+    MissingTopic(String),
+    /// The topics or settings contradict each other; what to change is in the message.
     #[error("{0}")]
     Setup(String),
+    /// SIGTERM or SIGINT arrived while waiting on the brokers.
+    #[error("stopped while {0}")]
+    Stopped(&'static str),
+}
+
+impl Error {
+    /// Whether waiting can cure it: the brokers or the disk come back.
+    pub fn is_transient(&self) -> bool {
+        use pulse_engine::EngineError;
+        matches!(
+            self,
+            Error::Kafka { .. } | Error::Timeout(_) | Error::Engine(EngineError::Store(_) | EngineError::Poisoned)
+        )
+    }
 }
 
 pub(crate) fn kafka_err(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {

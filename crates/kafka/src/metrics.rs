@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pulse_engine::{Disposition, IngestStats, ShardId};
 use pulse_metrics::{Collect, Encoder, Histogram, Kind, COUNT_BUCKETS, SECONDS_BUCKETS};
@@ -188,9 +188,18 @@ struct Restores {
 pub struct IngestMetrics {
     published: Mutex<IngestCounts>,
     restores: Mutex<Restores>,
+    /// When the consumer loop last went round (`None` before it started).
+    /// Read at request time, so a loop stuck waiting on the network shows
+    /// even though it publishes nothing meanwhile.
+    beat: Mutex<Option<Instant>>,
 }
 
 impl IngestMetrics {
+    /// The loop went round: it is not stuck.
+    pub(crate) fn beat(&self) {
+        *self.beat.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
     pub(crate) fn publish(&self, counts: &IngestCounts) {
         self.lock().clone_from(counts);
     }
@@ -209,10 +218,21 @@ impl IngestMetrics {
         r.records += records;
     }
 
-    /// See [`IngestCounts::readiness`]; never ready while restoring.
-    pub fn readiness(&self, max_lag: i64) -> Result<(), String> {
+    /// See [`IngestCounts::readiness`]; never ready while restoring, nor
+    /// while the loop has not gone round for longer than `max_stall` (it
+    /// waits on a broker that does not answer).
+    pub fn readiness(&self, max_lag: i64, max_stall: Duration) -> Result<(), String> {
         if let Some((shard, left)) = self.restores().remaining.first_key_value() {
             return Err(format!("restoring partition {shard} from the changelog: {left} offsets to go"));
+        }
+        let beat = *self.beat.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = beat.map(|b| b.elapsed()).filter(|&e| e > max_stall) {
+            return Err(format!(
+                "the consumer loop has made no progress for {}s (max {}s): it is waiting on the brokers \
+                 (a commit or a take-over); check that they are reachable",
+                since.as_secs(),
+                max_stall.as_secs()
+            ));
         }
         self.lock().readiness(max_lag)
     }
@@ -383,6 +403,23 @@ mod tests {
         let text = enc.finish();
         assert!(text.contains("pulse_store_write_failures_total 2\n"), "{text}");
         assert!(text.contains("pulse_store_stalled 1\n"), "{text}");
+    }
+
+    #[test]
+    fn a_loop_that_stopped_going_round_is_not_ready() {
+        let metrics = IngestMetrics::default();
+        let mut c = IngestCounts::default();
+        c.registry_read();
+        c.positions([(("t".to_owned(), 0), pos(5, Some(5)))].into());
+        metrics.publish(&c);
+        let bound = Duration::from_millis(50);
+        assert_eq!(metrics.readiness(10, bound), Ok(()), "not started yet: the other checks decide");
+        metrics.beat();
+        assert_eq!(metrics.readiness(10, bound), Ok(()));
+        std::thread::sleep(bound * 2);
+        assert!(metrics.readiness(10, bound).unwrap_err().contains("no progress"));
+        metrics.beat();
+        assert_eq!(metrics.readiness(10, bound), Ok(()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! instance holds the whole registry.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pulse_engine::{Disposition, Engine, IngestStats, Store};
@@ -39,13 +40,10 @@ pub(crate) fn partitions(
     let md = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(kafka_err(format!("failed to read the metadata of topic `{topic}` (is Kafka reachable?)")))?;
-    let t = md.topics().first().ok_or_else(|| Error::Setup(format!("no metadata for topic `{topic}`")))?;
-    if !exists(t) {
-        return Err(Error::Setup(format!(
-            "topic `{topic}` does not exist; create it (the registry and targets topics compacted, with any partition count)"
-        )));
+    match md.topics().first() {
+        Some(t) if exists(t) => Ok(t.partitions().iter().map(|p| p.id()).collect()),
+        _ => Err(Error::MissingTopic(topic.to_owned())),
     }
-    Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
 
 impl RegistryReader {
@@ -74,18 +72,21 @@ impl RegistryReader {
     }
 
     /// Applies every registry message available now, waiting at most `wait`
-    /// for the first one. Returns how many were read.
+    /// for the first one (without holding the engine). Returns how many
+    /// were read.
     pub(crate) fn poll<S: Store>(
         &mut self,
-        engine: &mut Engine<S>,
-        dead: &mut DeadLetters,
+        engine: &Mutex<Engine<S>>,
+        dead: &Mutex<DeadLetters>,
         stats: &mut IngestStats,
         wait: Duration,
     ) -> Result<usize, Error> {
         let mut read = 0;
-        let mut timeout = wait;
-        while let Some(result) = self.consumer.poll(timeout) {
-            timeout = Duration::ZERO;
+        let Some(first) = self.consumer.poll(wait) else { return Ok(0) };
+        let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dead = dead.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Some(first);
+        while let Some(result) = next.take() {
             let msg = match result {
                 Ok(m) => m,
                 Err(e) => {
@@ -95,16 +96,19 @@ impl RegistryReader {
             };
             let (key, value) = (msg.key(), msg.payload());
             let disposition = match self.topics.get(msg.topic()) {
-                Some(Kind::Orgs) => engine.apply_org_message(key, value),
-                Some(Kind::Targets) => engine.apply_target_message(key, value),
-                None => continue,
+                Some(Kind::Orgs) => Some(engine.apply_org_message(key, value)),
+                Some(Kind::Targets) => Some(engine.apply_target_message(key, value)),
+                None => None,
             };
-            if let Disposition::Dead(why) = &disposition {
-                let source = Source { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
-                dead.send(key, value, why, &source);
+            if let Some(disposition) = disposition {
+                if let Disposition::Dead(why) = &disposition {
+                    let source = Source { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
+                    dead.send(key, value, why, &source);
+                }
+                stats.record(&disposition);
+                read += 1;
             }
-            stats.record(&disposition);
-            read += 1;
+            next = self.consumer.poll(Duration::ZERO);
         }
         Ok(read)
     }
@@ -112,8 +116,8 @@ impl RegistryReader {
     /// Reads until every partition reached the end it had when this started.
     pub(crate) fn catch_up<S: Store>(
         &mut self,
-        engine: &mut Engine<S>,
-        dead: &mut DeadLetters,
+        engine: &Mutex<Engine<S>>,
+        dead: &Mutex<DeadLetters>,
         stats: &mut IngestStats,
     ) -> Result<(), Error> {
         let mut ends = Vec::new();
@@ -124,7 +128,7 @@ impl RegistryReader {
                 .map_err(kafka_err(format!("failed to read the end of topic `{topic}`")))?;
             ends.push((topic.clone(), *p, high));
         }
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + REGISTRY_TIMEOUT;
         loop {
             // The fetch position moves past compacted gaps, so compare it, not
             // the offsets of the messages read, with each partition's end.
@@ -137,11 +141,15 @@ impl RegistryReader {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(Error::Setup(
-                    "the registry and targets topics could not be read to their end within 120s".into(),
-                ));
+                return Err(Error::Timeout(format!(
+                    "the registry and targets topics could not be read to their end within {}s",
+                    REGISTRY_TIMEOUT.as_secs()
+                )));
             }
             self.poll(engine, dead, stats, Duration::from_millis(200))?;
         }
     }
 }
+
+/// How long reading the registry topics to their end may take.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(120);

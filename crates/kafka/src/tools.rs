@@ -102,7 +102,14 @@ impl std::fmt::Debug for Producer {
 }
 
 impl Producer {
+    /// A producer that compresses with lz4.
     pub fn new(brokers: &str) -> Result<Producer, Error> {
+        Producer::compressing(brokers, "lz4")
+    }
+
+    /// A producer that compresses with `codec` (`compression.type`: none,
+    /// gzip, snappy, lz4, zstd).
+    pub fn compressing(brokers: &str, codec: &str) -> Result<Producer, Error> {
         let inner = config(brokers)
             // Retries across a broker restart neither duplicate nor reorder.
             .set("enable.idempotence", "true")
@@ -110,7 +117,7 @@ impl Producer {
             // not librdkafka's default CRC32); null keys spread at random.
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
-            .set("compression.type", "lz4")
+            .set("compression.type", codec)
             .create()
             .map_err(kafka_err("failed to create a producer"))?;
         Ok(Producer { inner })
@@ -149,7 +156,12 @@ impl Producer {
 /// Produces messages (key, value; `None` value is a tombstone) and waits for
 /// every acknowledgement.
 pub fn produce(brokers: &str, topic: &str, messages: &[KeyValue]) -> Result<(), Error> {
-    let producer = Producer::new(brokers)?;
+    produce_compressed(brokers, topic, messages, "lz4")
+}
+
+/// [`produce`], compressed with `codec`.
+pub fn produce_compressed(brokers: &str, topic: &str, messages: &[KeyValue], codec: &str) -> Result<(), Error> {
+    let producer = Producer::compressing(brokers, codec)?;
     for (key, value) in messages {
         producer.send(topic, key.as_deref(), value.as_deref())?;
     }

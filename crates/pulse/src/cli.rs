@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +15,7 @@ use serde::Serialize;
 use pulse_store::{RocksStore, StoreOptions};
 
 use crate::files::{replay_file, Source};
+use crate::runtime::{open_engine_read_only, wall_clock};
 
 #[derive(Parser, Debug)]
 #[command(name = "pulse", version, about = "Pulse: live KPIs for Mission Karmayogi")]
@@ -195,19 +196,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>, out: &mu
     }
 }
 
-/// Opens the state of a data directory read-only: also while `pulse run` holds it.
-pub(crate) fn open_engine_read_only(data_dir: &Path) -> anyhow::Result<Engine<RocksStore>> {
-    let store = RocksStore::open_read_only(data_dir)?;
-    // The stored threshold is the one to report with.
-    let meeting_minutes = store_meeting_minutes(&store)?;
-    Ok(Engine::open(store, EngineConfig { meeting_minutes, ..EngineConfig::default() })?)
-}
-
-fn store_meeting_minutes(store: &RocksStore) -> anyhow::Result<u32> {
-    use pulse_engine::Store;
-    Ok(store.load()?.meeting_minutes.unwrap_or(EngineConfig::default().meeting_minutes))
-}
-
 #[derive(Serialize)]
 struct ReplaySummary {
     events: IngestStats,
@@ -223,7 +211,7 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let store = RocksStore::open(&args.state.data_dir, &StoreOptions::default())?;
     let mut engine = Engine::open(store, config)?;
-    let now = args.now.unwrap_or_else(crate::run::wall_clock);
+    let now = args.now.unwrap_or_else(wall_clock);
     let dead_path = args.state.data_dir.join("dead-letters.ndjson");
     let dead_file = OpenOptions::new()
         .create(true)
@@ -265,7 +253,7 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 
 fn report(args: ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let engine = open_engine_read_only(&args.state.data_dir)?;
-    let now = args.now.unwrap_or_else(crate::run::wall_clock);
+    let now = args.now.unwrap_or_else(wall_clock);
     let fy = args.fy.unwrap_or_else(|| Fy::of(now));
     let scope = args.scope;
     let json = if let Some(user) = scope.user {

@@ -54,6 +54,11 @@ pub struct RawKafka {
     /// Kafka group session timeout (default `45s`).
     #[serde(default = "default_session_timeout")]
     pub session_timeout: String,
+    /// `max.poll.interval.ms`: the group drops a member that does not poll
+    /// for this long (default `300s`). Must exceed the longest wait on the
+    /// brokers between two polls (a commit's drain: 150s).
+    #[serde(default = "default_max_poll_interval")]
+    pub max_poll_interval: String,
     /// Longest time between commits of state and offsets (default `100ms`).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: String,
@@ -89,11 +94,13 @@ pub struct RawStore {
     /// RocksDB memtable size per column family in MiB (default 32).
     #[serde(default = "default_write_buffer_mib")]
     pub write_buffer_mib: usize,
-    /// Shards of a new state directory written by `pulse replay` (default
-    /// 16; an existing one keeps its own). `pulse run` uses the input
-    /// topics' partition count instead: a shard is a partition.
-    #[serde(default = "default_shards")]
-    pub shards: u16,
+    /// Shards: the unit of state that moves between instances, one
+    /// partition of the changelog and repartition topics each (default: the
+    /// largest partition count of the input topics; it must be at least
+    /// that). Events on a partition of a topic with another count reach
+    /// their user's shard through the repartition topic.
+    #[serde(default)]
+    pub shards: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +136,11 @@ pub struct RawHttp {
     /// many messages behind its end (default 1000).
     #[serde(default = "default_ready_max_lag")]
     pub ready_max_lag: i64,
+    /// `/readyz` answers not ready while the consumer loop has not gone
+    /// round for longer than this: it waits on brokers that do not answer
+    /// (default `30s`).
+    #[serde(default = "default_ready_max_stall")]
+    pub ready_max_stall: String,
     /// Per-course families on `/metrics` (one series per course and KPI;
     /// default false, for cardinality).
     #[serde(default)]
@@ -144,6 +156,12 @@ fn default_metrics_fys() -> usize {
 }
 fn default_ready_max_lag() -> i64 {
     1000
+}
+fn default_ready_max_stall() -> String {
+    "30s".into()
+}
+fn default_max_poll_interval() -> String {
+    "300s".into()
 }
 fn default_brokers() -> String {
     "127.0.0.1:9092".into()
@@ -180,9 +198,6 @@ fn default_block_cache_mib() -> usize {
 }
 fn default_write_buffer_mib() -> usize {
     32
-}
-fn default_shards() -> u16 {
-    16
 }
 fn default_dedup_horizon() -> String {
     "7d".into()
@@ -225,7 +240,6 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub block_cache_bytes: usize,
     pub write_buffer_bytes: usize,
-    pub shards: u16,
     pub dedup_horizon: Duration,
     pub max_age: Duration,
     pub meeting_minutes: u32,
@@ -237,6 +251,7 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     pub token: Option<String>,
     pub ready_max_lag: i64,
+    pub ready_max_stall: Duration,
     pub exposition: pulse_http::Exposition,
 }
 
@@ -308,11 +323,21 @@ impl RawConfig {
                 k.session_timeout
             );
         }
+        let max_poll_interval = duration("kafka.max_poll_interval", &k.max_poll_interval)?;
+        // The loop polls between commits only: a commit that waits on the
+        // brokers must end before the group drops the member.
+        if max_poll_interval <= pulse_kafka::LONGEST_DRAIN + commit_interval {
+            bail!(
+                "`kafka.max_poll_interval` ({}) must exceed the longest wait of a commit on the brokers ({}s) plus `kafka.commit_interval`",
+                k.max_poll_interval,
+                pulse_kafka::LONGEST_DRAIN.as_secs()
+            );
+        }
         if k.commit_messages == 0 {
             bail!("`kafka.commit_messages` must be at least 1");
         }
         let s = self.store;
-        if s.shards == 0 {
+        if s.shards == Some(0) {
             bail!("`store.shards` must be at least 1");
         }
         if s.block_cache_mib == 0 || s.write_buffer_mib == 0 {
@@ -356,6 +381,7 @@ impl RawConfig {
                 repartition_topic,
                 advertise,
                 session_timeout,
+                max_poll_interval,
                 commit_interval,
                 commit_messages: k.commit_messages,
                 instance_id: match k.instance_id {
@@ -363,11 +389,11 @@ impl RawConfig {
                     None => None,
                 },
                 options: k.options,
+                shards: s.shards,
             },
             data_dir: s.data_dir,
             block_cache_bytes: s.block_cache_mib << 20,
             write_buffer_bytes: s.write_buffer_mib << 20,
-            shards: s.shards,
             dedup_horizon: duration("engine.dedup_horizon", &e.dedup_horizon)?,
             max_age: duration("engine.max_age", &e.max_age)?,
             meeting_minutes: e.meeting_minutes,
@@ -378,6 +404,7 @@ impl RawConfig {
                     t => t,
                 },
                 ready_max_lag: h.ready_max_lag,
+                ready_max_stall: duration("http.ready_max_stall", &h.ready_max_stall)?,
                 exposition: pulse_http::Exposition { fys: h.metrics_fys, courses: h.course_metrics },
             },
         })
@@ -447,6 +474,8 @@ mod tests {
         assert!(err("[store]\nshards = 0", &[]).contains("store.shards"));
         assert!(err("[kafka]\ncommit_interval = \"soon\"", &[]).contains("kafka.commit_interval"));
         assert!(err("[kafka]\ncommit_interval = \"20s\"", &[]).contains("kafka.session_timeout"));
+        assert!(err("[kafka]\nmax_poll_interval = \"60s\"", &[]).contains("kafka.max_poll_interval"));
+        assert!(err("[http]\nready_max_stall = \"never\"", &[]).contains("http.ready_max_stall"));
         assert!(err("[kafka]\ninputs = [{ topic = \"t\", format = \"csv\" }]", &[]).contains("kafka.inputs[0].format"));
         assert!(err("", &[("PULSE_KAFKA__NOPE", "1")]).contains("nope"));
         assert!(err("[http]\nlisten = \"here\"", &[]).contains("http.listen"));
@@ -460,6 +489,6 @@ mod tests {
             &[("PULSE_KAFKA__BROKERS", "b:2"), ("PULSE_STORE__SHARDS", "4"), ("HOME", "/root"), ("PULSE_BENCH", "x")],
         )
         .unwrap();
-        assert_eq!((c.kafka.brokers.as_str(), c.shards), ("b:2", 4));
+        assert_eq!((c.kafka.brokers.as_str(), c.kafka.shards), ("b:2", Some(4)));
     }
 }

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pulse_engine::{Engine, EngineConfig, IngestStats, NodeKpis};
-use pulse_http::{AppState, Exposition, SnapshotCell};
+use pulse_http::Exposition;
 use pulse_loadgen::{World, WorldSpec};
 use pulse_model::{Fy, InputFormat, TimeRules};
-use pulse_store::{RocksStore, StoreMetrics, StoreOptions};
+use pulse_store::{RocksStore, StoreOptions};
 
-use crate::run::{init_logging, start_http, stop_on_signals, wall_clock};
+use crate::runtime::{init_logging, stop_on_signals, wall_clock, Served, Serving};
 
 #[derive(Debug)]
 pub(crate) struct DemoSettings {
@@ -106,24 +106,18 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
     }
     writeln!(out, "backfill: {} events applied in {:.1}s", stats.accepted, started.elapsed().as_secs_f64())?;
 
-    let snapshot = Arc::new(SnapshotCell::default());
-    let store_metrics = Arc::new(StoreMetrics::default());
-    let publish = |e: &Engine<RocksStore>| {
-        snapshot.set(e.snapshot());
-        store_metrics.record(e.store());
-    };
-    publish(&lock(&engine));
+    let served = Served::default();
+    served.publish(&lock(&engine));
     let token = std::env::var("PULSE_HTTP__TOKEN").unwrap_or_else(|_| "demo".into());
-    let state = AppState {
-        snapshot: Arc::clone(&snapshot),
+    served.start(Serving {
+        listen: s.listen,
+        listen_key: "--listen",
         users: engine.clone(),
-        collectors: vec![store_metrics.clone()],
+        collectors: Vec::new(),
         readiness: Box::new(|| Ok(())),
         token: Some(token.clone()),
         exposition: Exposition { fys: 2, courses: false },
-        clock: wall_clock,
-    };
-    start_http(s.listen, "--listen", state)?;
+    })?;
     let base = format!("http://{}", s.listen);
     writeln!(out, "\nPulse is live at {base}/  (the page: national KPIs, drill-down, targets behind)")?;
     writeln!(out, "  metrics   {base}/metrics")?;
@@ -148,23 +142,23 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
             }
             e.commit()?;
             if last_publish.elapsed() >= pulse_kafka::PUBLISH_INTERVAL {
-                publish(&e);
+                served.publish(&e);
                 last_publish = Instant::now();
             }
         }
         if last_summary.elapsed() >= SUMMARY_EVERY {
-            summary(out, &snapshot, live, live_start.elapsed())?;
+            summary(out, served.snapshot(), live, live_start.elapsed())?;
             last_summary = Instant::now();
         }
         std::thread::sleep(TICK.saturating_sub(tick.elapsed()));
     }
-    publish(&lock(&engine));
-    summary(out, &snapshot, live, live_start.elapsed())?;
+    served.publish(&lock(&engine));
+    summary(out, served.snapshot(), live, live_start.elapsed())?;
     Ok(())
 }
 
 /// One line: the national KPIs of this financial year and the live rate.
-fn summary(out: &mut dyn Write, snapshot: &SnapshotCell, live: u64, over: Duration) -> anyhow::Result<()> {
+fn summary(out: &mut dyn Write, snapshot: &pulse_http::SnapshotCell, live: u64, over: Duration) -> anyhow::Result<()> {
     let snap = snapshot.get();
     let now = wall_clock();
     let Some(national) = snap.view.node(pulse_engine::NATIONAL) else { return Ok(()) };

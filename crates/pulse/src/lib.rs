@@ -9,3 +9,4 @@ pub mod config;
 mod demo;
 mod files;
 mod run;
+mod runtime;

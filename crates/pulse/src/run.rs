@@ -4,23 +4,19 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use pulse_engine::{Engine, EngineConfig};
-use pulse_http::{AppState, Lookup, SnapshotCell, UserLookup};
+use pulse_http::{Lookup, UserLookup};
 use pulse_kafka::{IngestMetrics, Owner, Ownership, Shared};
-use pulse_model::{Millis, TimeRules};
-use pulse_store::{RocksStore, StoreMetrics, StoreOptions};
+use pulse_model::TimeRules;
+use pulse_store::{RocksStore, StoreOptions};
 use tracing::info;
 
 use crate::config::{Config, RawConfig};
-
-pub(crate) fn wall_clock() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
-}
+use crate::runtime::{init_logging, open_engine_read_only, stop_on_signals, wall_clock, Served, Serving};
 
 pub(crate) fn engine_config(c: &Config) -> EngineConfig {
     EngineConfig {
@@ -30,45 +26,12 @@ pub(crate) fn engine_config(c: &Config) -> EngineConfig {
     }
 }
 
-/// Logs to stderr at `default` unless `RUST_LOG` says otherwise.
-pub(crate) fn init_logging(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// SIGTERM and SIGINT set the returned flag.
-pub(crate) fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("failed to install a signal handler")?;
-    }
-    Ok(stop)
-}
-
-/// Binds `listen` now, so that a taken port fails at start, then serves on a
-/// thread of its own until the process exits.
-pub(crate) fn start_http(listen: SocketAddr, key: &str, state: AppState) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(listen))
-        .with_context(|| format!("`{key}` = {listen}: cannot listen there (is another process using the port?)"))?;
-    info!(%listen, "serving /metrics, /healthz, /readyz and /api/v1");
-    std::thread::Builder::new().name("pulse-http".into()).spawn(move || {
-        if let Err(e) = runtime.block_on(pulse_http::serve(listener, Arc::new(state), std::future::pending())) {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    })?;
-    Ok(())
-}
-
 pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
     init_logging("info,librdkafka=warn");
     let config = RawConfig::load(config_path, std::env::vars())?.validate()?;
     let options = StoreOptions {
-        shards: config.shards,
+        // A fresh directory takes the shard count once the topics are known.
+        shards: config.kafka.shards.unwrap_or(StoreOptions::default().shards),
         block_cache_bytes: config.block_cache_bytes,
         write_buffer_bytes: config.write_buffer_bytes,
     };
@@ -78,30 +41,25 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let ingest = Arc::new(IngestMetrics::default());
     let ownership = Arc::new(Ownership::default());
-    let store_metrics = Arc::new(StoreMetrics::default());
-    let snapshot = Arc::new(SnapshotCell::default());
+    let served = Served::default();
     let http = &config.http;
     let readiness = {
-        let (ingest, max_lag) = (Arc::clone(&ingest), http.ready_max_lag);
-        Box::new(move || ingest.readiness(max_lag))
+        let (ingest, max_lag, max_stall) = (Arc::clone(&ingest), http.ready_max_lag, http.ready_max_stall);
+        Box::new(move || ingest.readiness(max_lag, max_stall))
     };
-    let state = AppState {
-        snapshot: Arc::clone(&snapshot),
+    served.start(Serving {
+        listen: http.listen,
+        listen_key: "http.listen",
         users: Arc::new(OwnedUsers { engine: engine.clone(), ownership: ownership.clone() }),
-        collectors: vec![ingest.clone(), store_metrics.clone()],
+        collectors: vec![ingest.clone()],
         readiness,
         token: http.token.clone(),
         exposition: http.exposition,
-        clock: wall_clock,
-    };
-    start_http(http.listen, "http.listen", state)?;
+    })?;
 
     let settings = &config.kafka;
     info!(brokers = %settings.brokers, data_dir = %config.data_dir.display(), "pulse run starting");
-    let mut publish = |engine: &Engine<RocksStore>| {
-        snapshot.set(engine.snapshot());
-        store_metrics.record(engine.store());
-    };
+    let mut publish = |engine: &Engine<RocksStore>| served.publish(engine);
     let shared = Shared { engine, metrics: ingest, ownership, publish: &mut publish };
     let stats = pulse_kafka::run(settings, shared, &stop, wall_clock)?;
     info!(
@@ -147,24 +105,18 @@ pub(crate) struct ServeSettings {
 pub(crate) fn serve(s: &ServeSettings) -> anyhow::Result<()> {
     init_logging("info,librdkafka=warn");
     let stop = stop_on_signals()?;
-    let engine = Arc::new(Mutex::new(crate::cli::open_engine_read_only(&s.data_dir)?));
-    let snapshot = Arc::new(SnapshotCell::default());
-    let store_metrics = Arc::new(StoreMetrics::default());
-    let publish = |engine: &Engine<RocksStore>| {
-        snapshot.set(engine.snapshot());
-        store_metrics.record(engine.store());
-    };
-    publish(&engine.lock().unwrap_or_else(|p| p.into_inner()));
-    let state = AppState {
-        snapshot: Arc::clone(&snapshot),
+    let engine = Arc::new(Mutex::new(open_engine_read_only(&s.data_dir)?));
+    let served = Served::default();
+    served.publish(&engine.lock().unwrap_or_else(|p| p.into_inner()));
+    served.start(Serving {
+        listen: s.listen,
+        listen_key: "--listen",
         users: engine.clone(),
-        collectors: vec![store_metrics.clone()],
+        collectors: Vec::new(),
         readiness: Box::new(|| Ok(())),
         token: std::env::var("PULSE_HTTP__TOKEN").ok().filter(|t| !t.trim().is_empty()),
         exposition: s.exposition,
-        clock: wall_clock,
-    };
-    start_http(s.listen, "--listen", state)?;
+    })?;
     info!(data_dir = %s.data_dir.display(), refresh = ?s.refresh, "pulse serve: serving the state read-only");
     let tick = Duration::from_millis(100);
     let mut waited = Duration::ZERO;
@@ -173,8 +125,8 @@ pub(crate) fn serve(s: &ServeSettings) -> anyhow::Result<()> {
         waited += tick;
         if waited >= s.refresh {
             waited = Duration::ZERO;
-            let fresh = crate::cli::open_engine_read_only(&s.data_dir)?;
-            publish(&fresh);
+            let fresh = open_engine_read_only(&s.data_dir)?;
+            served.publish(&fresh);
             *engine.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         }
     }

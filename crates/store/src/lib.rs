@@ -17,10 +17,9 @@ pub use metrics::{StoreMetrics, StoreUsage};
 
 use std::path::Path;
 
+use pulse_engine::codec::{decode, encode};
 use pulse_engine::{Batch, LoadedState, SeenKey, ShardId, Store, StoreError, UserState};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 /// Users by (shard, user id).
 pub const CF_USERS: &str = "users";
@@ -32,8 +31,6 @@ pub const CF_TOTALS: &str = "totals";
 pub const CF_META: &str = "meta";
 const FAMILIES: [&str; 4] = [CF_USERS, CF_SEEN, CF_TOTALS, CF_META];
 
-/// Version of the value encoding, the first byte of every value.
-const VALUE_VERSION: u8 = 1;
 /// Version of the directory layout, stored under [`keys::FORMAT`]. 2: a
 /// partition's offset is stored with its newest event time. 3: users are
 /// sharded by their Kafka partition (murmur2), with changelog positions.
@@ -73,27 +70,6 @@ impl std::fmt::Debug for RocksStore {
 fn err(context: impl Into<String>) -> impl FnOnce(rocksdb::Error) -> StoreError {
     let context = context.into();
     move |e| StoreError::new(context, e)
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![VALUE_VERSION];
-    bincode::serialize_into(&mut out, v).map_err(|e| StoreError::new("failed to encode a value", e))?;
-    Ok(out)
-}
-
-fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => {
-            bincode::deserialize(rest).map_err(|e| StoreError::new(format!("failed to decode {what}"), e))
-        }
-        other => Err(StoreError::new(
-            format!("failed to decode {what}"),
-            format!(
-                "value format {:?} is not {VALUE_VERSION}; this state was written by another Pulse version",
-                other.map(|o| o.0)
-            ),
-        )),
-    }
 }
 
 /// Opens (or creates) the database for reading and writing, taking its lock.
@@ -136,6 +112,23 @@ fn open_error(path: &Path, e: rocksdb::Error) -> StoreError {
         _ => "check that the directory is readable and writable and its disk has space",
     };
     StoreError::new(context, format!("{advice} (RocksDB: {e})"))
+}
+
+/// A stored key's shard as an index; a shard the state directory does not
+/// have means damage (or a layout this build does not know), never data to
+/// fold into another shard.
+fn shard_index(shard: ShardId, shards: usize) -> Result<usize, StoreError> {
+    let i = usize::from(shard);
+    if i >= shards {
+        return Err(StoreError::new(
+            "failed to load the state",
+            format!(
+                "a stored key names shard {shard} but the state directory has {shards}; it is damaged: \
+                 move it away and let Pulse rebuild it from the changelog"
+            ),
+        ));
+    }
+    Ok(i)
 }
 
 fn key_err(e: keys::KeyError) -> StoreError {
@@ -228,7 +221,7 @@ impl Store for RocksStore {
             let (k, v) = item.map_err(err(ctx))?;
             let space = k.first().copied().unwrap_or_default();
             let (shard, key) = keys::decode_sharded_text(space, &k).map_err(key_err)?;
-            let shard = usize::from(shard).min(n - 1);
+            let shard = shard_index(shard, n)?;
             match space {
                 keys::ORG_TOTALS => {
                     state.org_totals[shard].insert(key.to_owned(), decode("org totals", &v)?);
@@ -256,7 +249,7 @@ impl Store for RocksStore {
                     state.offsets.insert((topic.to_owned(), partition), decode("a partition position", &v)?);
                 }
                 Some(keys::MAX_TS) => {
-                    let shard = usize::from(keys::decode_shard(keys::MAX_TS, &k).map_err(key_err)?).min(n - 1);
+                    let shard = shard_index(keys::decode_shard(keys::MAX_TS, &k).map_err(key_err)?, n)?;
                     state.max_ts[shard] = keys::decode_i64(&v).map_err(key_err)?;
                 }
                 Some(keys::CHANGELOG) => {
@@ -347,10 +340,10 @@ impl Store for RocksStore {
             }
         }
         if let Some(m) = batch.meeting_minutes {
-            wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m)?);
+            wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m));
         }
         for (shard, user, state) in &batch.users {
-            wb.put_cf(users, keys::sharded_text(keys::USER, *shard, user), encode(state)?);
+            wb.put_cf(users, keys::sharded_text(keys::USER, *shard, user), encode(state));
         }
         for (shard, k) in &batch.seen {
             wb.put_cf(seen, keys::seen(*shard, k.bucket, k.hash), []);
@@ -365,14 +358,14 @@ impl Store for RocksStore {
         for (shard, key, t) in &batch.org_totals {
             let k = keys::sharded_text(keys::ORG_TOTALS, *shard, key);
             match t {
-                Some(t) => wb.put_cf(totals, k, encode(t)?),
+                Some(t) => wb.put_cf(totals, k, encode(t)),
                 None => wb.delete_cf(totals, k),
             }
         }
         for (shard, key, t) in &batch.course_totals {
             let k = keys::sharded_text(keys::COURSE_TOTALS, *shard, key);
             match t {
-                Some(t) => wb.put_cf(totals, k, encode(t)?),
+                Some(t) => wb.put_cf(totals, k, encode(t)),
                 None => wb.delete_cf(totals, k),
             }
         }
@@ -384,18 +377,18 @@ impl Store for RocksStore {
         }
         for (id, rec) in &batch.orgs {
             match rec {
-                Some(r) => wb.put_cf(meta, keys::text(keys::ORG, id), encode(r)?),
+                Some(r) => wb.put_cf(meta, keys::text(keys::ORG, id), encode(r)),
                 None => wb.delete_cf(meta, keys::text(keys::ORG, id)),
             }
         }
         for (id, rec) in &batch.targets {
             match rec {
-                Some(r) => wb.put_cf(meta, keys::text(keys::TARGET, id), encode(r)?),
+                Some(r) => wb.put_cf(meta, keys::text(keys::TARGET, id), encode(r)),
                 None => wb.delete_cf(meta, keys::text(keys::TARGET, id)),
             }
         }
         for ((topic, partition), position) in &batch.offsets {
-            wb.put_cf(meta, keys::offset(topic, *partition), encode(position)?);
+            wb.put_cf(meta, keys::offset(topic, *partition), encode(position));
         }
         // No fsync: the write-ahead log survives a killed process; a machine
         // crash may lose the last commits, whose offsets are lost with them,

@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use pulse_metrics::{Collect, Encoder, Kind};
 
-use crate::{RocksStore, FAMILIES};
+use crate::{RocksStore, CF_SEEN, FAMILIES};
 
 /// Sizes of one state directory, summed over the column families.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,6 +16,11 @@ pub struct StoreUsage {
     pub block_cache_bytes: u64,
     /// Memtables, flushed and not.
     pub memtable_bytes: u64,
+    /// Event ids remembered for deduplication (RocksDB's estimate: ids
+    /// forgotten by a range delete leave it at the next compaction).
+    pub remembered_ids: u64,
+    /// Their size: SST files and memtables of the `seen` column family.
+    pub remembered_bytes: u64,
 }
 
 impl RocksStore {
@@ -26,6 +31,9 @@ impl RocksStore {
                 .map(|name| self.db.property_int_value_cf(self.cf(name), property).ok().flatten().unwrap_or(0))
                 .sum()
         };
+        let seen = |property: &str| -> u64 {
+            self.db.property_int_value_cf(self.cf(CF_SEEN), property).ok().flatten().unwrap_or(0)
+        };
         StoreUsage {
             // The directory holds a few dozen files: listing them is cheap,
             // and unlike the SST size it counts the write-ahead log.
@@ -34,6 +42,8 @@ impl RocksStore {
                 .unwrap_or(0),
             block_cache_bytes: self.db.property_int_value("rocksdb.block-cache-usage").ok().flatten().unwrap_or(0),
             memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
+            remembered_ids: seen("rocksdb.estimate-num-keys"),
+            remembered_bytes: seen("rocksdb.total-sst-files-size") + seen("rocksdb.cur-size-all-mem-tables"),
         }
     }
 }
@@ -63,5 +73,17 @@ impl Collect for StoreMetrics {
             .sample(&[], u.block_cache_bytes as f64);
         enc.family("pulse_store_memtable_bytes", "RocksDB memtables in memory.", Kind::Gauge)
             .sample(&[], u.memtable_bytes as f64);
+        enc.family(
+            "pulse_store_remembered_ids",
+            "Event ids remembered for deduplication (estimate; forgotten ones leave at compaction).",
+            Kind::Gauge,
+        )
+        .sample(&[], u.remembered_ids as f64);
+        enc.family(
+            "pulse_store_remembered_id_bytes",
+            "Size of the remembered event ids on disk and in memtables.",
+            Kind::Gauge,
+        )
+        .sample(&[], u.remembered_bytes as f64);
     }
 }

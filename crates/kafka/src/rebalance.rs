@@ -1,0 +1,229 @@
+//! The rebalance protocol: what happens when the group gives this member
+//! partitions (take them over: fence their previous owners, restore their
+//! state from the changelog, resume at the stored offsets) or takes them
+//! away (persist first, then let go), and the one way state is persisted.
+//!
+//! A take-over that fails on a transient fault (a broker restarting) does
+//! not end the process: the partitions are assigned anyway, the engine is
+//! marked as not matching the store, and the loop stalls and retries the
+//! take-over as it does for a full disk ([`crate::stall`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use pulse_engine::{ChangeLog, Engine, ShardId, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use crate::changelog::{catch_up, Changelog};
+use crate::dead_letters::DeadLetters;
+use crate::metrics::IngestMetrics;
+use crate::ownership::Ownership;
+use crate::{Error, Settings};
+
+pub(crate) fn lock<S>(engine: &Mutex<Engine<S>>) -> MutexGuard<'_, Engine<S>> {
+    // A panic while holding the lock aborts the loop anyway; the state in
+    // the store is still consistent, so recovering the guard is safe.
+    engine.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long a revocation may take to persist: the group waits for this
+/// member only so long.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The consumer's context: the rebalance protocol against the engine that
+/// owns the offsets, and what the loop shares with it.
+pub(crate) struct GroupContext<S> {
+    pub(crate) engine: Arc<Mutex<Engine<S>>>,
+    /// Whether the group has given this member its partitions (maybe none).
+    pub(crate) assigned: AtomicBool,
+    /// Each partition's end offset, from librdkafka's statistics (no
+    /// broker round trip; refreshed every `STATS_INTERVAL`).
+    pub(crate) ends: Mutex<BTreeMap<(String, i32), i64>>,
+    /// A local failure inside a callback (librdkafka refused an
+    /// assignment), reported by the loop after `poll` returns.
+    pub(crate) failure: Mutex<Option<String>>,
+    /// A take-over that failed: the loop stalls with it and retries.
+    pub(crate) take_over_failed: Mutex<Option<Error>>,
+    /// Dead letters, settled before every commit (the revocation's too).
+    pub(crate) dead: Mutex<DeadLetters>,
+    /// The owned shards' changelog producers, written at every commit.
+    pub(crate) changelog: Mutex<Changelog>,
+    /// Set by an assignment: the ownership view is refreshed.
+    pub(crate) reassigned: AtomicBool,
+    pub(crate) ownership: Arc<Ownership>,
+    pub(crate) metrics: Arc<IngestMetrics>,
+    pub(crate) settings: Settings,
+    /// SIGTERM/SIGINT: a restore or a wait on the brokers stops early.
+    pub(crate) stop: Arc<AtomicBool>,
+    /// The topics co-partitioned with the shards (set once the topics are
+    /// known, before the group is joined): partition `p` of one of these
+    /// is owned with shard `p`; the others' offsets are the group's.
+    pub(crate) aligned: OnceLock<BTreeSet<String>>,
+}
+
+impl<S> GroupContext<S> {
+    pub(crate) fn dead(&self) -> MutexGuard<'_, DeadLetters> {
+        self.dead.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn changelog(&self) -> MutexGuard<'_, Changelog> {
+        self.changelog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn revoked(&self) {
+        self.assigned.store(false, Ordering::Relaxed);
+        self.ownership.set_mine(BTreeSet::new());
+    }
+
+    pub(crate) fn is_aligned(&self, topic: &str) -> bool {
+        self.aligned.get().is_some_and(|a| a.contains(topic))
+    }
+
+    /// The shards an assignment gives: the partition numbers of its
+    /// co-partitioned topics.
+    pub(crate) fn shards_of(&self, tpl: &TopicPartitionList) -> BTreeSet<ShardId> {
+        tpl.elements().iter().filter(|e| self.is_aligned(e.topic())).map(|e| e.partition() as ShardId).collect()
+    }
+}
+
+impl<S: Store> GroupContext<S> {
+    /// Persists everything applied since the last commit: waits for the
+    /// dead letters' acknowledgements (until `deadline`), writes the
+    /// changelog, then the store. The engine is locked to take the changes
+    /// out and to store them, never while the brokers are awaited, so user
+    /// lookups keep answering (from the last commit) meanwhile.
+    pub(crate) fn persist(&self, consumer: &BaseConsumer<Self>, deadline: Instant) -> Result<(), Error>
+    where
+        S: Send + 'static,
+    {
+        self.dead().settle(&self.stop, deadline)?;
+        let pending = lock(&self.engine).prepare_commit(true)?;
+        let mut changelog = self.changelog();
+        changelog.set_group(consumer.group_metadata());
+        let logged = changelog.write(pending.changes());
+        drop(changelog);
+        lock(&self.engine).finish_commit(pending, Some(logged))?;
+        Ok(())
+    }
+
+    /// Makes the local state exactly the given shards', each caught up
+    /// with its changelog: takes over their changelog partitions (fencing
+    /// the previous owners), drops every other shard, restores, reloads.
+    pub(crate) fn take_over(&self, consumer: &BaseConsumer<Self>, shards: &BTreeSet<ShardId>) -> Result<(), Error>
+    where
+        S: Send + 'static,
+    {
+        self.changelog().own(shards)?;
+        // Registry records read since the last commit: the reload below
+        // would drop them, and their topic is not read again.
+        self.persist(consumer, Instant::now() + REVOKE_TIMEOUT)?;
+        lock(&self.engine).keep_only(shards)?;
+        for &shard in shards {
+            catch_up(&self.settings, &self.engine, shard, &self.metrics, &self.stop)?;
+        }
+        lock(&self.engine).reload()?;
+        self.ownership.set_mine(shards.clone());
+        Ok(())
+    }
+
+    /// Takes the assigned partitions over and resumes each at its stored
+    /// offset. A failed take-over still assigns them (so the group sees
+    /// this member consume), but the engine refuses every event until the
+    /// stalled loop has taken them over.
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) -> Result<(), String>
+    where
+        S: Send + 'static,
+    {
+        let assigned: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        let shards = self.shards_of(tpl);
+        info!(?shards, "assigned; restoring their state from the changelog where the local one is behind");
+        // While the engine refuses events, the stalled loop takes the
+        // partitions over once it recovers.
+        if !lock(&self.engine).is_poisoned() {
+            if let Err(e) = self.take_over(consumer, &shards) {
+                error!(error = %e, "taking the assigned partitions over failed; ingestion waits and retries it");
+                lock(&self.engine).invalidate();
+                *self.take_over_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        }
+        let engine = lock(&self.engine);
+        let mut resume = Vec::new();
+        for (topic, p) in &assigned {
+            // The stored offset is already the next one to read; a topic
+            // not co-partitioned resumes at the group's offset, committed
+            // in the transactions that carried its forwards.
+            let offset = match self.is_aligned(topic) {
+                true => engine.next_offset(topic, *p).map_or(Offset::Beginning, Offset::Offset),
+                false => Offset::Stored,
+            };
+            resume.push(format!("{topic}/{p}@{offset:?}"));
+            tpl.set_partition_offset(topic, *p, offset).map_err(|e| e.to_string())?;
+        }
+        info!(partitions = ?resume, "resuming at the stored offsets");
+        self.assigned.store(true, Ordering::Relaxed);
+        self.reassigned.store(true, Ordering::Relaxed);
+        consumer.assign(tpl).map_err(|e| e.to_string())
+    }
+
+    /// Persists, then lets the partitions go. What cannot be persisted
+    /// (fenced by the partitions' next owner, a full disk, brokers away) is
+    /// dropped: the next owner resumes from the last commit.
+    fn revoke(&self, consumer: &BaseConsumer<Self>)
+    where
+        S: Send + 'static,
+    {
+        if lock(&self.engine).is_poisoned() {
+            // What the store holds is the last commit, where the next
+            // owner resumes; nothing more can be persisted.
+            info!("revoked while ingestion is stalled; the next owner resumes from the last commit");
+            self.changelog().discard_forwards();
+        } else if let Err(e) = self.persist(consumer, Instant::now() + REVOKE_TIMEOUT) {
+            error!(error = %e, "revoked, but the state could not be persisted; dropping what the last commit lacks");
+            self.changelog().discard_forwards();
+            if let Err(e) = lock(&self.engine).reload() {
+                error!(error = %e, "reloading the committed state failed; the next commit retries");
+            }
+        } else {
+            info!("revoked; state, changelog and offsets persisted first");
+        }
+        self.revoked();
+    }
+}
+
+impl<S: Store + Send + 'static> ClientContext for GroupContext<S> {
+    fn stats(&self, statistics: Statistics) {
+        let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+        for (topic, t) in &statistics.topics {
+            // Partition -1 is librdkafka's internal "unassigned" queue.
+            for (p, part) in t.partitions.iter().filter(|(p, part)| **p >= 0 && part.hi_offset >= 0) {
+                ends.insert((topic.clone(), *p), part.hi_offset);
+            }
+        }
+    }
+}
+
+impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let outcome = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer);
+                consumer.unassign().map_err(|e| e.to_string())
+            }
+            other => {
+                warn!(error = ?other, "rebalance failed; dropping the assignment");
+                consumer.unassign().map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = outcome {
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+    }
+}

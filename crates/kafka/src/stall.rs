@@ -1,0 +1,128 @@
+//! The loop while ingestion is stalled: the store refused a write (a full
+//! disk), the changelog refused a commit (brokers away, fenced), or taking
+//! partitions over failed (brokers restarting). Every such fault is waited
+//! out here, never by exiting: the loop pauses every partition, keeps its
+//! group membership by polling, retries with backoff, and once the store
+//! takes writes and the take-over succeeds, re-reads the registry and
+//! rewinds each partition to its stored offset. Nothing applied since the
+//! last commit survives, and no offset moved past it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pulse_engine::{Engine, IngestStats, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Offset;
+use tracing::{error, info, warn};
+
+use crate::group::read_registry;
+use crate::metrics::{IngestCounts, IngestMetrics};
+use crate::rebalance::{lock, GroupContext};
+use crate::registry::{RegistryReader, METADATA_TIMEOUT};
+use crate::retry::Backoff;
+use crate::{kafka_err, Error, Settings};
+
+pub(crate) struct Stalled<'a, S: Store + Send + 'static> {
+    pub consumer: &'a BaseConsumer<GroupContext<S>>,
+    pub engine: &'a Arc<Mutex<Engine<S>>>,
+    pub metrics: &'a IngestMetrics,
+    pub stop: &'a AtomicBool,
+}
+
+impl<S: Store + Send + 'static> Stalled<'_, S> {
+    /// Returns `error` unless waiting can cure it (it is transient, or the
+    /// engine no longer matches the store). Otherwise: says so (log,
+    /// metric, readiness) and retries until ingestion can resume; returns
+    /// the registry reader to go on with, or `None` if `stop` was set first.
+    pub fn wait(
+        &self,
+        error: Error,
+        counts: &mut IngestCounts,
+        settings: &Settings,
+        registry_stats: &mut IngestStats,
+    ) -> Result<Option<RegistryReader>, Error> {
+        if !error.is_transient() && !lock(self.engine).is_poisoned() {
+            return Err(error);
+        }
+        error!(%error, "ingestion stopped; retrying until the store and the brokers take writes again");
+        counts.store_failed(error.to_string());
+        self.metrics.publish(counts);
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        loop {
+            let until = Instant::now() + backoff.next_delay();
+            while Instant::now() < until {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                self.metrics.beat();
+                if let Ok(assignment) = self.consumer.assignment() {
+                    // Cheap, and covers partitions a rebalance just assigned.
+                    let _ = self.consumer.pause(&assignment);
+                }
+                // Anything still delivered is dropped: the rewind below refetches it.
+                let _ = self.consumer.poll(Duration::from_millis(100));
+            }
+            let recovered = lock(self.engine).recover().map_err(Error::from);
+            match recovered.and_then(|()| self.resume(settings, registry_stats)) {
+                Ok(registry) => {
+                    info!("ingestion resumed from the stored offsets");
+                    // A take-over that failed inside a rebalance was just done.
+                    self.consumer.context().take_over_failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    counts.store_recovered();
+                    self.metrics.publish(counts);
+                    return Ok(Some(registry));
+                }
+                // A broker coming back may answer some requests and not
+                // others yet: every step is tried again next round.
+                Err(e) => warn!(error = %e, "the store or the brokers still refuse; retrying"),
+            }
+        }
+    }
+
+    /// Once the store takes writes: catches the assigned shards up with
+    /// their changelogs (a failed commit may have reached some of them and
+    /// not the store), re-reads the registry, rewinds every partition.
+    fn resume(&self, settings: &Settings, registry_stats: &mut IngestStats) -> Result<RegistryReader, Error> {
+        let context = self.consumer.context();
+        context.changelog().discard_forwards();
+        let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
+        if let Err(e) = context.take_over(self.consumer, &context.shards_of(&assignment)) {
+            // Memory may hold part of a restore: recover reloads it next round.
+            lock(self.engine).invalidate();
+            return Err(e);
+        }
+        let registry = read_registry(settings, self.consumer, self.engine, registry_stats, self.stop)?;
+        self.rewind()?;
+        Ok(registry)
+    }
+
+    /// Seeks every assigned (paused) partition to its stored offset (the
+    /// group's, for a topic not co-partitioned with the shards), then
+    /// resumes it.
+    fn rewind(&self) -> Result<(), Error> {
+        let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
+        let committed = self
+            .consumer
+            .committed_offsets(assignment.clone(), METADATA_TIMEOUT)
+            .map_err(kafka_err("failed to read the group's offsets"))?;
+        let mut targets = Vec::new();
+        {
+            let engine = lock(self.engine);
+            for e in assignment.elements() {
+                let stored = match self.consumer.context().is_aligned(e.topic()) {
+                    true => engine.next_offset(e.topic(), e.partition()),
+                    false => committed.find_partition(e.topic(), e.partition()).and_then(|c| c.offset().to_raw()),
+                };
+                let offset = stored.filter(|&o| o >= 0).map_or(Offset::Beginning, Offset::Offset);
+                targets.push((e.topic().to_owned(), e.partition(), offset));
+            }
+        }
+        for (topic, partition, offset) in targets {
+            self.consumer
+                .seek(&topic, partition, offset, METADATA_TIMEOUT)
+                .map_err(kafka_err(format!("failed to rewind {topic}/{partition}")))?;
+        }
+        self.consumer.resume(&assignment).map_err(kafka_err("failed to resume the partitions"))
+    }
+}
