@@ -62,12 +62,17 @@ struct Case {
 
 impl Case {
     fn new(partitions: i32) -> Case {
+        Case::with_counts([partitions; 3])
+    }
+
+    /// Input topics with these partition counts: events, sunbird, ratings.
+    fn with_counts(counts: [i32; 3]) -> Case {
         let id = format!("{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand_suffix());
         let name = |t: &str| format!("test.{t}.{id}");
         let (events, orgs, targets, dlq) = (name("events"), name("orgs"), name("targets"), name("dlq"));
         let (sunbird, ratings) = (name("sunbird"), name("ratings"));
         let b = brokers();
-        for input in [&events, &sunbird, &ratings] {
+        for (input, partitions) in [&events, &sunbird, &ratings].into_iter().zip(counts) {
             tools::create_topic(&b, input, partitions, false).unwrap();
         }
         tools::create_topic(&b, &orgs, 1, true).unwrap();
@@ -1324,30 +1329,54 @@ fn three_instances_share_the_partitions_and_sum_to_the_model_through_joins_a_kil
     }
 }
 
-/// Input topics with different partition counts cannot share shards: Pulse
-/// refuses to start, naming each topic's count.
+/// Input topics with different partition counts (6, 3 and 1, as a
+/// platform's telemetry and rating topics may have): the shards follow the
+/// largest; events on the others reach their user's shard through the
+/// repartition topic, their offsets committed to the group in the same
+/// transactions. Two instances, one killed and restarted: each partition of
+/// the largest topic is consumed by exactly one, the group catches up on
+/// every topic, and the sums over instances equal the model at every step.
 #[test]
-fn input_topics_with_different_partition_counts_are_refused_at_start() {
+fn input_topics_with_different_partition_counts_are_exact_across_instances() {
     let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
-    let case = Case::new(2);
-    let odd = format!("test.odd.{}", case.name);
-    tools::create_topic(&brokers(), &odd, 3, false).unwrap();
+    const SHARDS: i32 = 6;
+    let mut case = Case::with_counts([SHARDS, 3, 1]);
+    let (orgs, events) = history(53, 9_000);
+    case.produce_orgs(&orgs);
+    case.produce_targets(&target_records());
     let inputs = format!(
-        r#"[{{ topic = "{}", format = "pulse-v1" }}, {{ topic = "{odd}", format = "pulse-v1" }}]"#,
-        case.events
+        r#"[{{ topic = "{}", format = "pulse-v1" }}, {{ topic = "{}", format = "pulse-v1" }}, {{ topic = "{}", format = "pulse-v1" }}]"#,
+        case.events, case.sunbird, case.ratings
     );
-    let mut pulse = case.start_with(&[("PULSE_KAFKA__INPUTS", inputs)]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = pulse.try_wait().unwrap() {
-            break status;
+    let topics = [case.events.clone(), case.sunbird.clone(), case.ratings.clone()];
+    let flow = |case: &mut Case, chunk: &[Kv]| {
+        for (i, topic) in topics.iter().enumerate() {
+            let part: Vec<Kv> = chunk.iter().skip(i).step_by(3).cloned().collect();
+            tools::produce(&brokers(), topic, &part).unwrap();
         }
-        assert!(Instant::now() < deadline, "pulse kept running with mismatched partition counts");
-        std::thread::sleep(Duration::from_millis(100));
+        case.sent.extend(
+            chunk.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }),
+        );
     };
-    assert!(!status.success());
+    let chunks: Vec<Vec<Kv>> = events.chunks(events.len() / 3 + 1).map(<[Kv]>::to_vec).collect();
+    let overrides = [("PULSE_KAFKA__INPUTS", inputs)];
+    let (mut a, mut b) = (Instance::new(&case, "a"), Instance::new(&case, "b"));
+    flow(&mut case, &chunks[0]);
+    a.start_with(&case, &overrides);
+    b.start_with(&case, &overrides);
+    scale_out_settles(&case, &mut [&mut a, &mut b], SHARDS);
+    b.kill_9();
+    flow(&mut case, &chunks[1]);
+    scale_out_settles(&case, &mut [&mut a], SHARDS);
+    b.start_with(&case, &overrides);
+    flow(&mut case, &chunks[2]);
+    scale_out_settles(&case, &mut [&mut a, &mut b], SHARDS);
     let log = case.log();
-    assert!(log.contains("the same partition count") && log.contains(&format!("\"{odd}\": 3")), "{log}");
+    assert!(log.contains("through the repartition topic"), "the layout was not logged:\n{log}");
+    for i in [&mut a, &mut b] {
+        let mut child = i.child.take().unwrap();
+        stop(&mut child, &case);
+    }
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -97,6 +97,9 @@ pub(crate) struct Changelog {
     /// member of an older generation, so a zombie cannot commit them).
     carried: Vec<Forward>,
     carried_offsets: BTreeMap<(String, i32), i64>,
+    /// Their offsets as committed to the group (read at assignment, moved
+    /// by every commit).
+    committed: BTreeMap<(String, i32), i64>,
     /// The group's metadata at the last poll, for those offset commits.
     group: Option<ConsumerGroupMetadata>,
 }
@@ -113,6 +116,7 @@ impl Changelog {
             forwards: BTreeMap::new(),
             carried: Vec::new(),
             carried_offsets: BTreeMap::new(),
+            committed: BTreeMap::new(),
             group: None,
         }
     }
@@ -156,9 +160,15 @@ impl Changelog {
         self.carried_offsets.insert((topic.to_owned(), partition), next);
     }
 
-    /// The next offsets of such partitions not committed yet.
+    /// The next offset of such a partition, committed or not.
     pub(crate) fn carried_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.carried_offsets.get(&(topic.to_owned(), partition)).copied()
+        let key = (topic.to_owned(), partition);
+        self.carried_offsets.get(&key).or_else(|| self.committed.get(&key)).copied()
+    }
+
+    /// The group's offsets of such partitions, as assigned now.
+    pub(crate) fn set_committed(&mut self, committed: BTreeMap<(String, i32), i64>) {
+        self.committed = committed;
     }
 
     /// The group's metadata, for the next commit's offsets.
@@ -273,6 +283,7 @@ impl ChangeLog for Changelog {
         // has changes; the carrier may have none of its own.
         let mut forwards = std::mem::take(&mut self.forwards);
         let carried = std::mem::take(&mut self.carried_offsets);
+        let committing = carried.clone();
         let mut offsets = None;
         if !carried.is_empty() {
             let carrier = self.carrier()?;
@@ -317,6 +328,9 @@ impl ChangeLog for Changelog {
                 }
             }
         }
+        if failed.is_none() {
+            self.committed.extend(committing);
+        }
         failed.map_or(Ok(positions), Err)
     }
 }
@@ -340,7 +354,7 @@ struct EndIsNoError;
 
 impl ClientContext for EndIsNoError {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
             warn!(%error, reason, "changelog reader");
         }
     }

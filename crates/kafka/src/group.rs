@@ -234,8 +234,10 @@ pub fn run<S: Store + Send + 'static>(
         let reassigned = consumer.context().reassigned.swap(false, Ordering::Relaxed);
         if reassigned {
             // The owned shards changed (restored, or dropped): what this
-            // instance exports must change with them, traffic or not.
+            // instance exports must change with them, traffic or not; and
+            // lag tools see where the restored state stands.
             publication.changed();
+            advise_group(&consumer, &lock(&cell), CommitMode::Async);
         }
         if reassigned || last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
             ownership.refresh(&consumer, &settings.group_id, &settings.repartition_topic);
@@ -414,19 +416,13 @@ fn record_positions<S: Store + Send + 'static>(
             // With nothing stored yet, the loop starts at the beginning.
             let next = match context.is_aligned(&key.0) {
                 true => engine.next_offset(&key.0, key.1),
-                false => changelog.carried_offset(&key.0, key.1).or_else(|| consumer_position(consumer, &key)),
+                false => changelog.carried_offset(&key.0, key.1),
             };
             let high = ends.get(&key).copied();
             (key, Position { next: next.unwrap_or(0), high })
         })
         .collect();
     counts.positions(positions);
-}
-
-/// Where the consumer stands on a partition (the next offset it delivers).
-fn consumer_position<C: ConsumerContext>(consumer: &BaseConsumer<C>, key: &(String, i32)) -> Option<i64> {
-    let positions = consumer.position().ok()?;
-    positions.find_partition(&key.0, key.1)?.offset().to_raw().filter(|&o| o >= 0)
 }
 
 /// Persists state and offsets (see [`GroupContext::persist`]), then tells
@@ -448,23 +444,30 @@ fn commit<S: Store + Send + 'static>(
         engine.set_at_end(at_end);
     }
     consumer.context().persist(consumer, Instant::now() + DEAD_LETTER_TIMEOUT)?;
-    let Ok(assignment) = consumer.assignment() else { return Ok(()) };
+    advise_group(consumer, &lock(engine), mode);
+    Ok(())
+}
+
+/// Commits the stored offsets of the co-partitioned topics to the group,
+/// only so that lag tools see progress (the others' group offsets are
+/// committed in the transactions). Pulse resumes from its own store.
+fn advise_group<S: Store + Send + 'static>(
+    consumer: &BaseConsumer<GroupContext<S>>,
+    engine: &Engine<S>,
+    mode: CommitMode,
+) {
+    let Ok(assignment) = consumer.assignment() else { return };
     let mut tpl = TopicPartitionList::new();
-    let engine = lock(engine);
-    // The others' group offsets were committed in the transaction.
     for e in assignment.elements().iter().filter(|e| consumer.context().is_aligned(e.topic())) {
         if let Some(next) = engine.next_offset(e.topic(), e.partition()) {
             let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
         }
     }
-    drop(engine);
     if tpl.count() > 0 {
         if let Err(e) = consumer.commit(&tpl, mode) {
-            // Only lag dashboards read these; Pulse resumes from its own store.
             warn!(error = %e, "group offset commit failed (advisory only)");
         }
     }
-    Ok(())
 }
 
 /// While idle: moves each partition's next offset past the transaction

@@ -24,6 +24,7 @@ use crate::changelog::{catch_up, Changelog};
 use crate::dead_letters::DeadLetters;
 use crate::metrics::IngestMetrics;
 use crate::ownership::Ownership;
+use crate::registry::METADATA_TIMEOUT;
 use crate::{Error, Settings};
 
 pub(crate) fn lock<S>(engine: &Mutex<Engine<S>>) -> MutexGuard<'_, Engine<S>> {
@@ -153,15 +154,17 @@ impl<S: Store> GroupContext<S> {
                 *self.take_over_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
         }
+        // A topic not co-partitioned resumes at the group's offset,
+        // committed in the transactions that carried its forwards.
+        let committed = self.group_offsets(consumer, tpl);
+        self.changelog().set_committed(committed.clone());
         let engine = lock(&self.engine);
         let mut resume = Vec::new();
         for (topic, p) in &assigned {
-            // The stored offset is already the next one to read; a topic
-            // not co-partitioned resumes at the group's offset, committed
-            // in the transactions that carried its forwards.
+            // The stored offset is already the next one to read.
             let offset = match self.is_aligned(topic) {
                 true => engine.next_offset(topic, *p).map_or(Offset::Beginning, Offset::Offset),
-                false => Offset::Stored,
+                false => committed.get(&(topic.clone(), *p)).map_or(Offset::Stored, |&o| Offset::Offset(o)),
             };
             resume.push(format!("{topic}/{p}@{offset:?}"));
             tpl.set_partition_offset(topic, *p, offset).map_err(|e| e.to_string())?;
@@ -170,6 +173,37 @@ impl<S: Store> GroupContext<S> {
         self.assigned.store(true, Ordering::Relaxed);
         self.reassigned.store(true, Ordering::Relaxed);
         consumer.assign(tpl).map_err(|e| e.to_string())
+    }
+
+    /// The group's committed offsets of the assigned partitions that are
+    /// not co-partitioned (empty if the coordinator cannot say now: they
+    /// are then assigned at `Stored`, which asks it again).
+    pub(crate) fn group_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> BTreeMap<(String, i32), i64>
+    where
+        S: Send + 'static,
+    {
+        let mut others = TopicPartitionList::new();
+        for e in tpl.elements().iter().filter(|e| !self.is_aligned(e.topic())) {
+            others.add_partition(e.topic(), e.partition());
+        }
+        if others.count() == 0 {
+            return BTreeMap::new();
+        }
+        match consumer.committed_offsets(others, METADATA_TIMEOUT) {
+            Ok(c) => c
+                .elements()
+                .iter()
+                .filter_map(|e| Some(((e.topic().to_owned(), e.partition()), e.offset().to_raw().filter(|&o| o >= 0)?)))
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "the group's offsets could not be read; the consumer asks again");
+                BTreeMap::new()
+            }
+        }
     }
 
     /// Persists, then lets the partitions go. What cannot be persisted

@@ -102,20 +102,19 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
     /// resumes it.
     fn rewind(&self) -> Result<(), Error> {
         let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
-        let committed = self
-            .consumer
-            .committed_offsets(assignment.clone(), METADATA_TIMEOUT)
-            .map_err(kafka_err("failed to read the group's offsets"))?;
+        let context = self.consumer.context();
+        let committed = context.group_offsets(self.consumer, &assignment);
+        context.changelog().set_committed(committed.clone());
         let mut targets = Vec::new();
         {
             let engine = lock(self.engine);
             for e in assignment.elements() {
-                let stored = match self.consumer.context().is_aligned(e.topic()) {
+                let key = (e.topic().to_owned(), e.partition());
+                let stored = match context.is_aligned(e.topic()) {
                     true => engine.next_offset(e.topic(), e.partition()),
-                    false => committed.find_partition(e.topic(), e.partition()).and_then(|c| c.offset().to_raw()),
+                    false => committed.get(&key).copied(),
                 };
-                let offset = stored.filter(|&o| o >= 0).map_or(Offset::Beginning, Offset::Offset);
-                targets.push((e.topic().to_owned(), e.partition(), offset));
+                targets.push((key.0, key.1, stored.map_or(Offset::Beginning, Offset::Offset)));
             }
         }
         for (topic, partition, offset) in targets {
