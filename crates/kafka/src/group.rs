@@ -226,9 +226,11 @@ pub fn run<S: Store + Send + 'static>(
                 None => break,
             }
             // Everything since the last commit is dropped, to be consumed
-            // again; the shards may have been restored.
+            // again; the shards were caught up from their changelogs, which
+            // may hold the very batch the store refused.
             (since_commit, last_commit) = (0, Instant::now());
             publication.changed();
+            advise_group(&consumer, &lock(&cell), CommitMode::Async);
             arrivals.clear();
         }
         let reassigned = consumer.context().reassigned.swap(false, Ordering::Relaxed);

@@ -170,9 +170,14 @@ impl<S: Store> GroupContext<S> {
             tpl.set_partition_offset(topic, *p, offset).map_err(|e| e.to_string())?;
         }
         info!(partitions = ?resume, "resuming at the stored offsets");
+        let stalled = engine.is_poisoned();
+        drop(engine);
         self.assigned.store(true, Ordering::Relaxed);
         self.reassigned.store(true, Ordering::Relaxed);
-        consumer.assign(tpl).map_err(|e| e.to_string())
+        consumer.assign(tpl).map_err(|e| e.to_string())?;
+        // librdkafka keeps a partition's pause across assignments: one
+        // paused by an earlier stall would never be fetched again.
+        if stalled { consumer.pause(tpl) } else { consumer.resume(tpl) }.map_err(|e| e.to_string())
     }
 
     /// The group's committed offsets of the assigned partitions that are

@@ -2,7 +2,7 @@
 //! disk), the changelog refused a commit (brokers away, fenced), or taking
 //! partitions over failed (brokers restarting). Every such fault is waited
 //! out here, never by exiting: the loop pauses every partition, keeps its
-//! group membership by polling, retries with backoff, and once the store
+//! group membership by polling, retries every 5 s, and once the store
 //! takes writes and the take-over succeeds, re-reads the registry and
 //! rewinds each partition to its stored offset. Nothing applied since the
 //! last commit survives, and no offset moved past it.
@@ -22,6 +22,9 @@ use crate::rebalance::{lock, GroupContext};
 use crate::registry::{RegistryReader, METADATA_TIMEOUT};
 use crate::retry::Backoff;
 use crate::{kafka_err, Error, Settings};
+
+/// How long a stalled loop waits between attempts to resume.
+const STALL_RETRY: Duration = Duration::from_secs(5);
 
 pub(crate) struct Stalled<'a, S: Store + Send + 'static> {
     pub consumer: &'a BaseConsumer<GroupContext<S>>,
@@ -45,10 +48,12 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
         if !error.is_transient() && !lock(self.engine).is_poisoned() {
             return Err(error);
         }
-        error!(%error, "ingestion stopped; retrying until the store and the brokers take writes again");
+        error!(%error, "ingestion stopped: the store or the brokers refused a write; retrying until they take writes again");
         counts.store_failed(error.to_string());
         self.metrics.publish(counts);
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(5));
+        // Not sooner: reopening a store on a full disk can free a little
+        // (an old log), enough for one write and not the next.
+        let mut backoff = Backoff::new(STALL_RETRY, STALL_RETRY);
         loop {
             let until = Instant::now() + backoff.next_delay();
             while Instant::now() < until {
