@@ -646,17 +646,20 @@ mod tests {
         assert_eq!(engine.apply(&progress("b", t0 + 6 * day)).unwrap(), Disposition::Duplicate);
     }
 
+    /// Applies one event as consumed from partition `partition` of topic
+    /// `in` at `offset`, and commits.
+    fn consume(engine: &mut Engine<MemStore>, partition: i32, offset: i64, id: &str, ts: Millis) -> Disposition {
+        let d = engine.apply(&progress(id, ts)).unwrap();
+        engine.set_next_offset("in", partition, offset + 1);
+        engine.commit().unwrap();
+        d
+    }
+
     #[test]
     fn a_lagging_partition_holds_its_ids_until_it_passes_the_horizon_too() {
         let day = 24 * HOUR_MS;
         let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
         let t0 = 1_750_000_000_000;
-        let consume = |engine: &mut Engine<MemStore>, partition: i32, offset: i64, id: &str, ts: Millis| {
-            let d = engine.apply(&progress(id, ts)).unwrap();
-            engine.set_next_offset("in", partition, offset + 1);
-            engine.commit().unwrap();
-            d
-        };
         // Partition 1 lags a month of event time behind partition 0 (a backlog).
         assert_eq!(consume(&mut engine, 1, 0, "a", t0), Disposition::Applied);
         consume(&mut engine, 0, 0, "x", t0 + 30 * day);
@@ -675,12 +678,6 @@ mod tests {
         let day = 24 * HOUR_MS;
         let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
         let t0 = 1_750_000_000_000;
-        let consume = |engine: &mut Engine<MemStore>, partition: i32, offset: i64, id: &str, ts: Millis| {
-            let d = engine.apply(&progress(id, ts)).unwrap();
-            engine.set_next_offset("in", partition, offset + 1);
-            engine.commit().unwrap();
-            d
-        };
         // Partition 1 received one event, then nothing more; partition 0 moves on.
         consume(&mut engine, 1, 0, "quiet", t0);
         consume(&mut engine, 0, 0, "a", t0);

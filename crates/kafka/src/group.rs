@@ -88,10 +88,37 @@ pub fn run<S: Store + Send + 'static>(
     stop: &Arc<AtomicBool>,
     clock: fn() -> Millis,
 ) -> Result<RunStats, Error> {
-    let Shared { engine: cell, metrics: shared_metrics, ownership, publish } = shared;
-    let metrics = &*shared_metrics;
+    let Shared { engine, metrics, ownership, publish } = shared;
+    loop {
+        match consume(settings, &engine, &metrics, &ownership, &mut *publish, stop, clock) {
+            // librdkafka gives up on a consumer after a fatal error (e.g. a
+            // static member fenced after a coordinator moved): a new
+            // consumer, from the last commit, is the way on.
+            Err(Error::Fatal(reason)) if !stop.load(Ordering::Relaxed) => {
+                error!(%reason, "the Kafka consumer hit a fatal error; starting a new one from the last commit");
+                lock(&engine).reload()?;
+                ownership.set_mine(BTreeSet::new());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One consumer's life: joins the group and consumes until `stop` is set
+/// (then persists and returns), or until the consumer is beyond repair.
+fn consume<S: Store + Send + 'static>(
+    settings: &Settings,
+    cell: &Arc<Mutex<Engine<S>>>,
+    shared_metrics: &Arc<IngestMetrics>,
+    ownership: &Arc<Ownership>,
+    publish: &mut dyn FnMut(&Engine<S>),
+    stop: &Arc<AtomicBool>,
+    clock: fn() -> Millis,
+) -> Result<RunStats, Error> {
+    let metrics = &**shared_metrics;
     let context = GroupContext {
-        engine: Arc::clone(&cell),
+        engine: Arc::clone(cell),
         assigned: AtomicBool::new(false),
         ends: Mutex::new(BTreeMap::new()),
         failure: Mutex::new(None),
@@ -99,8 +126,8 @@ pub fn run<S: Store + Send + 'static>(
         dead: Mutex::new(DeadLetters::new(settings)?),
         changelog: Mutex::new(Changelog::new(settings)),
         reassigned: AtomicBool::new(false),
-        ownership: Arc::clone(&ownership),
-        metrics: Arc::clone(&shared_metrics),
+        ownership: Arc::clone(ownership),
+        metrics: Arc::clone(shared_metrics),
         settings: settings.clone(),
         stop: Arc::clone(stop),
         aligned: std::sync::OnceLock::new(),
@@ -131,16 +158,16 @@ pub fn run<S: Store + Send + 'static>(
     })?;
     // A broker just restarted may know its topics before it leads their partitions.
     let layout = retry_while_transient(stop, || crate::changelog::prepare_topics(settings, &consumer))?;
-    lock(&cell).adopt_shards(layout.shards)?;
+    lock(cell).adopt_shards(layout.shards)?;
     let aligned = consumer.context().aligned.get_or_init(|| layout.aligned.clone());
     let mut registry_stats = IngestStats::default();
     let mut counts = IngestCounts::default();
     // Kafka timestamps of the messages applied since the last commit.
     let mut arrivals: Vec<Millis> = Vec::new();
     let mut registry =
-        retry_while_transient(stop, || read_registry(settings, &consumer, &cell, &mut registry_stats, stop))?;
+        retry_while_transient(stop, || read_registry(settings, &consumer, cell, &mut registry_stats, stop))?;
     counts.registry_read();
-    publish(&lock(&cell));
+    publish(&lock(cell));
     metrics.publish(&counts);
     let topics: Vec<&str> = formats.keys().map(String::as_str).chain([settings.repartition_topic.as_str()]).collect();
     consumer.subscribe(&topics).map_err(kafka_err("failed to subscribe to the input topics"))?;
@@ -154,14 +181,19 @@ pub fn run<S: Store + Send + 'static>(
         metrics.beat();
         // A store failure, applying or committing, stalls the loop below.
         let mut failed: Option<Error> = None;
-        if registry.poll(&cell, &consumer.context().dead, &mut registry_stats, Duration::ZERO)? > 0 {
+        if registry.poll(cell, &consumer.context().dead, &mut registry_stats, Duration::ZERO)? > 0 {
             since_commit += 1;
         }
         match consumer.poll(Duration::from_millis(100)) {
-            None => since_commit += skip_markers(&consumer, &mut lock(&cell)),
-            Some(Err(e)) => log_transient(&e),
+            None => since_commit += skip_markers(&consumer, &mut lock(cell)),
+            Some(Err(e)) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    return Err(Error::Fatal(format!("{code}: {reason}")));
+                }
+                log_transient(&e)
+            }
             Some(Ok(msg)) => {
-                let mut engine = lock(&cell);
+                let mut engine = lock(cell);
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
                 if engine.is_poisoned() {
                     // A take-over failed in this poll's rebalance: nothing is
@@ -206,10 +238,10 @@ pub fn run<S: Store + Send + 'static>(
             || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval);
         if due && failed.is_none() {
             let started = Instant::now();
-            match commit(&consumer, &cell, CommitMode::Async) {
+            match commit(&consumer, cell, CommitMode::Async) {
                 Err(e) => failed = Some(e),
                 Ok(()) => {
-                    let engine = lock(&cell);
+                    let engine = lock(cell);
                     counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
                     arrivals.clear();
                     record_positions(&consumer, &engine, &mut counts);
@@ -220,7 +252,7 @@ pub fn run<S: Store + Send + 'static>(
             }
         }
         if let Some(e) = failed {
-            let stalled = Stalled { consumer: &consumer, engine: &cell, metrics, stop };
+            let stalled = Stalled { consumer: &consumer, engine: cell, metrics, stop };
             match stalled.wait(e, &mut counts, settings, &mut registry_stats)? {
                 Some(resumed) => registry = resumed,
                 None => break,
@@ -230,7 +262,7 @@ pub fn run<S: Store + Send + 'static>(
             // may hold the very batch the store refused.
             (since_commit, last_commit) = (0, Instant::now());
             publication.changed();
-            advise_group(&consumer, &lock(&cell), CommitMode::Async);
+            advise_group(&consumer, &lock(cell), CommitMode::Async);
             arrivals.clear();
         }
         let reassigned = consumer.context().reassigned.swap(false, Ordering::Relaxed);
@@ -239,7 +271,7 @@ pub fn run<S: Store + Send + 'static>(
             // instance exports must change with them, traffic or not; and
             // lag tools see where the restored state stands.
             publication.changed();
-            advise_group(&consumer, &lock(&cell), CommitMode::Async);
+            advise_group(&consumer, &lock(cell), CommitMode::Async);
         }
         if reassigned || last_topic_check.elapsed() >= TOPIC_CHECK_INTERVAL {
             ownership.refresh(&consumer, &settings.group_id, &settings.repartition_topic);
@@ -254,24 +286,24 @@ pub fn run<S: Store + Send + 'static>(
             last_topic_check = Instant::now();
         }
         {
-            let engine = lock(&cell);
+            let engine = lock(cell);
             if publication.due(engine.uncommitted()) {
                 publish(&engine);
             }
         }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
-            let engine = lock(&cell);
+            let engine = lock(cell);
             record_positions(&consumer, &engine, &mut counts);
             metrics.publish(&counts);
             last_publish = Instant::now();
         }
     }
-    if lock(&cell).is_poisoned() {
+    if lock(cell).is_poisoned() {
         info!("stopping while ingestion is stalled: the last commit stands");
     } else {
         info!("stopping: persisting state and offsets");
-        commit(&consumer, &cell, CommitMode::Sync)?;
-        publish(&lock(&cell));
+        commit(&consumer, cell, CommitMode::Sync)?;
+        publish(&lock(cell));
     }
     consumer.unsubscribe();
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })

@@ -9,8 +9,11 @@
 //! advisory group commits that let lag tools see progress; and scale-out:
 //! the changelog (one transactional producer per owned shard), restoring a
 //! shard on assignment, the repartition topic for events off their user's
-//! partition, and who owns which partition ([`Ownership`]). [`tools`] has
-//! the small admin and produce helpers that tests and the load generator use.
+//! partition, and who owns which partition ([`Ownership`]). By job: `group`
+//! is the loop, `rebalance` what an assignment or a revocation does, `stall`
+//! the loop while a fault is waited out (never an exit), `changelog` the
+//! state that moves with a shard. [`tools`] has the small admin and produce
+//! helpers that tests and the load generator use.
 //!
 //! `rdkafka::` appears in this crate only. It must not depend on RocksDB or
 //! HTTP: it sees the engine through `pulse_engine::Store`.
@@ -96,6 +99,10 @@ pub enum Error {
     /// The topics or settings contradict each other; what to change is in the message.
     #[error("{0}")]
     Setup(String),
+    /// librdkafka declared the consumer unusable (e.g. a static member
+    /// fenced); the loop starts a new one.
+    #[error("the Kafka consumer hit a fatal error: {0}")]
+    Fatal(String),
     /// SIGTERM or SIGINT arrived while waiting on the brokers.
     #[error("stopped while {0}")]
     Stopped(&'static str),

@@ -66,7 +66,11 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
                     let _ = self.consumer.pause(&assignment);
                 }
                 // Anything still delivered is dropped: the rewind below refetches it.
-                let _ = self.consumer.poll(Duration::from_millis(100));
+                if let Some(Err(_)) = self.consumer.poll(Duration::from_millis(100)) {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        return Err(Error::Fatal(format!("{code}: {reason}")));
+                    }
+                }
             }
             let recovered = lock(self.engine).recover().map_err(Error::from);
             match recovered.and_then(|()| self.resume(settings, registry_stats)) {
