@@ -179,6 +179,19 @@ fn a_second_writer_is_refused_but_a_reader_may_join() {
     assert_eq!(reader.shards(), 16);
 }
 
+/// A stored key naming a shard the directory does not have is damage: the
+/// load says so, rather than adding that shard's totals to another.
+#[test]
+fn a_key_of_a_shard_the_directory_does_not_have_fails_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = RocksStore::open(dir.path(), &StoreOptions { shards: 4, ..StoreOptions::default() }).unwrap();
+    let batch = Batch { org_totals: vec![(3, "O_1".into(), Some(totals(2)))], ..Batch::default() };
+    store.commit(batch).unwrap();
+    store.set_shards(2).unwrap();
+    let err = store.load().unwrap_err().to_string();
+    assert!(err.contains("shard 3") && err.contains("has 2"), "{err}");
+}
+
 #[test]
 fn a_corrupted_directory_fails_at_open_saying_so() {
     let dir = tempfile::tempdir().unwrap();

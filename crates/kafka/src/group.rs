@@ -11,8 +11,12 @@
 //! - a message below the stored offset is skipped (its effect is already in);
 //! - on revocation, the state and offsets are committed before the partitions
 //!   are released;
-//! - after each store commit, the offsets are also committed to the group,
-//!   asynchronously, only so that lag tools see progress;
+//! - after each store commit, and after a take-over or a recovery (which
+//!   can move the stored offsets without a commit of this loop's), the
+//!   offsets are also committed to the group, asynchronously, only so that
+//!   lag tools see progress; topics not co-partitioned with the shards are
+//!   the exception: their group offsets are the stored ones, committed in
+//!   the changelog transactions;
 //! - when a commit is refused (a full disk, the brokers away) or a take-over
 //!   fails, nothing of that batch is persisted and no offset moved: the
 //!   loop stalls ([`crate::stall`]) and resumes from the last commit;
