@@ -191,8 +191,8 @@ fn consume<S: Store + Send + 'static>(
         match consumer.poll(Duration::from_millis(100)) {
             None => since_commit += skip_markers(&consumer, &mut lock(cell)),
             Some(Err(e)) => {
-                if let Some((code, reason)) = consumer.client().fatal_error() {
-                    return Err(Error::Fatal(format!("{code}: {reason}")));
+                if let Some(fatal) = fatal(&consumer) {
+                    return Err(fatal);
                 }
                 log_transient(&e)
             }
@@ -534,6 +534,12 @@ fn repartitioned_format(msg: &BorrowedMessage<'_>) -> Result<InputFormat, Reject
     name.parse().map_err(|_| {
         Rejection::new(Reason::InvalidField, format!("no valid `{FORMAT_HEADER}` header on a repartitioned message"))
     })
+}
+
+/// The consumer's fatal error, if librdkafka declared one: it will never
+/// consume again, and [`run`] replaces it.
+pub(crate) fn fatal<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<Error> {
+    consumer.client().fatal_error().map(|(code, reason)| Error::Fatal(format!("{code}: {reason}")))
 }
 
 fn log_transient(e: &KafkaError) {

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Offset;
 use tracing::{error, info, warn};
 
-use crate::group::read_registry;
+use crate::group::{fatal, read_registry};
 use crate::metrics::{IngestCounts, IngestMetrics};
 use crate::rebalance::{lock, GroupContext};
 use crate::registry::{RegistryReader, METADATA_TIMEOUT};
@@ -67,8 +67,8 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
                 }
                 // Anything still delivered is dropped: the rewind below refetches it.
                 if let Some(Err(_)) = self.consumer.poll(Duration::from_millis(100)) {
-                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        return Err(Error::Fatal(format!("{code}: {reason}")));
+                    if let Some(fatal) = fatal(self.consumer) {
+                        return Err(fatal);
                     }
                 }
             }
