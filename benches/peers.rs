@@ -12,7 +12,9 @@
 //!
 //! Run: `cargo bench -p pulse --bench peers` (`PULSE_BENCH_EVENTS`, default
 //! 10,000,000; `PULSE_BENCH_USERS`, default 1,000,000; 16 partitions;
-//! `PULSE_BENCH_PEERS=pulse` runs Pulse alone, for profiles and A/B runs).
+//! `PULSE_BENCH_PEERS=pulse` runs Pulse alone, for profiles and A/B runs;
+//! `PULSE_BENCH_PULSE=NAME=PATH,...` runs these `pulse` binaries one after
+//! the other on the same topic instead of this build's: an A/B in one run).
 
 #[path = "../tests/common/http.rs"]
 mod http;
@@ -66,17 +68,18 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 /// The broker's process, from `scripts/kafka`'s pid file.
 fn broker_pid() -> u32 {
-    let cache = std::env::var("PULSE_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/pulse")
-    });
+    let cache = std::env::var("PULSE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/pulse"));
     let file = cache.join(format!("kafka-data-{}/kafka.pid", port()));
-    let pid = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e} (is `scripts/kafka start` running?)", file.display()));
+    let pid = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e} (is `scripts/kafka start` running?)", file.display()));
     pid.trim().parse().expect("a pid")
 }
 
 /// What one contender did.
 struct Figures {
-    name: &'static str,
+    name: String,
     wall: f64,
     cpu: f64,
     broker_cpu: f64,
@@ -136,7 +139,7 @@ fn stop(mut child: Child) {
 
 /// Runs one contender from start to caught up and measures it.
 fn measure(
-    name: &'static str,
+    name: &str,
     group: &str,
     topic: &str,
     dir: &Path,
@@ -155,7 +158,7 @@ fn measure(
         (cpu_seconds(child.id()), cpu_seconds(broker) - broker_before, peak_rss_mib(child.id()));
     let national = national();
     stop(child);
-    Figures { name, wall, cpu, broker_cpu, rss_mib, national }
+    Figures { name: name.to_owned(), wall, cpu, broker_cpu, rss_mib, national }
 }
 
 fn peer(dir: &Path, topic: &str, orgs: &str, guarantee: &str, name: &'static str) -> Figures {
@@ -176,10 +179,10 @@ fn peer(dir: &Path, topic: &str, orgs: &str, guarantee: &str, name: &'static str
     })
 }
 
-fn pulse(dir: &Path, topic: &str, orgs: &str) -> Figures {
-    let group = format!("{topic}.pulse");
+fn pulse(dir: &Path, topic: &str, orgs: &str, name: &str, binary: &Path) -> Figures {
+    let prefix = format!("{topic}.{}", name.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
+    let group = prefix.clone();
     let http = format!("127.0.0.1:{}", free_port());
-    let prefix = format!("{topic}.pulse");
     let config = format!(
         r#"
         [kafka]
@@ -197,16 +200,16 @@ fn pulse(dir: &Path, topic: &str, orgs: &str) -> Figures {
         listen = "{http}"
         "#,
         b = brokers(),
-        data = dir.join("pulse-data").display(),
+        data = dir.join(format!("{prefix}.data")).display(),
     );
     for t in ["targets", "dlq"] {
         tools::create_topic(&brokers(), &format!("{prefix}.{t}"), 1, t == "targets").expect("create topic");
     }
-    let file = dir.join("pulse.toml");
+    let file = dir.join(format!("{prefix}.toml"));
     std::fs::write(&file, config).expect("write config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pulse"));
+    let mut command = Command::new(binary);
     command.args(["run", "--config"]).arg(&file).env("RUST_LOG", "warn");
-    measure("pulse run", &group, topic, dir, command, || {
+    measure(name, &group, topic, dir, command, || {
         // Published state trails the last commit by at most the publish interval.
         std::thread::sleep(Duration::from_secs(1));
         let (_, body) = http_get(&http, "/api/v1/nodes/national").ok()?;
@@ -249,7 +252,7 @@ fn main() {
         let read = tools::consume_all(&brokers(), &topic).expect("bare consume");
         assert_eq!(read as i64, messages, "the bare consumer read every message");
         rows.push(Figures {
-            name: "bare rdkafka consume",
+            name: "bare rdkafka consume".into(),
             wall: t.elapsed().as_secs_f64(),
             cpu: cpu_seconds(std::process::id()) - me_before,
             broker_cpu: cpu_seconds(broker) - broker_before,
@@ -259,11 +262,19 @@ fn main() {
         rows.push(peer(dir.path(), &topic, &orgs, "exactly_once_v2", "kafka-streams-eos-v2"));
         rows.push(peer(dir.path(), &topic, &orgs, "at_least_once", "kafka-streams-alos"));
     }
-    rows.push(pulse(dir.path(), &topic, &orgs));
+    let binaries =
+        std::env::var("PULSE_BENCH_PULSE").unwrap_or_else(|_| format!("pulse run={}", env!("CARGO_BIN_EXE_pulse")));
+    for entry in binaries.split(',') {
+        let (name, path) = entry.split_once('=').expect("PULSE_BENCH_PULSE: NAME=PATH,...");
+        rows.push(pulse(dir.path(), &topic, &orgs, name, Path::new(path)));
+    }
 
-    let baseline = rows.iter().find(|r| r.name == "kafka-streams-eos-v2").map(|r| (messages as f64 / r.wall, r.cpu, r.rss_mib));
+    // Ratios are to the peer with exactly-once v2, or else to the first Pulse.
+    let base = rows.iter().find(|r| r.name == "kafka-streams-eos-v2").or_else(|| rows.first());
+    let baseline = base.map(|r| (messages as f64 / r.wall, r.cpu, r.rss_mib));
+    println!("\nratios (x) are to {}", base.map_or("nothing", |r| r.name.as_str()));
     println!(
-        "\n| {:<22} | {:>10} | {:>7} | {:>7} | {:>8} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8} |",
+        "| {:<22} | {:>10} | {:>7} | {:>7} | {:>8} | {:>9} | {:>9} | {:>9} | {:>8} | {:>8} |",
         "contender", "events/s", "wall s", "CPU s", "broker s", "µs/event", "RSS MiB", "x rate", "x CPU", "x RSS"
     );
     println!("|{}|", ["---"; 10].map(|d| format!("{d:->1}")).join("|"));

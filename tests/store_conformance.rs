@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use pulse_engine::{
-    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenKey, Store, StreamPosition, Totals, UserState,
+    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenIds, SeenKey, SeenLog, Store, StreamPosition, Totals,
+    UserState,
 };
 use pulse_model::{Fy, OrgRecord, TargetKpi, TargetRecord};
 use pulse_store::{RocksStore, StoreOptions};
@@ -38,6 +39,12 @@ fn seen(bucket: i64, hash: u128) -> SeenKey {
     SeenKey { bucket, hash }
 }
 
+/// Ids committed as one changelog record, named by their newest bucket and first hash.
+fn record(ids: &[SeenKey]) -> SeenIds {
+    let bucket = ids.iter().map(|k| k.bucket).max().unwrap();
+    SeenIds { log: SeenLog { bucket, first: ids[0].hash }, ids: ids.to_vec() }
+}
+
 fn totals(users: i64) -> Totals {
     Totals { registered_users: users, minutes_ms: 9, ..Totals::default() }
 }
@@ -57,7 +64,11 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
         .commit(Batch {
             meeting_minutes: Some(240),
             users: vec![(0, "u1".into(), user("A")), (1, "u2".into(), user("B"))],
-            seen: vec![(0, seen(-3, 1)), (0, seen(10, 2)), (0, seen(11, 3)), (1, seen(10, 4))],
+            seen: vec![
+                (0, record(&[seen(-3, 1), seen(10, 2)])),
+                (0, record(&[seen(11, 3)])),
+                (1, record(&[seen(10, 4)])),
+            ],
             org_totals: vec![(0, "A".into(), Some(totals(1))), (1, "B".into(), Some(totals(2)))],
             course_totals: vec![(0, "c1".into(), Some(course(1)))],
             max_ts: vec![(0, 1_000), (1, -5)],
@@ -80,8 +91,9 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
     store
         .commit(Batch {
             users: vec![(0, "u1".into(), user("C"))],
-            seen: vec![(0, seen(20, 5))],
-            // Forget shard 0's buckets below 11: -3 and 10 go, 11 and 20 stay; shard 1 keeps its 10.
+            seen: vec![(0, record(&[seen(20, 5)]))],
+            // Forget shard 0's buckets below 11: -3 and 10 go, 11 and 20 stay
+            // (with the records named by 11 and 20); shard 1 keeps its 10.
             forget_before: vec![(0, 11)],
             org_totals: vec![(0, "A".into(), None), (0, "C".into(), Some(totals(1)))],
             course_totals: vec![(0, "c1".into(), None), (1, "c2".into(), Some(course(2)))],
@@ -120,7 +132,10 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
                 .map(|(shard, k)| store.is_seen(*shard, *k).unwrap())
                 .collect();
         assert_eq!(seen_now, [false, false, true, true, true]);
-        assert_eq!(store.seen_before(0, 20).unwrap(), [seen(11, 3)], "the ids a forget bound of 20 drops");
+        let log = |bucket, first| SeenLog { bucket, first };
+        assert_eq!(store.seen_logs_before(0, 20).unwrap(), [log(11, 3)], "the records a forget bound of 20 drops");
+        assert_eq!(store.seen_logs_before(0, 21).unwrap(), [log(11, 3), log(20, 5)]);
+        assert_eq!(store.seen_logs_before(1, 11).unwrap(), [log(10, 4)], "records are per shard");
     };
     check(&store);
     let mut store = reopen(store);
@@ -138,6 +153,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
     let store = reopen(store);
     assert_eq!(store.load().unwrap(), left);
     assert_eq!((store.user(1, "u2").unwrap(), store.is_seen(1, seen(10, 4)).unwrap()), (None, false));
+    assert!(store.seen_logs_before(1, i64::MAX).unwrap().is_empty(), "the dropped shard's record names too");
     assert_eq!(store.user(0, "u1").unwrap(), Some(user("C")));
     assert!(store.is_seen(0, seen(11, 3)).unwrap());
 }

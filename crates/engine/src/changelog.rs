@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::state::{CourseTotals, Totals};
-use crate::store::{Batch, SeenKey, ShardId, StoreError, StreamPosition};
+use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, StoreError, StreamPosition};
 
 /// One changelog record; `value: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,12 @@ pub trait ChangeLog {
 }
 
 const USER: u8 = b'u';
-const SEEN: u8 = b's';
+/// Remembered ids, one record per shard and commit (key: [`SeenLog`]).
+const SEEN_IDS: u8 = b'i';
+/// One record per remembered id: the layout before Pulse 0.2, refused.
+const SEEN_BEFORE_0_2: u8 = b's';
+/// Bytes per remembered id in a [`SEEN_IDS`] value: bucket, then hash.
+const ID_BYTES: usize = 24;
 const ORG_TOTALS: u8 = b'o';
 const COURSE_TOTALS: u8 = b'c';
 const NEWEST: u8 = b'w';
@@ -52,11 +57,28 @@ fn value<T: Serialize>(v: &T) -> Option<Vec<u8>> {
     Some(codec::encode(v))
 }
 
-fn seen_key(k: &SeenKey) -> Vec<u8> {
-    let mut out = vec![SEEN];
-    out.extend_from_slice(&k.bucket.to_be_bytes());
-    out.extend_from_slice(&k.hash.to_be_bytes());
+fn seen_key(log: &SeenLog) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25);
+    out.push(SEEN_IDS);
+    out.extend_from_slice(&log.bucket.to_be_bytes());
+    out.extend_from_slice(&log.first.to_be_bytes());
     out
+}
+
+fn seen_value(ids: &[SeenKey]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * ID_BYTES);
+    for k in ids {
+        out.extend_from_slice(&k.bucket.to_be_bytes());
+        out.extend_from_slice(&k.hash.to_be_bytes());
+    }
+    out
+}
+
+/// The bucket (8 bytes) and hash (16) that start `bytes`.
+fn bucket_and_hash(bytes: &[u8]) -> (i64, u128) {
+    let bucket = i64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
+    let hash = u128::from_be_bytes(bytes[8..ID_BYTES].try_into().unwrap_or_default());
+    (bucket, hash)
 }
 
 /// Splits a batch into its shards' changelog records. The registry and
@@ -69,11 +91,11 @@ pub fn changes(batch: &Batch) -> BTreeMap<ShardId, Vec<Change>> {
     for (shard, user, state) in &batch.users {
         put(*shard, key(USER, user.as_bytes()), value(state));
     }
-    for (shard, k) in &batch.seen {
-        put(*shard, seen_key(k), Some(Vec::new()));
+    for (shard, seen) in &batch.seen {
+        put(*shard, seen_key(&seen.log), Some(seen_value(&seen.ids)));
     }
-    for (shard, k) in &batch.forgotten {
-        put(*shard, seen_key(k), None);
+    for (shard, log) in &batch.forgotten {
+        put(*shard, seen_key(log), None);
     }
     for (shard, bucket) in &batch.forget_before {
         put(*shard, vec![FORGET], value(bucket));
@@ -108,15 +130,26 @@ pub fn restore_into(batch: &mut Batch, shard: ShardId, key: &[u8], value: Option
     };
     match kind {
         USER => batch.users.push((shard, text(rest)?, decode(value)?)),
-        SEEN => {
-            let bytes: [u8; 24] =
-                rest.try_into().map_err(|_| StoreError::new("bad changelog key", "an id key is 25 bytes"))?;
-            let bucket = i64::from_be_bytes(bytes[..8].try_into().unwrap_or_default());
-            let hash = u128::from_be_bytes(bytes[8..].try_into().unwrap_or_default());
-            // A tombstone needs nothing: the forget bound after it drops the id.
-            if value.is_some() {
-                batch.seen.push((shard, SeenKey { bucket, hash }));
+        SEEN_IDS => {
+            if rest.len() != ID_BYTES {
+                return Err(StoreError::new("bad changelog key", "an id record's key is 25 bytes"));
             }
+            // A tombstone needs nothing: the forget bound after it drops the ids.
+            if let Some(value) = value {
+                if value.len() % ID_BYTES != 0 {
+                    return Err(StoreError::new("bad changelog value", "an id record holds 24 bytes per id"));
+                }
+                let (bucket, first) = bucket_and_hash(rest);
+                let ids = value.chunks(ID_BYTES).map(bucket_and_hash).map(|(bucket, hash)| SeenKey { bucket, hash });
+                batch.seen.push((shard, SeenIds { log: SeenLog { bucket, first }, ids: ids.collect() }));
+            }
+        }
+        SEEN_BEFORE_0_2 => {
+            return Err(StoreError::new(
+                "changelog written by a Pulse before 0.2 (one record per event id)",
+                "give the group a new changelog topic (kafka.changelog_topic) and an empty store.data_dir: \
+                 the state is rebuilt from the inputs' retained history",
+            ))
         }
         FORGET => batch.forget_before.push((shard, decode(value)?)),
         ORG_TOTALS => {
@@ -145,6 +178,7 @@ pub fn restore_into(batch: &mut Batch, shard: ShardId, key: &[u8], value: Option
 #[cfg(test)]
 mod tests {
     use pulse_model::{parse, InputFormat, Parsed};
+    use xxhash_rust::xxh3::xxh3_128;
 
     use super::*;
     use crate::engine::{Engine, EngineConfig};
@@ -215,7 +249,7 @@ mod tests {
         }
         engine.commit_logged(Some(&mut log)).unwrap();
         let tombstones = log.0.values().flatten().filter(|c| c.value.is_none()).count();
-        assert!(tombstones > 0, "forgotten ids are logged as tombstones");
+        assert!(tombstones > 0, "records of forgotten ids are logged as tombstones");
         let original = engine.into_store();
         // The hours threshold is configuration, not shard state.
         let expected = LoadedState { meeting_minutes: None, ..original.load().unwrap() };
@@ -229,10 +263,16 @@ mod tests {
                 assert_eq!(copy.user(shard, user).unwrap(), original.user(shard, user).unwrap());
             }
             for shard in 0..3 {
-                assert_eq!(
-                    copy.seen_before(shard, i64::MAX).unwrap().len(),
-                    original.seen_before(shard, i64::MAX).unwrap().len()
-                );
+                let logs = |store: &MemStore| store.seen_logs_before(shard, i64::MAX).unwrap();
+                assert_eq!(logs(&copy), logs(&original), "compacted: {compact}");
+            }
+            for i in 0..120i64 {
+                let key = SeenKey {
+                    bucket: (t0 + i * day / 6).div_euclid(3_600_000),
+                    hash: xxh3_128(format!("e{i}").as_bytes()),
+                };
+                let shard = pulse_model::partition_of(format!("u{}", i % 17).as_bytes(), 3) as ShardId;
+                assert_eq!(copy.is_seen(shard, key).unwrap(), original.is_seen(shard, key).unwrap(), "id e{i}");
             }
         }
     }

@@ -15,10 +15,15 @@ use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
 use crate::state::{CourseTotals, Totals, UserState};
-use crate::store::{Batch, SeenKey, ShardId, Store, StoreError, StreamPosition};
+use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StreamPosition};
 use crate::table::{FastMap, FastSet, Interner, Table};
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// Remembered ids per changelog record (24 bytes each: under half of
+/// Kafka's default 1 MB message limit). One record per shard and commit,
+/// not one per id: per-record costs dominated the changelog (docs/BENCHMARKS.md).
+const SEEN_PER_RECORD: usize = 20_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -447,6 +452,13 @@ impl<S: Store> Engine<S> {
         self.pending_offsets.insert(key, StreamPosition { next, newest_event: newest });
     }
 
+    /// Records that the dead letters of a registry partition (read whole
+    /// by every instance) are written up to `next`, by this shard's owner;
+    /// stored like an input partition's position, without event time.
+    pub fn set_letters_written(&mut self, topic: &str, partition: i32, next: i64) {
+        self.pending_offsets.insert((topic.to_owned(), partition), StreamPosition { next, newest_event: None });
+    }
+
     /// The event-time watermark of consumed partitions: the oldest of their
     /// newest event times. Partitions are consumed at different speeds (a
     /// backlog, a rebalance), so an id is forgotten only once every partition
@@ -521,14 +533,19 @@ impl<S: Store> Engine<S> {
             let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
             batch.users.extend(shard.users.drain().map(|(user, state)| (id, user, state)));
             // An id already past the horizon is not kept (nor logged).
-            batch.seen.extend(shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).map(|k| (id, k)));
+            let kept: Vec<SeenKey> = shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).collect();
+            for ids in kept.chunks(SEEN_PER_RECORD) {
+                let bucket = ids.iter().map(|k| k.bucket).max().unwrap_or(forget);
+                let log = SeenLog { bucket, first: ids[0].hash };
+                batch.seen.push((id, SeenIds { log, ids: ids.to_vec() }));
+            }
             shard.seen.clear();
             // The range delete (and its changelog record) only when the bound moves.
             if shard.forgotten_before.is_none_or(|f| forget > f) {
                 shard.forgotten_before = Some(forget);
                 batch.forget_before.push((id, forget));
                 if logged {
-                    match self.store.seen_before(id, forget) {
+                    match self.store.seen_logs_before(id, forget) {
                         Ok(keys) => batch.forgotten.extend(keys.into_iter().map(|k| (id, k))),
                         Err(e) => {
                             self.poisoned = true;
@@ -744,8 +761,8 @@ mod tests {
         fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
             self.inner.is_seen(shard, key)
         }
-        fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError> {
-            self.inner.seen_before(shard, bucket)
+        fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {
+            self.inner.seen_logs_before(shard, bucket)
         }
         fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
             self.inner.set_shards(shards)

@@ -35,7 +35,7 @@ pub use registry::Registry;
 pub use report::{CourseKpis, NodeKpis, Report, Snapshot, TargetStatus, UserCourse, UserReport};
 pub use rollup::{NodeView, OrgView};
 pub use state::{CourseState, CourseTotals, FyTotals, OrgStamp, RatingStamp, Totals, UserState};
-pub use store::{Batch, LoadedState, MemStore, SeenKey, ShardId, Store, StoreError, StreamPosition};
+pub use store::{Batch, LoadedState, MemStore, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StreamPosition};
 
 /// The root of the hierarchy: every node rolls up into it.
 pub const NATIONAL: &str = "national";

@@ -1,6 +1,6 @@
 //! The storage trait the engine works on, and its in-memory implementation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use pulse_model::{Millis, OrgRecord, TargetRecord};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,23 @@ pub type ShardId = u16;
 pub struct SeenKey {
     pub bucket: i64,
     pub hash: u128,
+}
+
+/// The name of the changelog record that carries a batch of one shard's
+/// remembered ids: the newest bucket among them and the first id's hash
+/// (unique, as an id is remembered once). The store keeps these names so
+/// that a record can be tombstoned once the forget bound passes its bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeenLog {
+    pub bucket: i64,
+    pub first: u128,
+}
+
+/// Remembered ids committed together, with the name of their changelog record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenIds {
+    pub log: SeenLog,
+    pub ids: Vec<SeenKey>,
 }
 
 /// Error of a storage backend, boxed so the engine stays backend-agnostic.
@@ -72,12 +89,14 @@ pub struct StreamPosition {
 pub struct Batch {
     pub meeting_minutes: Option<u32>,
     pub users: Vec<(ShardId, String, UserState)>,
-    pub seen: Vec<(ShardId, SeenKey)>,
-    /// Per shard: forget every id whose bucket is below this one.
+    pub seen: Vec<(ShardId, SeenIds)>,
+    /// Per shard: forget every id (and every id record name) whose bucket
+    /// is below this one.
     pub forget_before: Vec<(ShardId, i64)>,
-    /// The remembered ids `forget_before` drops, listed for the changelog
-    /// (whose compaction needs a tombstone per id); the store drops them by range.
-    pub forgotten: Vec<(ShardId, SeenKey)>,
+    /// The id records whose ids are all forgotten by `forget_before`,
+    /// listed for the changelog (whose compaction needs a tombstone per
+    /// record); the store drops them by range.
+    pub forgotten: Vec<(ShardId, SeenLog)>,
     pub org_totals: Vec<(ShardId, String, Option<Totals>)>,
     pub course_totals: Vec<(ShardId, String, Option<CourseTotals>)>,
     pub max_ts: Vec<(ShardId, Millis)>,
@@ -100,8 +119,8 @@ pub trait Store {
     fn load(&self) -> Result<LoadedState, StoreError>;
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError>;
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError>;
-    /// The remembered ids of a shard whose bucket is below `bucket`.
-    fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError>;
+    /// The names of a shard's id records whose newest bucket is below `bucket`.
+    fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError>;
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
     /// Changes the shard count of a store that holds no shard state yet
     /// (the count follows the input topics' partitions).
@@ -119,6 +138,7 @@ pub struct MemStore {
     /// Per shard: id hash -> bucket, and bucket -> id hashes (for forgetting).
     seen: Vec<FastMap<u128, i64>>,
     seen_buckets: Vec<BTreeMap<i64, Vec<u128>>>,
+    seen_logs: Vec<BTreeSet<SeenLog>>,
 }
 
 impl MemStore {
@@ -135,6 +155,7 @@ impl MemStore {
             users: vec![FastMap::default(); n],
             seen: vec![FastMap::default(); n],
             seen_buckets: vec![BTreeMap::new(); n],
+            seen_logs: vec![BTreeSet::new(); n],
         }
     }
 }
@@ -163,9 +184,8 @@ impl Store for MemStore {
         Ok(self.seen[usize::from(shard)].contains_key(&key.hash))
     }
 
-    fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError> {
-        let buckets = self.seen_buckets[usize::from(shard)].range(..bucket);
-        Ok(buckets.flat_map(|(&bucket, hashes)| hashes.iter().map(move |&hash| SeenKey { bucket, hash })).collect())
+    fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {
+        Ok(self.seen_logs[usize::from(shard)].range(..SeenLog { bucket, first: 0 }).copied().collect())
     }
 
     fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
@@ -186,6 +206,7 @@ impl Store for MemStore {
             self.users[s].clear();
             self.seen[s].clear();
             self.seen_buckets[s].clear();
+            self.seen_logs[s].clear();
             self.state.org_totals[s].clear();
             self.state.course_totals[s].clear();
             self.state.max_ts[s] = Millis::MIN;
@@ -198,10 +219,13 @@ impl Store for MemStore {
         for (shard, user, state) in batch.users {
             self.users[usize::from(shard)].insert(user, state);
         }
-        for (shard, key) in batch.seen {
+        for (shard, SeenIds { log, ids }) in batch.seen {
             let s = usize::from(shard);
-            if self.seen[s].insert(key.hash, key.bucket).is_none() {
-                self.seen_buckets[s].entry(key.bucket).or_default().push(key.hash);
+            self.seen_logs[s].insert(log);
+            for key in ids {
+                if self.seen[s].insert(key.hash, key.bucket).is_none() {
+                    self.seen_buckets[s].entry(key.bucket).or_default().push(key.hash);
+                }
             }
         }
         for (shard, before) in batch.forget_before {
@@ -210,6 +234,8 @@ impl Store for MemStore {
             for hash in std::mem::replace(&mut self.seen_buckets[s], keep).into_values().flatten() {
                 self.seen[s].remove(&hash);
             }
+            let keep = self.seen_logs[s].split_off(&SeenLog { bucket: before, first: 0 });
+            self.seen_logs[s] = keep;
         }
         for (shard, key, totals) in batch.org_totals {
             put(&mut self.state.org_totals[usize::from(shard)], key, totals);

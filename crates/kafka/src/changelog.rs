@@ -9,9 +9,9 @@
 //!   `init_transactions` fences the previous one and aborts its open
 //!   transaction, so a zombie can never write to a shard it lost;
 //! - a commit writes, per shard, one transaction: the shard's changes, its
-//!   input partitions' next offsets, and the events its input partitions
-//!   forwarded to the repartition topic. Only then does the local store
-//!   take the batch, with the changelog offset after it;
+//!   input partitions' next offsets, the events its input partitions
+//!   forwarded to the repartition topic, and their dead letters. Only then
+//!   does the local store take the batch, with the changelog offset after it;
 //! - on assignment, and after any failed commit, each owned shard catches
 //!   up from its local changelog offset (or from the start, when it holds
 //!   none) to the end, read `read_committed`, before any event is applied.
@@ -31,6 +31,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use crate::dead_letters::Letter;
 use crate::metrics::IngestMetrics;
 use crate::registry::{partitions, METADATA_TIMEOUT};
 use crate::{client_config, kafka_err, Error, Settings};
@@ -40,6 +41,11 @@ pub const FORMAT_HEADER: &str = "pulse.format";
 
 /// How long a transaction may take before the broker aborts it.
 pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The changelog's records are compressed by the producer (and stored so):
+/// user states and id records compress well, and the broker on the same
+/// cores writes fewer bytes.
+const CHANGELOG_COMPRESSION: &str = "lz4";
 
 /// Restored records written to the store per batch.
 const RESTORE_CHUNK: usize = 20_000;
@@ -83,19 +89,27 @@ pub(crate) struct Forward {
     pub value: Vec<u8>,
 }
 
+/// What a shard's next transaction writes besides its changes: the
+/// messages its partitions passed that go elsewhere.
+#[derive(Default)]
+struct Outgoing {
+    forwards: Vec<Forward>,
+    letters: Vec<Letter>,
+}
+
 /// The changelog writer of the shards this instance owns.
 pub(crate) struct Changelog {
     settings: Settings,
     producers: BTreeMap<ShardId, BaseProducer<Delivered>>,
-    /// By source shard: forwards since the last commit.
-    forwards: BTreeMap<ShardId, Vec<Forward>>,
+    /// By source shard: forwards and dead letters since the last commit.
+    outgoing: BTreeMap<ShardId, Outgoing>,
     /// Partitions of input topics that are not co-partitioned with the
-    /// shards: their forwards since the last commit, and their next
-    /// offsets. No shard holds these offsets: they are committed to the
-    /// consumer group inside the transaction that carries the forwards
-    /// (Kafka's exactly-once v2: the group coordinator refuses them from a
-    /// member of an older generation, so a zombie cannot commit them).
-    carried: Vec<Forward>,
+    /// shards: their forwards and dead letters since the last commit, and
+    /// their next offsets. No shard holds these offsets: they are committed
+    /// to the consumer group inside the transaction that carries the
+    /// forwards (Kafka's exactly-once v2: the group coordinator refuses
+    /// them from a member of an older generation, so a zombie cannot commit them).
+    carried: Outgoing,
     carried_offsets: BTreeMap<(String, i32), i64>,
     /// Their offsets as committed to the group (read at assignment, moved
     /// by every commit).
@@ -113,8 +127,8 @@ impl Changelog {
         Changelog {
             settings: settings.clone(),
             producers: BTreeMap::new(),
-            forwards: BTreeMap::new(),
-            carried: Vec::new(),
+            outgoing: BTreeMap::new(),
+            carried: Outgoing::default(),
             carried_offsets: BTreeMap::new(),
             committed: BTreeMap::new(),
             group: None,
@@ -125,7 +139,7 @@ impl Changelog {
     /// previous owner) and lets go of every other.
     pub(crate) fn own(&mut self, shards: &BTreeSet<ShardId>) -> Result<(), Error> {
         self.producers.retain(|s, _| shards.contains(s));
-        self.forwards.retain(|s, _| shards.contains(s));
+        self.outgoing.retain(|s, _| shards.contains(s));
         for &shard in shards {
             if self.producers.contains_key(&shard) {
                 continue;
@@ -137,6 +151,7 @@ impl Changelog {
                 .set("transactional.id", format!("{}.{}.{shard}", s.group_id, s.changelog_topic))
                 .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
                 .set("linger.ms", "5")
+                .set("compression.type", CHANGELOG_COMPRESSION)
                 .create_with_context(context)
                 .map_err(kafka_err("failed to create a changelog producer"))?;
             producer
@@ -147,16 +162,29 @@ impl Changelog {
         Ok(())
     }
 
-    /// Queues a forward for the transaction of shard `from` (its source partition's).
-    pub(crate) fn forward(&mut self, from: ShardId, forward: Forward) {
-        self.forwards.entry(from).or_default().push(forward);
+    /// Queues a forward or a dead letter (or neither) for the transaction
+    /// of shard `from` (its source partition's).
+    pub(crate) fn pass(&mut self, from: ShardId, forward: Option<Forward>, letter: Option<Letter>) {
+        if forward.is_some() || letter.is_some() {
+            let out = self.outgoing.entry(from).or_default();
+            out.forwards.extend(forward);
+            out.letters.extend(letter);
+        }
     }
 
     /// A message of a partition not co-partitioned with the shards was
-    /// handled (its event, if valid, forwarded): `next` is the offset to
-    /// commit for its partition.
-    pub(crate) fn carry(&mut self, topic: &str, partition: i32, next: i64, forward: Option<Forward>) {
-        self.carried.extend(forward);
+    /// handled (its event, if valid, forwarded; if not, its dead letter
+    /// queued): `next` is the offset to commit for its partition.
+    pub(crate) fn carry(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        next: i64,
+        forward: Option<Forward>,
+        letter: Option<Letter>,
+    ) {
+        self.carried.forwards.extend(forward);
+        self.carried.letters.extend(letter);
         self.carried_offsets.insert((topic.to_owned(), partition), next);
     }
 
@@ -176,12 +204,17 @@ impl Changelog {
         self.group = group;
     }
 
-    /// Drops the forwards of a batch that was never committed (its
-    /// messages are consumed again).
-    pub(crate) fn discard_forwards(&mut self) {
-        self.forwards.clear();
-        self.carried.clear();
+    /// Drops the forwards and dead letters of a batch that was never
+    /// committed (its messages are consumed again).
+    pub(crate) fn discard(&mut self) {
+        self.outgoing.clear();
+        self.carried = Outgoing::default();
         self.carried_offsets.clear();
+    }
+
+    /// Whether this instance owns `shard` now (holds its producer).
+    pub(crate) fn owns(&self, shard: ShardId) -> bool {
+        self.producers.contains_key(&shard)
     }
 
     /// The owned shard whose transaction carries the partitions that are
@@ -204,13 +237,13 @@ impl Changelog {
         })
     }
 
-    /// Opens a shard's transaction and hands it the shard's changes and
-    /// forwards (not yet acknowledged), and `offsets` for the group.
+    /// Opens a shard's transaction and hands it the shard's changes,
+    /// forwards and dead letters (not yet acknowledged), and `offsets` for the group.
     fn begin(
         &self,
         shard: ShardId,
         changes: &[Change],
-        forwards: &[Forward],
+        out: &Outgoing,
         offsets: Option<&TopicPartitionList>,
     ) -> Result<(), StoreError> {
         let what = format!("failed to write changelog partition {shard}");
@@ -224,13 +257,23 @@ impl Changelog {
             }
             send(producer, record).map_err(store_err(what.clone()))?;
         }
-        for f in forwards {
+        for f in &out.forwards {
             let headers = OwnedHeaders::new().insert(Header { key: FORMAT_HEADER, value: Some(f.format.name()) });
             let record = BaseRecord::to(&s.repartition_topic)
                 .partition(f.to)
                 .key(f.user.as_bytes())
                 .payload(f.value.as_slice())
                 .headers(headers);
+            send(producer, record).map_err(store_err(what.clone()))?;
+        }
+        for l in &out.letters {
+            let mut record = BaseRecord::to(&s.dlq_topic).headers(l.headers());
+            if let Some(k) = &l.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &l.value {
+                record = record.payload(v.as_slice());
+            }
             send(producer, record).map_err(store_err(what.clone()))?;
         }
         if let Some(offsets) = offsets {
@@ -279,16 +322,19 @@ impl ChangeLog for Changelog {
     /// committed at once, one thread each: a commit waits for the broker to
     /// write its markers, and one shard after another would add those waits up.
     fn write(&mut self, mut changes: BTreeMap<ShardId, Vec<Change>>) -> Result<Vec<(ShardId, i64)>, StoreError> {
-        // Every forward moved its source partition's offset, so its shard
-        // has changes; the carrier may have none of its own.
-        let mut forwards = std::mem::take(&mut self.forwards);
+        // Every forward and letter moved its source partition's offset, so
+        // its shard has changes; the carrier may have none of its own.
+        let mut outgoing = std::mem::take(&mut self.outgoing);
         let carried = std::mem::take(&mut self.carried_offsets);
         let committing = carried.clone();
         let mut offsets = None;
         if !carried.is_empty() {
             let carrier = self.carrier()?;
             changes.entry(carrier).or_default();
-            forwards.entry(carrier).or_default().append(&mut self.carried);
+            let Outgoing { mut forwards, mut letters } = std::mem::take(&mut self.carried);
+            let out = outgoing.entry(carrier).or_default();
+            out.forwards.append(&mut forwards);
+            out.letters.append(&mut letters);
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), next) in &carried {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
@@ -300,7 +346,7 @@ impl ChangeLog for Changelog {
         for (shard, records) in &changes {
             begun.push(*shard);
             let group_offsets = offsets.as_ref().filter(|(c, _)| c == shard).map(|(_, tpl)| tpl);
-            if let Err(e) = self.begin(*shard, records, &forwards.remove(shard).unwrap_or_default(), group_offsets) {
+            if let Err(e) = self.begin(*shard, records, &outgoing.remove(shard).unwrap_or_default(), group_offsets) {
                 self.abort(&begun);
                 return Err(e);
             }

@@ -40,7 +40,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use crate::changelog::{Changelog, Forward, FORMAT_HEADER, TRANSACTION_TIMEOUT};
-use crate::dead_letters::{DeadLetters, Source, DEAD_LETTER_TIMEOUT};
+use crate::dead_letters::{Letter, Source};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
 use crate::ownership::{client_id, Ownership};
 use crate::rebalance::{lock, GroupContext};
@@ -57,11 +57,9 @@ pub struct RunStats {
 }
 
 /// The longest the loop waits on the brokers without polling the group:
-/// the dead letters' acknowledgements, then a changelog transaction's
-/// flush and commit. `kafka.max_poll_interval` must exceed it, or the group
+/// a changelog transaction's flush and commit. `kafka.max_poll_interval` must exceed it, or the group
 /// would drop this member in the middle of a commit.
-pub const LONGEST_DRAIN: Duration =
-    Duration::from_secs(DEAD_LETTER_TIMEOUT.as_secs() + 2 * TRANSACTION_TIMEOUT.as_secs());
+pub const LONGEST_DRAIN: Duration = Duration::from_secs(2 * TRANSACTION_TIMEOUT.as_secs());
 
 /// How often librdkafka reports partition ends (and so how fresh lag is).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -127,9 +125,10 @@ fn consume<S: Store + Send + 'static>(
         ends: Mutex::new(BTreeMap::new()),
         failure: Mutex::new(None),
         take_over_failed: Mutex::new(None),
-        dead: Mutex::new(DeadLetters::new(settings)?),
+        registry_letters: Mutex::new(Vec::new()),
         changelog: Mutex::new(Changelog::new(settings)),
         reassigned: AtomicBool::new(false),
+        rebalances: std::sync::atomic::AtomicU64::new(0),
         ownership: Arc::clone(ownership),
         metrics: Arc::clone(shared_metrics),
         settings: settings.clone(),
@@ -168,8 +167,7 @@ fn consume<S: Store + Send + 'static>(
     let mut counts = IngestCounts::default();
     // Kafka timestamps of the messages applied since the last commit.
     let mut arrivals: Vec<Millis> = Vec::new();
-    let mut registry =
-        retry_while_transient(stop, || read_registry(settings, &consumer, cell, &mut registry_stats, stop))?;
+    let mut registry = retry_while_transient(stop, || read_registry(settings, &consumer, cell, &mut registry_stats))?;
     counts.registry_read();
     publish(&lock(cell));
     metrics.publish(&counts);
@@ -185,49 +183,56 @@ fn consume<S: Store + Send + 'static>(
         metrics.beat();
         // A store failure, applying or committing, stalls the loop below.
         let mut failed: Option<Error> = None;
-        if registry.poll(cell, &consumer.context().dead, &mut registry_stats, Duration::ZERO)? > 0 {
+        if registry.poll(cell, &consumer.context().registry_letters, &mut registry_stats, Duration::ZERO)? > 0 {
             since_commit += 1;
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => since_commit += skip_markers(&consumer, &mut lock(cell)),
-            Some(Err(e)) => {
-                if let Some(fatal) = fatal(&consumer) {
-                    return Err(fatal);
-                }
-                log_transient(&e)
+        let polled = poll_batch(&consumer);
+        if let Some(fatal) = polled.fatal {
+            return Err(fatal);
+        }
+        if polled.messages.is_empty() {
+            if !polled.errored {
+                since_commit += skip_markers(&consumer, &mut lock(cell));
             }
-            Some(Ok(msg)) => {
-                let mut engine = lock(cell);
+        } else {
+            // One lock and one clock read for the whole batch: readers wait
+            // at most one batch (at most `BATCH` messages, no network wait).
+            let mut engine = lock(cell);
+            let mut changelog = consumer.context().changelog();
+            let now = clock();
+            for msg in &polled.messages {
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
                 if engine.is_poisoned() {
                     // A take-over failed in this poll's rebalance: nothing is
                     // applied until the stalled loop has done it.
                     failed = Some(pulse_engine::EngineError::Poisoned.into());
-                } else if engine.next_offset(topic, partition).is_none_or(|next| offset >= next) {
-                    let now = clock();
-                    let aligned = aligned.contains(topic);
-                    match route(&mut engine, consumer.context(), &msg, formats.get(topic).copied(), now, aligned) {
-                        Err(e) => failed = Some(e.into()),
-                        Ok(Routed { format, disposition, forward }) => {
-                            match &disposition {
-                                None => counts.forwarded(topic, format),
-                                Some(d) => counts.message(topic, format, d),
-                            }
-                            arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
-                            // `offset` is handled: the next one to read is `offset + 1`.
-                            let mut changelog = consumer.context().changelog();
-                            if aligned {
-                                // Forwarded in this partition's (its shard's) next
-                                // transaction, which also holds its offset.
-                                if let Some(forward) = forward {
-                                    changelog.forward(partition as ShardId, forward);
-                                }
-                                engine.set_next_offset(topic, partition, offset + 1);
-                            } else {
-                                changelog.carry(topic, partition, offset + 1, forward);
-                            }
-                            since_commit += 1;
+                    break;
+                }
+                if engine.next_offset(topic, partition).is_some_and(|next| offset < next) {
+                    continue;
+                }
+                let aligned = aligned.contains(topic);
+                match route(&mut engine, msg, formats.get(topic).copied(), now, aligned) {
+                    Err(e) => {
+                        failed = Some(e.into());
+                        break;
+                    }
+                    Ok(Routed { format, disposition, forward, letter }) => {
+                        match &disposition {
+                            None => counts.forwarded(topic, format),
+                            Some(d) => counts.message(topic, format, d),
                         }
+                        arrivals.push(msg.timestamp().to_millis().unwrap_or(now));
+                        // `offset` is handled: the next one to read is `offset + 1`.
+                        if aligned {
+                            // Forwarded, or dead-lettered, in this partition's
+                            // (its shard's) next transaction, which also holds its offset.
+                            changelog.pass(partition as ShardId, forward, letter);
+                            engine.set_next_offset(topic, partition, offset + 1);
+                        } else {
+                            changelog.carry(topic, partition, offset + 1, forward, letter);
+                        }
+                        since_commit += 1;
                     }
                 }
             }
@@ -238,8 +243,15 @@ fn consume<S: Store + Send + 'static>(
         if let Some(e) = consumer.context().take_over_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             failed = Some(e);
         }
+        let interval_passed = last_commit.elapsed() >= settings.commit_interval;
         let due = since_commit >= settings.commit_messages
-            || (since_commit > 0 && last_commit.elapsed() >= settings.commit_interval);
+            || (since_commit > 0 && interval_passed)
+            || (interval_passed && consumer.context().registry_letters_due(&lock(cell)));
+        // Far behind the ends, commits are spaced out.
+        let due = due
+            && (!catching_up(&consumer, &lock(cell))
+                || since_commit >= CATCH_UP_COMMIT_MESSAGES
+                || last_commit.elapsed() >= CATCH_UP_COMMIT_INTERVAL);
         if due && failed.is_none() {
             let started = Instant::now();
             match commit(&consumer, cell, CommitMode::Async) {
@@ -313,6 +325,66 @@ fn consume<S: Store + Send + 'static>(
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
 }
 
+/// Commits while catching up: the configured interval is for live traffic
+/// (freshness); while the assigned partitions are [`CATCH_UP_LAG`] or more
+/// behind their ends, nobody waits for each batch, and a longer interval
+/// writes each busy user's state to the changelog once instead of many
+/// times, in fewer transactions (docs/BENCHMARKS.md, "What each change bought").
+const CATCH_UP_LAG: i64 = 50_000;
+const CATCH_UP_COMMIT_INTERVAL: Duration = Duration::from_secs(2);
+const CATCH_UP_COMMIT_MESSAGES: usize = 200_000;
+
+/// Whether the assigned partitions are [`CATCH_UP_LAG`] or more behind their
+/// (last reported) ends.
+fn catching_up<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>>, engine: &Engine<S>) -> bool {
+    let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner());
+    let behind: i64 = ends
+        .iter()
+        .filter_map(|((topic, p), high)| Some(high - engine.next_offset(topic, *p)?))
+        .filter(|l| *l > 0)
+        .sum();
+    behind >= CATCH_UP_LAG
+}
+
+/// Messages taken from the consumer per round (one lock of the engine).
+const BATCH: usize = 1024;
+
+/// One round's messages: what the consumer had ready, up to [`BATCH`],
+/// after waiting for the first at most 100 ms.
+struct Polled<'c> {
+    messages: Vec<BorrowedMessage<'c>>,
+    /// A poll returned an error (logged; librdkafka retries).
+    errored: bool,
+    fatal: Option<Error>,
+}
+
+fn poll_batch<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>>) -> Polled<'_> {
+    let mut polled = Polled { messages: Vec::new(), errored: false, fatal: None };
+    let rebalances = &consumer.context().rebalances;
+    let mut wait = Duration::from_millis(100);
+    while polled.messages.len() < BATCH {
+        let before = rebalances.load(Ordering::Relaxed);
+        let next = consumer.poll(wait);
+        if rebalances.load(Ordering::Relaxed) != before {
+            // Polled before a rebalance: persisted-and-released or resumed
+            // at the stored offsets, so read again by whoever owns them.
+            polled.messages.clear();
+        }
+        match next {
+            None => break,
+            Some(Ok(msg)) => polled.messages.push(msg),
+            Some(Err(e)) => {
+                polled.fatal = fatal(consumer);
+                polled.errored = true;
+                log_transient(&e);
+                break;
+            }
+        }
+        wait = Duration::ZERO;
+    }
+    polled
+}
+
 /// When the state is published (built into the snapshot behind `/metrics`
 /// and the API): after it changed, at most once per [`PUBLISH_INTERVAL`]
 /// (building it costs O(orgs x shards)), and only while nothing is applied
@@ -354,6 +426,8 @@ struct Routed {
     /// `None` if it was forwarded.
     disposition: Option<Disposition>,
     forward: Option<Forward>,
+    /// Its dead letter, if it is one.
+    letter: Option<Letter>,
 }
 
 /// Parses one input message and applies it, or finds it dead or ignored,
@@ -362,7 +436,6 @@ struct Routed {
 /// of such a topic need not own shard `p`).
 fn route<S: Store + Send + 'static>(
     engine: &mut Engine<S>,
-    context: &GroupContext<S>,
     msg: &BorrowedMessage<'_>,
     format: Option<InputFormat>,
     now: Millis,
@@ -384,13 +457,16 @@ fn route<S: Store + Send + 'static>(
             }
             let to = i32::from(engine.shard_of(&ev.user));
             let forward = Forward { user: ev.user.to_string(), to, format: label, value: payload.to_vec() };
-            return Ok(Routed { format: label, disposition: None, forward: Some(forward) });
+            return Ok(Routed { format: label, disposition: None, forward: Some(forward), letter: None });
         }
     };
-    if let Disposition::Dead(why) = &disposition {
-        context.dead().send(msg.key(), msg.payload(), why, &Source { topic, partition, offset });
-    }
-    Ok(Routed { format: label, disposition: Some(disposition), forward: None })
+    let letter = match &disposition {
+        Disposition::Dead(why) => {
+            Some(Letter::new(msg.key(), msg.payload(), why, Source { topic: topic.to_owned(), partition, offset }))
+        }
+        _ => None,
+    };
+    Ok(Routed { format: label, disposition: Some(disposition), forward: None, letter })
 }
 
 /// Rebuilds the registry and targets from their topics (on every start, and
@@ -400,13 +476,13 @@ pub(crate) fn read_registry<S: Store + Send + 'static>(
     consumer: &BaseConsumer<GroupContext<S>>,
     engine: &Mutex<Engine<S>>,
     stats: &mut IngestStats,
-    stop: &AtomicBool,
 ) -> Result<RegistryReader, Error> {
-    let mut registry = RegistryReader::new(settings)?;
+    let mut registry = RegistryReader::new(settings, lock(engine).shards())?;
     lock(engine).clear_registry();
     let context = consumer.context();
-    registry.catch_up(engine, &context.dead, stats)?;
-    context.dead().settle(stop, Instant::now() + DEAD_LETTER_TIMEOUT)?;
+    // Read from the start again: the letters of its records come again too.
+    context.registry_letters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    registry.catch_up(engine, &context.registry_letters, stats)?;
     let mut engine = lock(engine);
     engine.commit()?;
     info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
@@ -481,7 +557,7 @@ fn commit<S: Store + Send + 'static>(
             .collect();
         engine.set_at_end(at_end);
     }
-    consumer.context().persist(consumer, Instant::now() + DEAD_LETTER_TIMEOUT)?;
+    consumer.context().persist(consumer)?;
     advise_group(consumer, &lock(engine), mode);
     Ok(())
 }

@@ -9,9 +9,8 @@
 //! take-over as it does for a full disk ([`crate::stall`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
 
 use pulse_engine::{ChangeLog, Engine, ShardId, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -21,7 +20,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use crate::changelog::{catch_up, Changelog};
-use crate::dead_letters::DeadLetters;
+use crate::dead_letters::{Letter, Source};
 use crate::metrics::IngestMetrics;
 use crate::ownership::Ownership;
 use crate::registry::METADATA_TIMEOUT;
@@ -32,10 +31,6 @@ pub(crate) fn lock<S>(engine: &Mutex<Engine<S>>) -> MutexGuard<'_, Engine<S>> {
     // the store is still consistent, so recovering the guard is safe.
     engine.lock().unwrap_or_else(|p| p.into_inner())
 }
-
-/// How long a revocation may take to persist: the group waits for this
-/// member only so long.
-const REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The consumer's context: the rebalance protocol against the engine that
 /// owns the offsets, and what the loop shares with it.
@@ -51,12 +46,18 @@ pub(crate) struct GroupContext<S> {
     pub(crate) failure: Mutex<Option<String>>,
     /// A take-over that failed: the loop stalls with it and retries.
     pub(crate) take_over_failed: Mutex<Option<Error>>,
-    /// Dead letters, settled before every commit (the revocation's too).
-    pub(crate) dead: Mutex<DeadLetters>,
+    /// The registry topics' dead letters since they were last read from
+    /// the start, until a commit of their shard has written them
+    /// ([`crate::dead_letters`]).
+    pub(crate) registry_letters: Mutex<Vec<Letter>>,
     /// The owned shards' changelog producers, written at every commit.
     pub(crate) changelog: Mutex<Changelog>,
     /// Set by an assignment: the ownership view is refreshed.
     pub(crate) reassigned: AtomicBool,
+    /// Rebalance callbacks so far: messages the loop polled before one
+    /// are not applied (their partitions were persisted and let go, or
+    /// are resumed at their stored offsets, where they are read again).
+    pub(crate) rebalances: AtomicU64,
     pub(crate) ownership: Arc<Ownership>,
     pub(crate) metrics: Arc<IngestMetrics>,
     pub(crate) settings: Settings,
@@ -69,10 +70,6 @@ pub(crate) struct GroupContext<S> {
 }
 
 impl<S> GroupContext<S> {
-    pub(crate) fn dead(&self) -> MutexGuard<'_, DeadLetters> {
-        self.dead.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub(crate) fn changelog(&self) -> MutexGuard<'_, Changelog> {
         self.changelog.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -94,23 +91,63 @@ impl<S> GroupContext<S> {
 }
 
 impl<S: Store> GroupContext<S> {
-    /// Persists everything applied since the last commit: waits for the
-    /// dead letters' acknowledgements (until `deadline`), writes the
-    /// changelog, then the store. The engine is locked to take the changes
-    /// out and to store them, never while the brokers are awaited, so user
-    /// lookups keep answering (from the last commit) meanwhile.
-    pub(crate) fn persist(&self, consumer: &BaseConsumer<Self>, deadline: Instant) -> Result<(), Error>
+    /// Persists everything applied since the last commit: writes the
+    /// changelog (with the dead letters), then the store. The engine is
+    /// locked to take the changes out and to store them, never while the
+    /// brokers are awaited, so user lookups keep answering (from the last
+    /// commit) meanwhile.
+    pub(crate) fn persist(&self, consumer: &BaseConsumer<Self>) -> Result<(), Error>
     where
         S: Send + 'static,
     {
-        self.dead().settle(&self.stop, deadline)?;
-        let pending = lock(&self.engine).prepare_commit(true)?;
+        let pending = {
+            let mut engine = lock(&self.engine);
+            self.pass_registry_letters(&mut engine);
+            engine.prepare_commit(true)?
+        };
         let mut changelog = self.changelog();
         changelog.set_group(consumer.group_metadata());
         let logged = changelog.write(pending.changes());
         drop(changelog);
-        lock(&self.engine).finish_commit(pending, Some(logged))?;
+        let mut engine = lock(&self.engine);
+        engine.finish_commit(pending, Some(logged))?;
+        // Written: what is below the stored positions now is done with.
+        let mut letters = self.registry_letters.lock().unwrap_or_else(|p| p.into_inner());
+        letters.retain(|l| l.source.offset >= engine.next_offset(&l.source.topic, l.source.partition).unwrap_or(0));
         Ok(())
+    }
+
+    /// The registry letters that this instance writes at its next commit:
+    /// those of the shards it owns that their stored positions do not pass.
+    fn registry_letters_to_write(&self, engine: &Engine<S>) -> Vec<Letter> {
+        let letters = self.registry_letters.lock().unwrap_or_else(|p| p.into_inner());
+        let changelog = self.changelog();
+        let due = |l: &&Letter| {
+            let Source { topic, partition, offset } = &l.source;
+            changelog.owns(*partition as ShardId) && *offset >= engine.next_offset(topic, *partition).unwrap_or(0)
+        };
+        letters.iter().filter(due).cloned().collect()
+    }
+
+    /// Whether registry letters wait for a commit (none may be due otherwise).
+    pub(crate) fn registry_letters_due(&self, engine: &Engine<S>) -> bool {
+        !self.registry_letters_to_write(engine).is_empty()
+    }
+
+    /// Hands those registry letters to their shards' next transactions,
+    /// and moves the positions past them (in the same commit).
+    fn pass_registry_letters(&self, engine: &mut Engine<S>) {
+        let letters = self.registry_letters_to_write(engine);
+        let mut written: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut changelog = self.changelog();
+        for l in letters {
+            let next = written.entry((l.source.topic.clone(), l.source.partition)).or_default();
+            *next = (*next).max(l.source.offset + 1);
+            changelog.pass(l.source.partition as ShardId, None, Some(l));
+        }
+        for ((topic, partition), next) in written {
+            engine.set_letters_written(&topic, partition, next);
+        }
     }
 
     /// Makes the local state exactly the given shards', each caught up
@@ -123,7 +160,7 @@ impl<S: Store> GroupContext<S> {
         self.changelog().own(shards)?;
         // Registry records read since the last commit: the reload below
         // would drop them, and their topic is not read again.
-        self.persist(consumer, Instant::now() + REVOKE_TIMEOUT)?;
+        self.persist(consumer)?;
         lock(&self.engine).keep_only(shards)?;
         for &shard in shards {
             catch_up(&self.settings, &self.engine, shard, &self.metrics, &self.stop)?;
@@ -222,10 +259,10 @@ impl<S: Store> GroupContext<S> {
             // What the store holds is the last commit, where the next
             // owner resumes; nothing more can be persisted.
             info!("revoked while ingestion is stalled; the next owner resumes from the last commit");
-            self.changelog().discard_forwards();
-        } else if let Err(e) = self.persist(consumer, Instant::now() + REVOKE_TIMEOUT) {
+            self.changelog().discard();
+        } else if let Err(e) = self.persist(consumer) {
             error!(error = %e, "revoked, but the state could not be persisted; dropping what the last commit lacks");
-            self.changelog().discard_forwards();
+            self.changelog().discard();
             if let Err(e) = lock(&self.engine).reload() {
                 error!(error = %e, "reloading the committed state failed; the next commit retries");
             }
@@ -250,6 +287,7 @@ impl<S: Store + Send + 'static> ClientContext for GroupContext<S> {
 
 impl<S: Store + Send + 'static> ConsumerContext for GroupContext<S> {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
         let outcome = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {

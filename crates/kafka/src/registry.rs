@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pulse_engine::{Disposition, Engine, IngestStats, Store};
+use pulse_engine::{Disposition, Engine, IngestStats, ShardId, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::dead_letters::{DeadLetters, Source};
+use crate::dead_letters::{Letter, Source};
 use crate::{client_config, kafka_err, Error, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,9 @@ pub(crate) fn partitions(
 }
 
 impl RegistryReader {
-    pub(crate) fn new(settings: &Settings) -> Result<RegistryReader, Error> {
+    /// `shards`: a registry partition's dead letters are written with the
+    /// shard of its number ([`crate::dead_letters`]), so there may be no more.
+    pub(crate) fn new(settings: &Settings, shards: ShardId) -> Result<RegistryReader, Error> {
         let consumer: BaseConsumer = client_config(&settings.brokers, &settings.options)
             // librdkafka wants a group id even for `assign`; this reader never
             // joins the group or commits, so its name only shows in broker logs.
@@ -61,7 +63,15 @@ impl RegistryReader {
         let mut tpl = TopicPartitionList::new();
         let mut all = Vec::new();
         for topic in topics.keys() {
-            for p in partitions(&consumer, topic)? {
+            let numbers = partitions(&consumer, topic)?;
+            if numbers.len() > usize::from(shards) {
+                return Err(Error::Setup(format!(
+                    "the registry topic `{topic}` has {} partitions, more than Pulse's {shards} shards; a registry \
+                     topic is compacted and read whole: give it one partition",
+                    numbers.len()
+                )));
+            }
+            for p in numbers {
                 tpl.add_partition_offset(topic, p, Offset::Beginning)
                     .map_err(kafka_err("failed to build an assignment"))?;
                 all.push((topic.clone(), p));
@@ -77,14 +87,14 @@ impl RegistryReader {
     pub(crate) fn poll<S: Store>(
         &mut self,
         engine: &Mutex<Engine<S>>,
-        dead: &Mutex<DeadLetters>,
+        letters: &Mutex<Vec<Letter>>,
         stats: &mut IngestStats,
         wait: Duration,
     ) -> Result<usize, Error> {
         let mut read = 0;
         let Some(first) = self.consumer.poll(wait) else { return Ok(0) };
         let mut engine = engine.lock().unwrap_or_else(|p| p.into_inner());
-        let mut dead = dead.lock().unwrap_or_else(|p| p.into_inner());
+        let mut letters = letters.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Some(first);
         while let Some(result) = next.take() {
             let msg = match result {
@@ -102,8 +112,9 @@ impl RegistryReader {
             };
             if let Some(disposition) = disposition {
                 if let Disposition::Dead(why) = &disposition {
-                    let source = Source { topic: msg.topic(), partition: msg.partition(), offset: msg.offset() };
-                    dead.send(key, value, why, &source);
+                    let source =
+                        Source { topic: msg.topic().to_owned(), partition: msg.partition(), offset: msg.offset() };
+                    letters.push(Letter::new(key, value, why, source));
                 }
                 stats.record(&disposition);
                 read += 1;
@@ -117,7 +128,7 @@ impl RegistryReader {
     pub(crate) fn catch_up<S: Store>(
         &mut self,
         engine: &Mutex<Engine<S>>,
-        dead: &Mutex<DeadLetters>,
+        letters: &Mutex<Vec<Letter>>,
         stats: &mut IngestStats,
     ) -> Result<(), Error> {
         let mut ends = Vec::new();
@@ -146,7 +157,7 @@ impl RegistryReader {
                     REGISTRY_TIMEOUT.as_secs()
                 )));
             }
-            self.poll(engine, dead, stats, Duration::from_millis(200))?;
+            self.poll(engine, letters, stats, Duration::from_millis(200))?;
         }
     }
 }

@@ -94,14 +94,14 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
     /// not the store), re-reads the registry, rewinds every partition.
     fn resume(&self, settings: &Settings, registry_stats: &mut IngestStats) -> Result<RegistryReader, Error> {
         let context = self.consumer.context();
-        context.changelog().discard_forwards();
+        context.changelog().discard();
         let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
         if let Err(e) = context.take_over(self.consumer, &context.shards_of(&assignment)) {
             // Memory may hold part of a restore: recover reloads it next round.
             lock(self.engine).invalidate();
             return Err(e);
         }
-        let registry = read_registry(settings, self.consumer, self.engine, registry_stats, self.stop)?;
+        let registry = read_registry(settings, self.consumer, self.engine, registry_stats)?;
         self.rewind()?;
         Ok(registry)
     }

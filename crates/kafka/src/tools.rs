@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
@@ -208,34 +209,53 @@ pub struct Record {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Every message of a topic, partition by partition.
+/// Every committed message of a topic (`read_committed`: what Pulse wrote
+/// in transactions that aborted is not there), partition by partition.
 pub fn read_all(brokers: &str, topic: &str) -> Result<Vec<Record>, Error> {
     let ends = high_watermarks(brokers, topic)?;
-    let consumer: BaseConsumer = config(brokers).create().map_err(kafka_err("failed to create a consumer"))?;
+    let consumer: BaseConsumer = config(brokers)
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(kafka_err("failed to create a consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for p in ends.keys() {
         tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(kafka_err("failed to build an assignment"))?;
     }
     consumer.assign(&tpl).map_err(kafka_err("failed to assign"))?;
-    let total: i64 = ends.values().sum();
+    // A partition's end counts transaction markers and aborted records,
+    // which are never delivered: it is read when the consumer says so.
+    let mut unread: std::collections::BTreeSet<i32> =
+        ends.iter().filter(|(_, high)| **high > 0).map(|(p, _)| *p).collect();
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while (out.len() as i64) < total && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Record {
-                partition: m.partition(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers,
-            });
+    while !unread.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Timeout(format!("reading `{topic}`: partitions {unread:?} not read to their end")));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                unread.remove(&p);
+            }
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    partition: m.partition(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+            _ => {}
         }
     }
     Ok(out)

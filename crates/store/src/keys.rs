@@ -10,6 +10,8 @@ use pulse_engine::ShardId;
 /// Keyspace bytes. Each column family holds one or more keyspaces.
 pub const USER: u8 = b'u';
 pub const SEEN: u8 = b's';
+/// The names of the changelog records of remembered ids ([`pulse_engine::SeenLog`]).
+pub const SEEN_LOG: u8 = b'i';
 pub const ORG_TOTALS: u8 = b'o';
 pub const COURSE_TOTALS: u8 = b'c';
 pub const ORG: u8 = b'r';
@@ -61,25 +63,26 @@ pub fn decode_sharded_text(space: u8, key: &[u8]) -> Result<(ShardId, &str), Key
     Ok((shard, text))
 }
 
-/// `[SEEN][shard u16][bucket i64][hash u128]`: ordered by bucket within a
-/// shard, so forgetting old buckets is one range delete.
-pub fn seen(shard: ShardId, bucket: i64, hash: u128) -> Vec<u8> {
-    let mut k = with_shard(SEEN, shard, 24);
+/// `[SEEN or SEEN_LOG][shard u16][bucket i64][hash u128]`: ordered by bucket
+/// within a shard, so forgetting old buckets is one range delete.
+pub fn seen(space: u8, shard: ShardId, bucket: i64, hash: u128) -> Vec<u8> {
+    let mut k = with_shard(space, shard, 24);
     k.extend_from_slice(&flip_i64(bucket));
     k.extend_from_slice(&hash.to_be_bytes());
     k
 }
 
-pub fn decode_seen(key: &[u8]) -> Result<pulse_engine::SeenKey, KeyError> {
-    let rest = check_space(SEEN, key, 27)?;
+/// The bucket and hash of a [`seen`] key.
+pub fn decode_seen(space: u8, key: &[u8]) -> Result<(i64, u128), KeyError> {
+    let rest = check_space(space, key, 27)?;
     let bucket = unflip_i64(rest[2..10].try_into().map_err(|_| KeyError::TooShort(key.len()))?);
     let hash = u128::from_be_bytes(rest[10..26].try_into().map_err(|_| KeyError::TooShort(key.len()))?);
-    Ok(pulse_engine::SeenKey { bucket, hash })
+    Ok((bucket, hash))
 }
 
-/// The first seen key of a bucket (inclusive range bound).
-pub fn seen_bucket_start(shard: ShardId, bucket: i64) -> Vec<u8> {
-    let mut k = with_shard(SEEN, shard, 8);
+/// The first [`seen`] key of a bucket (inclusive range bound).
+pub fn seen_bucket_start(space: u8, shard: ShardId, bucket: i64) -> Vec<u8> {
+    let mut k = with_shard(space, shard, 8);
     k.extend_from_slice(&flip_i64(bucket));
     k
 }
@@ -162,17 +165,26 @@ mod tests {
 
     #[test]
     fn seen_keys_sort_by_shard_then_bucket_including_negative_buckets() {
-        let keys = [seen(0, -5, u128::MAX), seen(0, -1, 0), seen(0, 0, 7), seen(0, 9, 1), seen(1, -9, 0)];
+        let keys = [
+            seen(SEEN, 0, -5, u128::MAX),
+            seen(SEEN, 0, -1, 0),
+            seen(SEEN, 0, 0, 7),
+            seen(SEEN, 0, 9, 1),
+            seen(SEEN, 1, -9, 0),
+        ];
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(sorted, keys);
-        assert!(seen_bucket_start(0, 0) <= seen(0, 0, 0) && seen(0, -1, u128::MAX) < seen_bucket_start(0, 0));
+        assert!(
+            seen_bucket_start(SEEN, 0, 0) <= seen(SEEN, 0, 0, 0)
+                && seen(SEEN, 0, -1, u128::MAX) < seen_bucket_start(SEEN, 0, 0)
+        );
     }
 
     #[test]
     fn keys_round_trip() {
         assert_eq!(decode_sharded_text(USER, &sharded_text(USER, 513, "u-17")).unwrap(), (513, "u-17"));
-        assert_eq!(decode_seen(&seen(2, -3, 7 << 100)).unwrap(), pulse_engine::SeenKey { bucket: -3, hash: 7 << 100 });
+        assert_eq!(decode_seen(SEEN_LOG, &seen(SEEN_LOG, 2, -3, 7 << 100)).unwrap(), (-3, 7 << 100));
         assert_eq!(decode_text(ORG, &text(ORG, "M_12")).unwrap(), "M_12");
         assert_eq!(decode_offset(&offset("pulse.telemetry", -1)).unwrap(), ("pulse.telemetry", -1));
         assert_eq!(decode_shard(MAX_TS, &shard(MAX_TS, 7)).unwrap(), 7);

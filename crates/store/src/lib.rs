@@ -18,7 +18,7 @@ pub use metrics::{StoreMetrics, StoreUsage};
 use std::path::Path;
 
 use pulse_engine::codec::{decode, encode};
-use pulse_engine::{Batch, LoadedState, SeenKey, ShardId, Store, StoreError, UserState};
+use pulse_engine::{Batch, LoadedState, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, UserState};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 
 /// Users by (shard, user id).
@@ -273,20 +273,21 @@ impl Store for RocksStore {
     }
 
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
-        let k = keys::seen(shard, key.bucket, key.hash);
+        let k = keys::seen(keys::SEEN, shard, key.bucket, key.hash);
         Ok(self.db.get_pinned_cf(self.cf(CF_SEEN), k).map_err(err("failed to read an event id"))?.is_some())
     }
 
-    fn seen_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenKey>, StoreError> {
-        let start = keys::seen_bucket_start(shard, i64::MIN);
-        let end = keys::seen_bucket_start(shard, bucket);
+    fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {
+        let start = keys::seen_bucket_start(keys::SEEN_LOG, shard, i64::MIN);
+        let end = keys::seen_bucket_start(keys::SEEN_LOG, shard, bucket);
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(end);
         let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
         let mut out = Vec::new();
         for item in self.db.iterator_cf_opt(self.cf(CF_SEEN), opts, mode) {
-            let (k, _) = item.map_err(err("failed to list expired event ids"))?;
-            out.push(keys::decode_seen(&k).map_err(key_err)?);
+            let (k, _) = item.map_err(err("failed to list the records of expired event ids"))?;
+            let (bucket, first) = keys::decode_seen(keys::SEEN_LOG, &k).map_err(key_err)?;
+            out.push(SeenLog { bucket, first });
         }
         Ok(out)
     }
@@ -320,9 +321,13 @@ impl Store for RocksStore {
         let (users, seen, totals, meta) = (self.cf(CF_USERS), self.cf(CF_SEEN), self.cf(CF_TOTALS), self.cf(CF_META));
         let mut wb = WriteBatch::default();
         for &shard in &batch.drop_shards {
-            for (cf, space) in
-                [(users, keys::USER), (seen, keys::SEEN), (totals, keys::ORG_TOTALS), (totals, keys::COURSE_TOTALS)]
-            {
+            for (cf, space) in [
+                (users, keys::USER),
+                (seen, keys::SEEN),
+                (seen, keys::SEEN_LOG),
+                (totals, keys::ORG_TOTALS),
+                (totals, keys::COURSE_TOTALS),
+            ] {
                 let (start, end) = keys::shard_range(space, shard);
                 wb.delete_range_cf(cf, start, end);
             }
@@ -345,15 +350,20 @@ impl Store for RocksStore {
         for (shard, user, state) in &batch.users {
             wb.put_cf(users, keys::sharded_text(keys::USER, *shard, user), encode(state));
         }
-        for (shard, k) in &batch.seen {
-            wb.put_cf(seen, keys::seen(*shard, k.bucket, k.hash), []);
+        for (shard, SeenIds { log, ids }) in &batch.seen {
+            wb.put_cf(seen, keys::seen(keys::SEEN_LOG, *shard, log.bucket, log.first), []);
+            for k in ids {
+                wb.put_cf(seen, keys::seen(keys::SEEN, *shard, k.bucket, k.hash), []);
+            }
         }
         for (shard, before) in &batch.forget_before {
-            wb.delete_range_cf(
-                seen,
-                keys::seen_bucket_start(*shard, i64::MIN),
-                keys::seen_bucket_start(*shard, *before),
-            );
+            for space in [keys::SEEN, keys::SEEN_LOG] {
+                wb.delete_range_cf(
+                    seen,
+                    keys::seen_bucket_start(space, *shard, i64::MIN),
+                    keys::seen_bucket_start(space, *shard, *before),
+                );
+            }
         }
         for (shard, key, t) in &batch.org_totals {
             let k = keys::sharded_text(keys::ORG_TOTALS, *shard, key);
