@@ -114,7 +114,7 @@ fn main() {
             let snapshot = pulse_http::SnapshotCell::default();
             let metrics = Arc::new(pulse_kafka::IngestMetrics::default());
             let ownership = Arc::new(pulse_kafka::Ownership::default());
-            let mut publish = |e: &pulse_engine::Engine<RocksStore>| snapshot.set(e.snapshot());
+            let mut publish = |s, _: &RocksStore| snapshot.set(s);
             let engine = Arc::new(std::sync::Mutex::new(engine));
             let shared = pulse_kafka::Shared { engine, metrics, ownership, publish: &mut publish };
             pulse_kafka::run(&settings, shared, &stop, wall_clock)

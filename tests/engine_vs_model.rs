@@ -359,30 +359,50 @@ impl Backend for Rocks {
 }
 
 /// Runs one arrival order through the engine with random crashes (losing
-/// everything uncommitted, then redelivering from the last commit, as Kafka
-/// does from the stored offset) and clean restarts.
+/// everything not stored, then redelivering from the last stored commit,
+/// as Kafka does from the stored offset) and clean restarts. Half the
+/// commits are pipelined as `pulse run` does: prepared, left in flight
+/// while the next events are applied, and stored at the next commit point
+/// (a crash in between loses them).
 fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, backend: &mut B) -> Engine<B::S> {
     let config = EngineConfig::default();
     let now = settings().ingest_now;
     let mut engine = Engine::open(backend.fresh(h.shards), config.clone()).unwrap();
     let mut committed = 0;
+    let mut in_flight = None;
     let mut i = 0;
     let mut crashes = 0;
+    let finish = |engine: &mut Engine<B::S>, backend: &mut B, pending: pulse_engine::PendingCommit| {
+        let logged = backend.log().map(|log| log.write(pending.changes()));
+        engine.finish_commit(pending, logged).unwrap();
+    };
     while i < stream.len() {
         deliver(&mut engine, &stream[i], now).unwrap();
         i += 1;
         match rng.gen_range(0..10) {
             0 => {
-                engine.commit_logged(backend.log()).unwrap();
-                committed = i;
+                if let Some((pending, end)) = in_flight.take() {
+                    finish(&mut engine, backend, pending);
+                    committed = end;
+                }
+                if rng.gen_bool(0.5) {
+                    engine.commit_logged(backend.log()).unwrap();
+                    committed = i;
+                } else {
+                    in_flight = Some((engine.prepare_commit(backend.log().is_some()).unwrap(), i));
+                }
             }
             1 if crashes < 3 => {
                 crashes += 1;
+                in_flight = None;
                 engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
                 i = committed;
             }
             _ => {}
         }
+    }
+    if let Some((pending, _)) = in_flight.take() {
+        finish(&mut engine, backend, pending);
     }
     if rng.gen_bool(0.5) {
         engine.commit_logged(backend.log()).unwrap();

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use pulse_engine::codec::encode;
 use pulse_engine::{
     Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenIds, SeenKey, SeenLog, Store, StreamPosition, Totals,
     UserState,
@@ -63,7 +64,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
     store
         .commit(Batch {
             meeting_minutes: Some(240),
-            users: vec![(0, "u1".into(), user("A")), (1, "u2".into(), user("B"))],
+            users: vec![(0, "u1".into(), encode(&user("A"))), (1, "u2".into(), encode(&user("B")))],
             seen: vec![
                 (0, record(&[seen(-3, 1), seen(10, 2)])),
                 (0, record(&[seen(11, 3)])),
@@ -90,7 +91,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
 
     store
         .commit(Batch {
-            users: vec![(0, "u1".into(), user("C"))],
+            users: vec![(0, "u1".into(), encode(&user("C")))],
             seen: vec![(0, record(&[seen(20, 5)]))],
             // Forget shard 0's buckets below 11: -3 and 10 go, 11 and 20 stay
             // (with the records named by 11 and 20); shard 1 keeps its 10.
@@ -242,7 +243,7 @@ fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
     let batch = |next: i64| {
         let mut b = Batch::default();
         b.offsets.push((("in".into(), 0), pos(next, None)));
-        b.users.extend((0..200).map(|i| (0, format!("u{next}-{i}"), user("A"))));
+        b.users.extend((0..200).map(|i| (0, format!("u{next}-{i}"), encode(&user("A")))));
         b
     };
     store.commit(batch(1)).unwrap();

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
-use crate::state::{CourseTotals, Totals};
+use crate::state::{CourseTotals, Totals, UserState};
 use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, StoreError, StreamPosition};
 
 /// One changelog record; `value: None` is a tombstone.
@@ -89,7 +89,7 @@ pub fn changes(batch: &Batch) -> BTreeMap<ShardId, Vec<Change>> {
         out.entry(shard).or_default().push(Change { key, value });
     };
     for (shard, user, state) in &batch.users {
-        put(*shard, key(USER, user.as_bytes()), value(state));
+        put(*shard, key(USER, user.as_bytes()), Some(state.clone()));
     }
     for (shard, seen) in &batch.seen {
         put(*shard, seen_key(&seen.log), Some(seen_value(&seen.ids)));
@@ -129,7 +129,11 @@ pub fn restore_into(batch: &mut Batch, shard: ShardId, key: &[u8], value: Option
         return Err(StoreError::new("bad changelog key", "empty key"));
     };
     match kind {
-        USER => batch.users.push((shard, text(rest)?, decode(value)?)),
+        USER => {
+            // Checked here, so that a bad record fails the restore, not a later read.
+            decode::<UserState>(value)?;
+            batch.users.push((shard, text(rest)?, value.unwrap_or_default().to_vec()))
+        }
         SEEN_IDS => {
             if rest.len() != ID_BYTES {
                 return Err(StoreError::new("bad changelog key", "an id record's key is 25 bytes"));

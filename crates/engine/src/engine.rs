@@ -11,6 +11,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::changelog::{changes, Change, ChangeLog};
+use crate::codec;
 use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
@@ -59,6 +60,8 @@ pub enum EngineError {
     PartitionMismatch { stored: ShardId, partitions: ShardId },
     #[error("an earlier store operation failed, so memory and storage may differ; recover (or restart) to reload the stored state")]
     Poisoned,
+    #[error("a commit is already in flight; finish it before preparing the next (a bug in the caller)")]
+    CommitInFlight,
 }
 
 /// What became of one message.
@@ -116,7 +119,12 @@ struct Shard {
     max_ts: Millis,
     /// Write-back cache: every user changed since the last commit.
     users: FastMap<String, UserState>,
+    /// The users of the commit in flight (prepared, not yet stored):
+    /// read before the store, which does not have them yet.
+    committing: FastMap<String, UserState>,
+    /// Ids since the last commit, and those of the commit in flight.
     seen: FastSet<u128>,
+    seen_committing: FastSet<u128>,
     seen_keys: Vec<SeenKey>,
     /// The forget bound (an hour bucket) last written for this shard:
     /// the store's range delete is written only when it moves.
@@ -138,6 +146,8 @@ pub struct Engine<S> {
     /// Partition positions, committed and pending, by (topic, partition).
     offsets: BTreeMap<(String, i32), StreamPosition>,
     pending_offsets: BTreeMap<(String, i32), StreamPosition>,
+    /// The positions of the commit in flight.
+    committing_offsets: BTreeMap<(String, i32), StreamPosition>,
     /// Partitions read to their end: nothing older can arrive from them
     /// before something newer, so they do not hold the watermark back.
     at_end: BTreeSet<(String, i32)>,
@@ -148,7 +158,10 @@ pub struct Engine<S> {
     last_event: Option<Millis>,
     /// Set until the threshold is first written to a fresh store.
     record_meeting_minutes: bool,
+    /// Messages applied since the last commit was stored, and how many of
+    /// them the commit in flight holds (`None`: no commit in flight).
     uncommitted: usize,
+    in_flight: Option<usize>,
     poisoned: bool,
 }
 
@@ -168,10 +181,12 @@ impl<S: Store> Engine<S> {
             pending_targets: BTreeMap::new(),
             offsets: BTreeMap::new(),
             pending_offsets: BTreeMap::new(),
+            committing_offsets: BTreeMap::new(),
             at_end: BTreeSet::new(),
             changelog: BTreeMap::new(),
             last_event: None,
             uncommitted: 0,
+            in_flight: None,
             poisoned: false,
             store,
         };
@@ -209,8 +224,9 @@ impl<S: Store> Engine<S> {
         self.pending_targets.clear();
         self.offsets = loaded.offsets;
         self.pending_offsets.clear();
+        self.committing_offsets.clear();
         self.changelog = loaded.changelog;
-        (self.last_event, self.uncommitted, self.poisoned) = (None, 0, false);
+        (self.last_event, self.uncommitted, self.in_flight, self.poisoned) = (None, 0, None, false);
         Ok(())
     }
 
@@ -257,9 +273,15 @@ impl<S: Store> Engine<S> {
         &self.targets
     }
 
-    /// Messages applied since the last commit.
+    /// Messages applied since the last commit was stored (those of a
+    /// commit in flight included).
     pub fn uncommitted(&self) -> usize {
         self.uncommitted
+    }
+
+    /// Whether a commit is prepared and not yet finished.
+    pub fn is_committing(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     /// The shard that holds a user's state: the partition a Java producer
@@ -356,16 +378,22 @@ impl<S: Store> Engine<S> {
         let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
         let shard = &mut shards[usize::from(shard_id)];
         let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
-        if shard.seen.contains(&key.hash) || store.is_seen(shard_id, key)? {
+        if shard.seen.contains(&key.hash)
+            || shard.seen_committing.contains(&key.hash)
+            || store.is_seen(shard_id, key)?
+        {
             return Ok(Disposition::Duplicate);
         }
         // Read before the id is marked seen: a failed read leaves no trace.
         let (user, is_new) = match shard.users.get_mut(&*ev.user) {
             Some(u) => (u, false),
             None => {
-                let stored = store.user(shard_id, &ev.user)?;
-                let is_new = stored.is_none();
-                (shard.users.entry(ev.user.to_string()).or_insert(stored.unwrap_or_default()), is_new)
+                let known = match shard.committing.get(&*ev.user) {
+                    Some(u) => Some(u.clone()),
+                    None => store.user(shard_id, &ev.user)?,
+                };
+                let is_new = known.is_none();
+                (shard.users.entry(ev.user.to_string()).or_insert(known.unwrap_or_default()), is_new)
             }
         };
         shard.seen.insert(key.hash);
@@ -440,7 +468,13 @@ impl<S: Store> Engine<S> {
     }
 
     fn position(&self, key: &(String, i32)) -> Option<StreamPosition> {
-        self.pending_offsets.get(key).or_else(|| self.offsets.get(key)).copied()
+        let pending = self.pending_offsets.get(key).or_else(|| self.committing_offsets.get(key));
+        pending.or_else(|| self.offsets.get(key)).copied()
+    }
+
+    /// The next offset of a partition as stored (a commit in flight not included).
+    pub fn stored_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.offsets.get(&(topic.to_owned(), partition)).map(|p| p.next)
     }
 
     /// Records that every message of a partition before `next` has been
@@ -465,8 +499,9 @@ impl<S: Store> Engine<S> {
     /// is past its horizon: a duplicate arrives in its original's partition,
     /// which may lag far behind the others. `None` outside Kafka (replay).
     fn watermark(&self) -> Option<Millis> {
-        let keys = self.offsets.keys().chain(self.pending_offsets.keys().filter(|k| !self.offsets.contains_key(*k)));
-        keys.filter(|k| !self.at_end.contains(*k)).filter_map(|k| self.position(k)?.newest_event).min()
+        let keys: BTreeSet<&(String, i32)> =
+            self.offsets.keys().chain(self.committing_offsets.keys()).chain(self.pending_offsets.keys()).collect();
+        keys.into_iter().filter(|k| !self.at_end.contains(*k)).filter_map(|k| self.position(k)?.newest_event).min()
     }
 
     /// The partitions now read to their end (the caller knows their ends):
@@ -508,13 +543,17 @@ impl<S: Store> Engine<S> {
 
     /// The first half of a commit: takes every change since the last commit
     /// out of memory into a batch. Its changelog records can then be written
-    /// without holding the engine (a reader looking a user up meanwhile sees
-    /// the last commit), and [`Engine::finish_commit`] stores it. Nothing may
-    /// be applied in between. `logged`: the changelog will be written, so
-    /// the ids forgotten now are listed for it.
+    /// without holding the engine, and [`Engine::finish_commit`] stores it.
+    /// Events may be applied in between (the next commit's): until it is
+    /// stored, the users and ids of the commit in flight are read from
+    /// memory. One commit at a time. `logged`: the changelog will be
+    /// written, so the id records forgotten now are listed for it.
     pub fn prepare_commit(&mut self, logged: bool) -> Result<PendingCommit, EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
+        }
+        if self.in_flight.is_some() {
+            return Err(EngineError::CommitInFlight);
         }
         let mut batch = Batch {
             meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
@@ -531,7 +570,9 @@ impl<S: Store> Engine<S> {
             }
             let newest = shard.max_ts.min(watermark);
             let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
-            batch.users.extend(shard.users.drain().map(|(user, state)| (id, user, state)));
+            // Encoded once, for the changelog and the store alike.
+            batch.users.extend(shard.users.iter().map(|(user, state)| (id, user.clone(), codec::encode(state))));
+            shard.committing = std::mem::take(&mut shard.users);
             // An id already past the horizon is not kept (nor logged).
             let kept: Vec<SeenKey> = shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).collect();
             for ids in kept.chunks(SEEN_PER_RECORD) {
@@ -539,7 +580,7 @@ impl<S: Store> Engine<S> {
                 let log = SeenLog { bucket, first: ids[0].hash };
                 batch.seen.push((id, SeenIds { log, ids: ids.to_vec() }));
             }
-            shard.seen.clear();
+            shard.seen_committing = std::mem::take(&mut shard.seen);
             // The range delete (and its changelog record) only when the bound moves.
             if shard.forgotten_before.is_none_or(|f| forget > f) {
                 shard.forgotten_before = Some(forget);
@@ -560,16 +601,29 @@ impl<S: Store> Engine<S> {
                 .extend(shard.courses.drain_dirty().map(|(k, t)| (id, self.course_keys.name(k).to_owned(), t)));
             batch.max_ts.push((id, shard.max_ts));
         }
-        // Until it is stored, memory is ahead of the store: a failure
-        // anywhere before then leaves the engine to be recovered.
-        self.poisoned = true;
+        self.committing_offsets = std::mem::take(&mut self.pending_offsets);
+        self.in_flight = Some(self.uncommitted);
         Ok(PendingCommit { batch })
     }
 
     /// The second half of a commit: `logged` is the outcome of writing the
     /// pending commit's changelog records (`None`: no changelog); on success
-    /// the batch goes to the store with the changelog positions.
+    /// the batch goes to the store with the changelog positions. On a
+    /// failure, memory is ahead of the store: nothing more is applied or
+    /// committed until [`Engine::recover`].
     pub fn finish_commit(
+        &mut self,
+        pending: PendingCommit,
+        logged: Option<Result<Vec<(ShardId, i64)>, StoreError>>,
+    ) -> Result<(), EngineError> {
+        let stored = self.store_commit(pending, logged);
+        if stored.is_err() {
+            self.poisoned = true;
+        }
+        stored
+    }
+
+    fn store_commit(
         &mut self,
         pending: PendingCommit,
         logged: Option<Result<Vec<(ShardId, i64)>, StoreError>>,
@@ -581,17 +635,21 @@ impl<S: Store> Engine<S> {
         let positions = batch.changelog.clone();
         self.store.commit(batch)?;
         self.changelog.extend(positions);
-        self.offsets.append(&mut self.pending_offsets);
+        self.offsets.append(&mut self.committing_offsets);
+        for shard in &mut self.shards {
+            shard.committing.clear();
+            shard.seen_committing.clear();
+        }
         self.record_meeting_minutes = false;
-        self.uncommitted = 0;
-        self.poisoned = false;
+        self.uncommitted -= self.in_flight.take().unwrap_or(0);
         Ok(())
     }
 
     /// One user's state, including changes not yet committed.
     pub fn user(&self, user: &str) -> Result<Option<UserState>, EngineError> {
         let shard = self.shard_of(user);
-        match self.shards[usize::from(shard)].users.get(user) {
+        let s = &self.shards[usize::from(shard)];
+        match s.users.get(user).or_else(|| s.committing.get(user)) {
             Some(u) => Ok(Some(u.clone())),
             None => Ok(self.store.user(shard, user)?),
         }

@@ -88,7 +88,8 @@ pub struct StreamPosition {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub meeting_minutes: Option<u32>,
-    pub users: Vec<(ShardId, String, UserState)>,
+    /// Changed users, their state encoded ([`crate::codec`]).
+    pub users: Vec<(ShardId, String, Vec<u8>)>,
     pub seen: Vec<(ShardId, SeenIds)>,
     /// Per shard: forget every id (and every id record name) whose bucket
     /// is below this one.
@@ -217,7 +218,7 @@ impl Store for MemStore {
             self.state.meeting_minutes = batch.meeting_minutes;
         }
         for (shard, user, state) in batch.users {
-            self.users[usize::from(shard)].insert(user, state);
+            self.users[usize::from(shard)].insert(user, crate::codec::decode("a user", &state)?);
         }
         for (shard, SeenIds { log, ids }) in batch.seen {
             let s = usize::from(shard);

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pulse_engine::{restore_into, Batch, Change, ChangeLog, Engine, EngineError, ShardId, Store, StoreError};
+use pulse_engine::{restore_into, Batch, Change, Engine, EngineError, ShardId, Store, StoreError};
 use pulse_model::InputFormat;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
@@ -97,71 +97,23 @@ struct Outgoing {
     letters: Vec<Letter>,
 }
 
-/// The changelog writer of the shards this instance owns.
-pub(crate) struct Changelog {
-    settings: Settings,
-    producers: BTreeMap<ShardId, BaseProducer<Delivered>>,
-    /// By source shard: forwards and dead letters since the last commit.
+/// What the loop passed since the last commit that the next commit's
+/// transactions carry besides the shards' changes.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    /// By source shard: forwards and dead letters.
     outgoing: BTreeMap<ShardId, Outgoing>,
     /// Partitions of input topics that are not co-partitioned with the
-    /// shards: their forwards and dead letters since the last commit, and
-    /// their next offsets. No shard holds these offsets: they are committed
-    /// to the consumer group inside the transaction that carries the
-    /// forwards (Kafka's exactly-once v2: the group coordinator refuses
-    /// them from a member of an older generation, so a zombie cannot commit them).
+    /// shards: their forwards and dead letters, and their next offsets.
+    /// No shard holds these offsets: they are committed to the consumer
+    /// group inside the transaction that carries the forwards (Kafka's
+    /// exactly-once v2: the group coordinator refuses them from a member
+    /// of an older generation, so a zombie cannot commit them).
     carried: Outgoing,
     carried_offsets: BTreeMap<(String, i32), i64>,
-    /// Their offsets as committed to the group (read at assignment, moved
-    /// by every commit).
-    committed: BTreeMap<(String, i32), i64>,
-    /// The group's metadata at the last poll, for those offset commits.
-    group: Option<ConsumerGroupMetadata>,
 }
 
-fn store_err(context: String) -> impl FnOnce(KafkaError) -> StoreError {
-    move |e| StoreError::new(context, e)
-}
-
-impl Changelog {
-    pub(crate) fn new(settings: &Settings) -> Changelog {
-        Changelog {
-            settings: settings.clone(),
-            producers: BTreeMap::new(),
-            outgoing: BTreeMap::new(),
-            carried: Outgoing::default(),
-            carried_offsets: BTreeMap::new(),
-            committed: BTreeMap::new(),
-            group: None,
-        }
-    }
-
-    /// Takes over the given shards' changelog partitions (fencing any
-    /// previous owner) and lets go of every other.
-    pub(crate) fn own(&mut self, shards: &BTreeSet<ShardId>) -> Result<(), Error> {
-        self.producers.retain(|s, _| shards.contains(s));
-        self.outgoing.retain(|s, _| shards.contains(s));
-        for &shard in shards {
-            if self.producers.contains_key(&shard) {
-                continue;
-            }
-            let s = &self.settings;
-            let context =
-                Delivered { changelog: s.changelog_topic.clone(), last: Mutex::new(None), refused: Mutex::new(None) };
-            let producer: BaseProducer<Delivered> = client_config(&s.brokers, &s.options)
-                .set("transactional.id", format!("{}.{}.{shard}", s.group_id, s.changelog_topic))
-                .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
-                .set("linger.ms", "5")
-                .set("compression.type", CHANGELOG_COMPRESSION)
-                .create_with_context(context)
-                .map_err(kafka_err("failed to create a changelog producer"))?;
-            producer
-                .init_transactions(METADATA_TIMEOUT)
-                .map_err(kafka_err(format!("failed to take over changelog partition {shard}")))?;
-            self.producers.insert(shard, producer);
-        }
-        Ok(())
-    }
-
+impl Outbox {
     /// Queues a forward or a dead letter (or neither) for the transaction
     /// of shard `from` (its source partition's).
     pub(crate) fn pass(&mut self, from: ShardId, forward: Option<Forward>, letter: Option<Letter>) {
@@ -188,28 +140,62 @@ impl Changelog {
         self.carried_offsets.insert((topic.to_owned(), partition), next);
     }
 
-    /// The next offset of such a partition, committed or not.
+    /// The next offset of such a partition, if one was handled since the last commit.
     pub(crate) fn carried_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        let key = (topic.to_owned(), partition);
-        self.carried_offsets.get(&key).or_else(|| self.committed.get(&key)).copied()
+        self.carried_offsets.get(&(topic.to_owned(), partition)).copied()
     }
 
-    /// The group's offsets of such partitions, as assigned now.
-    pub(crate) fn set_committed(&mut self, committed: BTreeMap<(String, i32), i64>) {
-        self.committed = committed;
-    }
-
-    /// The group's metadata, for the next commit's offsets.
-    pub(crate) fn set_group(&mut self, group: Option<ConsumerGroupMetadata>) {
-        self.group = group;
+    /// The carried partitions' offsets this outbox commits to the group.
+    pub(crate) fn carried_offsets(&self) -> BTreeMap<(String, i32), i64> {
+        self.carried_offsets.clone()
     }
 
     /// Drops the forwards and dead letters of a batch that was never
     /// committed (its messages are consumed again).
     pub(crate) fn discard(&mut self) {
-        self.outgoing.clear();
-        self.carried = Outgoing::default();
-        self.carried_offsets.clear();
+        *self = Outbox::default();
+    }
+}
+
+/// The changelog writer of the shards this instance owns.
+pub(crate) struct Changelog {
+    settings: Settings,
+    producers: BTreeMap<ShardId, BaseProducer<Delivered>>,
+}
+
+fn store_err(context: String) -> impl FnOnce(KafkaError) -> StoreError {
+    move |e| StoreError::new(context, e)
+}
+
+impl Changelog {
+    pub(crate) fn new(settings: &Settings) -> Changelog {
+        Changelog { settings: settings.clone(), producers: BTreeMap::new() }
+    }
+
+    /// Takes over the given shards' changelog partitions (fencing any
+    /// previous owner) and lets go of every other.
+    pub(crate) fn own(&mut self, shards: &BTreeSet<ShardId>) -> Result<(), Error> {
+        self.producers.retain(|s, _| shards.contains(s));
+        for &shard in shards {
+            if self.producers.contains_key(&shard) {
+                continue;
+            }
+            let s = &self.settings;
+            let context =
+                Delivered { changelog: s.changelog_topic.clone(), last: Mutex::new(None), refused: Mutex::new(None) };
+            let producer: BaseProducer<Delivered> = client_config(&s.brokers, &s.options)
+                .set("transactional.id", format!("{}.{}.{shard}", s.group_id, s.changelog_topic))
+                .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
+                .set("linger.ms", "5")
+                .set("compression.type", CHANGELOG_COMPRESSION)
+                .create_with_context(context)
+                .map_err(kafka_err("failed to create a changelog producer"))?;
+            producer
+                .init_transactions(METADATA_TIMEOUT)
+                .map_err(kafka_err(format!("failed to take over changelog partition {shard}")))?;
+            self.producers.insert(shard, producer);
+        }
+        Ok(())
     }
 
     /// Whether this instance owns `shard` now (holds its producer).
@@ -244,7 +230,7 @@ impl Changelog {
         shard: ShardId,
         changes: &[Change],
         out: &Outgoing,
-        offsets: Option<&TopicPartitionList>,
+        offsets: Option<(&TopicPartitionList, Option<&ConsumerGroupMetadata>)>,
     ) -> Result<(), StoreError> {
         let what = format!("failed to write changelog partition {shard}");
         let producer = self.producer(shard)?;
@@ -276,8 +262,8 @@ impl Changelog {
             }
             send(producer, record).map_err(store_err(what.clone()))?;
         }
-        if let Some(offsets) = offsets {
-            let group = self.group.as_ref().ok_or_else(|| StoreError::new(what.clone(), "not in a consumer group"))?;
+        if let Some((offsets, group)) = offsets {
+            let group = group.ok_or_else(|| StoreError::new(what.clone(), "not in a consumer group"))?;
             producer.send_offsets_to_transaction(offsets, group, TRANSACTION_TIMEOUT).map_err(store_err(what))?;
         }
         Ok(())
@@ -317,26 +303,34 @@ fn send<'a>(producer: &BaseProducer<Delivered>, mut record: BaseRecord<'a, [u8],
     }
 }
 
-impl ChangeLog for Changelog {
+impl Changelog {
+    /// Writes one commit: each shard's changes with what the outbox holds
+    /// for it, one transaction per shard, and the carried partitions'
+    /// offsets to the group (`group`: its metadata at the commit) in the
+    /// carrier's. Returns each shard's changelog offset after its records.
+    ///
     /// Every shard's transaction is opened and filled first; then all are
     /// committed at once, one thread each: a commit waits for the broker to
     /// write its markers, and one shard after another would add those waits up.
-    fn write(&mut self, mut changes: BTreeMap<ShardId, Vec<Change>>) -> Result<Vec<(ShardId, i64)>, StoreError> {
+    pub(crate) fn write(
+        &mut self,
+        mut changes: BTreeMap<ShardId, Vec<Change>>,
+        outbox: Outbox,
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<Vec<(ShardId, i64)>, StoreError> {
         // Every forward and letter moved its source partition's offset, so
         // its shard has changes; the carrier may have none of its own.
-        let mut outgoing = std::mem::take(&mut self.outgoing);
-        let carried = std::mem::take(&mut self.carried_offsets);
-        let committing = carried.clone();
+        let Outbox { mut outgoing, carried, carried_offsets } = outbox;
         let mut offsets = None;
-        if !carried.is_empty() {
+        if !carried_offsets.is_empty() {
             let carrier = self.carrier()?;
             changes.entry(carrier).or_default();
-            let Outgoing { mut forwards, mut letters } = std::mem::take(&mut self.carried);
+            let Outgoing { mut forwards, mut letters } = carried;
             let out = outgoing.entry(carrier).or_default();
             out.forwards.append(&mut forwards);
             out.letters.append(&mut letters);
             let mut tpl = TopicPartitionList::new();
-            for ((topic, partition), next) in &carried {
+            for ((topic, partition), next) in &carried_offsets {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
                     .map_err(store_err("failed to list the offsets to commit".into()))?;
             }
@@ -345,7 +339,7 @@ impl ChangeLog for Changelog {
         let mut begun = Vec::with_capacity(changes.len());
         for (shard, records) in &changes {
             begun.push(*shard);
-            let group_offsets = offsets.as_ref().filter(|(c, _)| c == shard).map(|(_, tpl)| tpl);
+            let group_offsets = offsets.as_ref().filter(|(c, _)| c == shard).map(|(_, tpl)| (tpl, group.as_ref()));
             if let Err(e) = self.begin(*shard, records, &outgoing.remove(shard).unwrap_or_default(), group_offsets) {
                 self.abort(&begun);
                 return Err(e);
@@ -373,9 +367,6 @@ impl ChangeLog for Changelog {
                     failed.get_or_insert(e);
                 }
             }
-        }
-        if failed.is_none() {
-            self.committed.extend(committing);
         }
         failed.map_or(Ok(positions), Err)
     }

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pulse_engine::{Disposition, Engine, IngestStats, ShardId, Store};
+use pulse_engine::{Disposition, Engine, IngestStats, ShardId, Snapshot, Store};
 use pulse_model::{InputFormat, Millis, Reason, Rejection};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -39,7 +39,7 @@ use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use crate::changelog::{Changelog, Forward, FORMAT_HEADER, TRANSACTION_TIMEOUT};
+use crate::changelog::{Changelog, Forward, Outbox, FORMAT_HEADER, TRANSACTION_TIMEOUT};
 use crate::dead_letters::{Letter, Source};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
 use crate::ownership::{client_id, Ownership};
@@ -71,10 +71,10 @@ pub struct Shared<'a, S> {
     pub metrics: Arc<IngestMetrics>,
     /// Which instance owns which partition, kept current by the loop.
     pub ownership: Arc<Ownership>,
-    /// Publishes the committed state (e.g. the org-level snapshot), with the
-    /// lock held: after a commit, at most once per [`PUBLISH_INTERVAL`], and
-    /// after the last commit.
-    pub publish: &'a mut dyn FnMut(&Engine<S>),
+    /// Publishes committed state (the org-level snapshot, with the store
+    /// for its sizes): a commit's, once it is stored, at most once per
+    /// [`PUBLISH_INTERVAL`], and the last commit's.
+    pub publish: &'a mut dyn FnMut(Snapshot, &S),
 }
 
 impl<S> std::fmt::Debug for Shared<'_, S> {
@@ -114,7 +114,7 @@ fn consume<S: Store + Send + 'static>(
     cell: &Arc<Mutex<Engine<S>>>,
     shared_metrics: &Arc<IngestMetrics>,
     ownership: &Arc<Ownership>,
-    publish: &mut dyn FnMut(&Engine<S>),
+    publish: &mut dyn FnMut(Snapshot, &S),
     stop: &Arc<AtomicBool>,
     clock: fn() -> Millis,
 ) -> Result<RunStats, Error> {
@@ -126,7 +126,10 @@ fn consume<S: Store + Send + 'static>(
         failure: Mutex::new(None),
         take_over_failed: Mutex::new(None),
         registry_letters: Mutex::new(Vec::new()),
-        changelog: Mutex::new(Changelog::new(settings)),
+        changelog: Arc::new(Mutex::new(Changelog::new(settings))),
+        outbox: Mutex::new(Outbox::default()),
+        in_flight: Mutex::new(None),
+        carried_committed: Mutex::new(BTreeMap::new()),
         reassigned: AtomicBool::new(false),
         rebalances: std::sync::atomic::AtomicU64::new(0),
         ownership: Arc::clone(ownership),
@@ -169,7 +172,10 @@ fn consume<S: Store + Send + 'static>(
     let mut arrivals: Vec<Millis> = Vec::new();
     let mut registry = retry_while_transient(stop, || read_registry(settings, &consumer, cell, &mut registry_stats))?;
     counts.registry_read();
-    publish(&lock(cell));
+    {
+        let engine = lock(cell);
+        publish(engine.snapshot(), engine.store());
+    }
     metrics.publish(&counts);
     let topics: Vec<&str> = formats.keys().map(String::as_str).chain([settings.repartition_topic.as_str()]).collect();
     consumer.subscribe(&topics).map_err(kafka_err("failed to subscribe to the input topics"))?;
@@ -179,6 +185,8 @@ fn consume<S: Store + Send + 'static>(
     let mut last_publish = Instant::now();
     let mut last_topic_check = Instant::now();
     let mut publication = Publication::default();
+    // The commit in flight: when it started, and its messages' Kafka timestamps.
+    let mut flight: Option<(Instant, Vec<Millis>)> = None;
     while !stop.load(Ordering::Relaxed) {
         metrics.beat();
         // A store failure, applying or committing, stalls the loop below.
@@ -198,7 +206,7 @@ fn consume<S: Store + Send + 'static>(
             // One lock and one clock read for the whole batch: readers wait
             // at most one batch (at most `BATCH` messages, no network wait).
             let mut engine = lock(cell);
-            let mut changelog = consumer.context().changelog();
+            let mut outbox = consumer.context().outbox();
             let now = clock();
             for msg in &polled.messages {
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
@@ -227,10 +235,10 @@ fn consume<S: Store + Send + 'static>(
                         if aligned {
                             // Forwarded, or dead-lettered, in this partition's
                             // (its shard's) next transaction, which also holds its offset.
-                            changelog.pass(partition as ShardId, forward, letter);
+                            outbox.pass(partition as ShardId, forward, letter);
                             engine.set_next_offset(topic, partition, offset + 1);
                         } else {
-                            changelog.carry(topic, partition, offset + 1, forward, letter);
+                            outbox.carry(topic, partition, offset + 1, forward, letter);
                         }
                         since_commit += 1;
                     }
@@ -252,18 +260,34 @@ fn consume<S: Store + Send + 'static>(
             && (!catching_up(&consumer, &lock(cell))
                 || since_commit >= CATCH_UP_COMMIT_MESSAGES
                 || last_commit.elapsed() >= CATCH_UP_COMMIT_INTERVAL);
+        // The commit in flight is stored as soon as its changelog is
+        // written, and always before the next one starts.
+        if failed.is_none() && (due || consumer.context().written()) {
+            if let Some((started, arrived)) = flight.take() {
+                match consumer.context().complete() {
+                    Err(e) => failed = Some(e),
+                    Ok(snapshot) => {
+                        let engine = lock(cell);
+                        counts.flushed(started.elapsed(), &arrived, clock(), engine.newest_event());
+                        advise_group(&consumer, &engine, CommitMode::Async);
+                        match snapshot {
+                            Some(snapshot) => publish(snapshot, engine.store()),
+                            // Published once nothing more is applied (or at the next commit).
+                            None => publication.changed(),
+                        }
+                        record_positions(&consumer, &engine, &mut counts);
+                        metrics.publish(&counts);
+                    }
+                }
+            }
+        }
         if due && failed.is_none() {
-            let started = Instant::now();
-            match commit(&consumer, cell, CommitMode::Async) {
+            note_ends(&consumer, cell);
+            match consumer.context().start_commit(&consumer, publication.snapshot_due()) {
                 Err(e) => failed = Some(e),
-                Ok(()) => {
-                    let engine = lock(cell);
-                    counts.flushed(started.elapsed(), &arrivals, clock(), engine.newest_event());
-                    arrivals.clear();
-                    record_positions(&consumer, &engine, &mut counts);
-                    metrics.publish(&counts);
+                Ok(_) => {
+                    flight = Some((Instant::now(), std::mem::take(&mut arrivals)));
                     (since_commit, last_commit) = (0, Instant::now());
-                    publication.changed();
                 }
             }
         }
@@ -276,7 +300,7 @@ fn consume<S: Store + Send + 'static>(
             // Everything since the last commit is dropped, to be consumed
             // again; the shards were caught up from their changelogs, which
             // may hold the very batch the store refused.
-            (since_commit, last_commit) = (0, Instant::now());
+            (since_commit, last_commit, flight) = (0, Instant::now(), None);
             publication.changed();
             advise_group(&consumer, &lock(cell), CommitMode::Async);
             arrivals.clear();
@@ -304,7 +328,7 @@ fn consume<S: Store + Send + 'static>(
         {
             let engine = lock(cell);
             if publication.due(engine.uncommitted()) {
-                publish(&engine);
+                publish(engine.snapshot(), engine.store());
             }
         }
         if last_publish.elapsed() >= PUBLISH_INTERVAL {
@@ -318,8 +342,11 @@ fn consume<S: Store + Send + 'static>(
         info!("stopping while ingestion is stalled: the last commit stands");
     } else {
         info!("stopping: persisting state and offsets");
-        commit(&consumer, cell, CommitMode::Sync)?;
-        publish(&lock(cell));
+        note_ends(&consumer, cell);
+        consumer.context().persist(&consumer)?;
+        let engine = lock(cell);
+        advise_group(&consumer, &engine, CommitMode::Sync);
+        publish(engine.snapshot(), engine.store());
     }
     consumer.unsubscribe();
     Ok(RunStats { events: counts.events().clone(), registry: registry_stats })
@@ -407,6 +434,16 @@ impl Publication {
     /// The committed state changed: a commit, a take-over, a recovery.
     fn changed(&mut self) {
         self.pending = true;
+    }
+
+    /// Whether the commit starting now takes a snapshot of the state it
+    /// commits, to publish once it is stored (at most once per interval).
+    fn snapshot_due(&mut self) -> bool {
+        let due = self.last.elapsed() >= PUBLISH_INTERVAL;
+        if due {
+            (self.pending, self.last) = (false, Instant::now());
+        }
+        due
     }
 
     /// Whether to publish now, given the messages applied since the last commit.
@@ -521,7 +558,8 @@ fn record_positions<S: Store + Send + 'static>(
     }
     let Ok(assignment) = consumer.assignment() else { return };
     let ends = context.ends.lock().unwrap_or_else(|p| p.into_inner());
-    let changelog = context.changelog();
+    let outbox = context.outbox();
+    let carried = context.carried_committed.lock().unwrap_or_else(|p| p.into_inner());
     let positions = assignment
         .elements()
         .iter()
@@ -530,7 +568,8 @@ fn record_positions<S: Store + Send + 'static>(
             // With nothing stored yet, the loop starts at the beginning.
             let next = match context.is_aligned(&key.0) {
                 true => engine.next_offset(&key.0, key.1),
-                false => changelog.carried_offset(&key.0, key.1),
+                // The group's offset trails by the commit in flight, if any.
+                false => outbox.carried_offset(&key.0, key.1).or_else(|| carried.get(&key).copied()),
             };
             let high = ends.get(&key).copied();
             (key, Position { next: next.unwrap_or(0), high })
@@ -539,27 +578,17 @@ fn record_positions<S: Store + Send + 'static>(
     counts.positions(positions);
 }
 
-/// Persists state and offsets (see [`GroupContext::persist`]), then tells
-/// the group (advisory).
-fn commit<S: Store + Send + 'static>(
-    consumer: &BaseConsumer<GroupContext<S>>,
-    engine: &Mutex<Engine<S>>,
-    mode: CommitMode,
-) -> Result<(), Error> {
-    {
-        // A partition read to its end does not hold back the forgetting of ids.
-        let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner());
-        let mut engine = lock(engine);
-        let at_end = ends
-            .iter()
-            .filter(|((topic, p), high)| engine.next_offset(topic, *p).is_some_and(|next| next >= **high))
-            .map(|(key, _)| key.clone())
-            .collect();
-        engine.set_at_end(at_end);
-    }
-    consumer.context().persist(consumer)?;
-    advise_group(consumer, &lock(engine), mode);
-    Ok(())
+/// Tells the engine which partitions are read to their end, before a
+/// commit: they do not hold back the forgetting of ids.
+fn note_ends<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>>, engine: &Mutex<Engine<S>>) {
+    let ends = consumer.context().ends.lock().unwrap_or_else(|p| p.into_inner());
+    let mut engine = lock(engine);
+    let at_end = ends
+        .iter()
+        .filter(|((topic, p), high)| engine.next_offset(topic, *p).is_some_and(|next| next >= **high))
+        .map(|(key, _)| key.clone())
+        .collect();
+    engine.set_at_end(at_end);
 }
 
 /// Commits the stored offsets of the co-partitioned topics to the group,
@@ -573,7 +602,7 @@ fn advise_group<S: Store + Send + 'static>(
     let Ok(assignment) = consumer.assignment() else { return };
     let mut tpl = TopicPartitionList::new();
     for e in assignment.elements().iter().filter(|e| consumer.context().is_aligned(e.topic())) {
-        if let Some(next) = engine.next_offset(e.topic(), e.partition()) {
+        if let Some(next) = engine.stored_offset(e.topic(), e.partition()) {
             let _ = tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
         }
     }

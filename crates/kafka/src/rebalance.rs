@@ -11,15 +11,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
 
-use pulse_engine::{ChangeLog, Engine, ShardId, Store};
+use pulse_engine::{Engine, PendingCommit, ShardId, Snapshot, Store, StoreError};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use crate::changelog::{catch_up, Changelog};
+use crate::changelog::{catch_up, Changelog, Outbox};
 use crate::dead_letters::{Letter, Source};
 use crate::metrics::IngestMetrics;
 use crate::ownership::Ownership;
@@ -50,8 +51,16 @@ pub(crate) struct GroupContext<S> {
     /// the start, until a commit of their shard has written them
     /// ([`crate::dead_letters`]).
     pub(crate) registry_letters: Mutex<Vec<Letter>>,
-    /// The owned shards' changelog producers, written at every commit.
-    pub(crate) changelog: Mutex<Changelog>,
+    /// The owned shards' changelog producers, written at every commit (by
+    /// the commit's own thread).
+    pub(crate) changelog: Arc<Mutex<Changelog>>,
+    /// What the loop passed since the last commit for its transactions.
+    pub(crate) outbox: Mutex<Outbox>,
+    /// The commit whose changelog transactions are being written.
+    pub(crate) in_flight: Mutex<Option<InFlight>>,
+    /// The group's offsets of the partitions not co-partitioned with the
+    /// shards (read at assignment, moved by every commit).
+    pub(crate) carried_committed: Mutex<BTreeMap<(String, i32), i64>>,
     /// Set by an assignment: the ownership view is refreshed.
     pub(crate) reassigned: AtomicBool,
     /// Rebalance callbacks so far: messages the loop polled before one
@@ -69,9 +78,35 @@ pub(crate) struct GroupContext<S> {
     pub(crate) aligned: OnceLock<BTreeSet<String>>,
 }
 
+/// A commit prepared and handed to its own thread, which writes its
+/// changelog transactions while the loop applies the next events; the
+/// store takes it once they are committed ([`GroupContext::complete`]).
+pub(crate) struct InFlight {
+    pending: PendingCommit,
+    written: JoinHandle<Result<Vec<(ShardId, i64)>, StoreError>>,
+    /// The carried partitions' offsets it commits to the group.
+    carried: BTreeMap<(String, i32), i64>,
+    /// The state it commits, to publish once it is stored.
+    snapshot: Option<Snapshot>,
+}
+
 impl<S> GroupContext<S> {
     pub(crate) fn changelog(&self) -> MutexGuard<'_, Changelog> {
         self.changelog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn in_flight(&self) -> MutexGuard<'_, Option<InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the commit in flight has been written (or failed), so that
+    /// [`GroupContext::complete`] does not wait.
+    pub(crate) fn written(&self) -> bool {
+        self.in_flight().as_ref().is_some_and(|f| f.written.is_finished())
     }
 
     fn revoked(&self) {
@@ -91,30 +126,67 @@ impl<S> GroupContext<S> {
 }
 
 impl<S: Store> GroupContext<S> {
-    /// Persists everything applied since the last commit: writes the
-    /// changelog (with the dead letters), then the store. The engine is
-    /// locked to take the changes out and to store them, never while the
-    /// brokers are awaited, so user lookups keep answering (from the last
-    /// commit) meanwhile.
+    /// Starts a commit of everything applied so far: under the engine lock,
+    /// takes the changes out (with the registry letters due, and the
+    /// state's snapshot if `snapshot`); then writes the changelog on a
+    /// thread of its own, while the loop goes on. A commit still in flight
+    /// is completed first: one at a time.
+    pub(crate) fn start_commit(&self, consumer: &BaseConsumer<Self>, snapshot: bool) -> Result<Option<Snapshot>, Error>
+    where
+        S: Send + 'static,
+    {
+        let published = self.complete()?;
+        let (pending, snapshot) = {
+            let mut engine = lock(&self.engine);
+            self.pass_registry_letters(&mut engine);
+            let pending = engine.prepare_commit(true)?;
+            (pending, snapshot.then(|| engine.snapshot()))
+        };
+        let (changes, outbox) = (pending.changes(), std::mem::take(&mut *self.outbox()));
+        let carried = outbox.carried_offsets();
+        let (changelog, group) = (Arc::clone(&self.changelog), consumer.group_metadata());
+        let written = std::thread::Builder::new()
+            .name("pulse-commit".into())
+            .spawn(move || changelog.lock().unwrap_or_else(|p| p.into_inner()).write(changes, outbox, group));
+        let written = match written {
+            Ok(handle) => handle,
+            Err(e) => {
+                lock(&self.engine).finish_commit(pending, Some(Err(StoreError::new("failed to start a commit", e))))?;
+                return Ok(published);
+            }
+        };
+        *self.in_flight() = Some(InFlight { pending, written, carried, snapshot });
+        Ok(published)
+    }
+
+    /// Waits for the commit in flight, if any, to be written to the
+    /// changelog, then stores it. The engine is locked only to store it, so
+    /// user lookups keep answering meanwhile. Returns its snapshot, if one
+    /// was taken, to publish: what it shows is now persisted.
+    pub(crate) fn complete(&self) -> Result<Option<Snapshot>, Error> {
+        let Some(InFlight { pending, written, carried, snapshot }) = self.in_flight().take() else { return Ok(None) };
+        let written = written
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::new("failed to write the changelog", "its thread panicked")));
+        if written.is_ok() {
+            self.carried_committed.lock().unwrap_or_else(|p| p.into_inner()).extend(carried);
+        }
+        let mut engine = lock(&self.engine);
+        engine.finish_commit(pending, Some(written))?;
+        // Written: what is below the stored positions now is done with.
+        let mut letters = self.registry_letters.lock().unwrap_or_else(|p| p.into_inner());
+        letters.retain(|l| l.source.offset >= engine.next_offset(&l.source.topic, l.source.partition).unwrap_or(0));
+        Ok(snapshot)
+    }
+
+    /// Persists everything applied so far and waits for it (a revocation,
+    /// a take-over, a stop).
     pub(crate) fn persist(&self, consumer: &BaseConsumer<Self>) -> Result<(), Error>
     where
         S: Send + 'static,
     {
-        let pending = {
-            let mut engine = lock(&self.engine);
-            self.pass_registry_letters(&mut engine);
-            engine.prepare_commit(true)?
-        };
-        let mut changelog = self.changelog();
-        changelog.set_group(consumer.group_metadata());
-        let logged = changelog.write(pending.changes());
-        drop(changelog);
-        let mut engine = lock(&self.engine);
-        engine.finish_commit(pending, Some(logged))?;
-        // Written: what is below the stored positions now is done with.
-        let mut letters = self.registry_letters.lock().unwrap_or_else(|p| p.into_inner());
-        letters.retain(|l| l.source.offset >= engine.next_offset(&l.source.topic, l.source.partition).unwrap_or(0));
-        Ok(())
+        self.start_commit(consumer, false)?;
+        self.complete().map(drop)
     }
 
     /// The registry letters that this instance writes at its next commit:
@@ -129,9 +201,10 @@ impl<S: Store> GroupContext<S> {
         letters.iter().filter(due).cloned().collect()
     }
 
-    /// Whether registry letters wait for a commit (none may be due otherwise).
+    /// Whether registry letters wait for a commit (none may be due
+    /// otherwise); not while one is in flight (its thread holds the changelog).
     pub(crate) fn registry_letters_due(&self, engine: &Engine<S>) -> bool {
-        !self.registry_letters_to_write(engine).is_empty()
+        self.in_flight().is_none() && !self.registry_letters_to_write(engine).is_empty()
     }
 
     /// Hands those registry letters to their shards' next transactions,
@@ -139,11 +212,11 @@ impl<S: Store> GroupContext<S> {
     fn pass_registry_letters(&self, engine: &mut Engine<S>) {
         let letters = self.registry_letters_to_write(engine);
         let mut written: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut changelog = self.changelog();
+        let mut outbox = self.outbox();
         for l in letters {
             let next = written.entry((l.source.topic.clone(), l.source.partition)).or_default();
             *next = (*next).max(l.source.offset + 1);
-            changelog.pass(l.source.partition as ShardId, None, Some(l));
+            outbox.pass(l.source.partition as ShardId, None, Some(l));
         }
         for ((topic, partition), next) in written {
             engine.set_letters_written(&topic, partition, next);
@@ -194,7 +267,7 @@ impl<S: Store> GroupContext<S> {
         // A topic not co-partitioned resumes at the group's offset,
         // committed in the transactions that carried its forwards.
         let committed = self.group_offsets(consumer, tpl);
-        self.changelog().set_committed(committed.clone());
+        *self.carried_committed.lock().unwrap_or_else(|p| p.into_inner()) = committed.clone();
         let engine = lock(&self.engine);
         let mut resume = Vec::new();
         for (topic, p) in &assigned {
@@ -259,10 +332,10 @@ impl<S: Store> GroupContext<S> {
             // What the store holds is the last commit, where the next
             // owner resumes; nothing more can be persisted.
             info!("revoked while ingestion is stalled; the next owner resumes from the last commit");
-            self.changelog().discard();
+            self.outbox().discard();
         } else if let Err(e) = self.persist(consumer) {
             error!(error = %e, "revoked, but the state could not be persisted; dropping what the last commit lacks");
-            self.changelog().discard();
+            self.outbox().discard();
             if let Err(e) = lock(&self.engine).reload() {
                 error!(error = %e, "reloading the committed state failed; the next commit retries");
             }

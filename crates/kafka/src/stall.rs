@@ -94,7 +94,7 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
     /// not the store), re-reads the registry, rewinds every partition.
     fn resume(&self, settings: &Settings, registry_stats: &mut IngestStats) -> Result<RegistryReader, Error> {
         let context = self.consumer.context();
-        context.changelog().discard();
+        context.outbox().discard();
         let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
         if let Err(e) = context.take_over(self.consumer, &context.shards_of(&assignment)) {
             // Memory may hold part of a restore: recover reloads it next round.
@@ -113,7 +113,7 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
         let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
         let context = self.consumer.context();
         let committed = context.group_offsets(self.consumer, &assignment);
-        context.changelog().set_committed(committed.clone());
+        *context.carried_committed.lock().unwrap_or_else(|p| p.into_inner()) = committed.clone();
         let mut targets = Vec::new();
         {
             let engine = lock(self.engine);

@@ -107,7 +107,7 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
     writeln!(out, "backfill: {} events applied in {:.1}s", stats.accepted, started.elapsed().as_secs_f64())?;
 
     let served = Served::default();
-    served.publish(&lock(&engine));
+    served.publish_engine(&lock(&engine));
     let token = std::env::var("PULSE_HTTP__TOKEN").unwrap_or_else(|_| "demo".into());
     served.start(Serving {
         listen: s.listen,
@@ -142,7 +142,7 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
             }
             e.commit()?;
             if last_publish.elapsed() >= pulse_kafka::PUBLISH_INTERVAL {
-                served.publish(&e);
+                served.publish_engine(&e);
                 last_publish = Instant::now();
             }
         }
@@ -152,7 +152,7 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
         }
         std::thread::sleep(TICK.saturating_sub(tick.elapsed()));
     }
-    served.publish(&lock(&engine));
+    served.publish_engine(&lock(&engine));
     summary(out, served.snapshot(), live, live_start.elapsed())?;
     Ok(())
 }

@@ -59,7 +59,7 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let settings = &config.kafka;
     info!(brokers = %settings.brokers, data_dir = %config.data_dir.display(), "pulse run starting");
-    let mut publish = |engine: &Engine<RocksStore>| served.publish(engine);
+    let mut publish = |snapshot, store: &RocksStore| served.publish(snapshot, store);
     let shared = Shared { engine, metrics: ingest, ownership, publish: &mut publish };
     let stats = pulse_kafka::run(settings, shared, &stop, wall_clock)?;
     info!(
@@ -107,7 +107,7 @@ pub(crate) fn serve(s: &ServeSettings) -> anyhow::Result<()> {
     let stop = stop_on_signals()?;
     let engine = Arc::new(Mutex::new(open_engine_read_only(&s.data_dir)?));
     let served = Served::default();
-    served.publish(&engine.lock().unwrap_or_else(|p| p.into_inner()));
+    served.publish_engine(&engine.lock().unwrap_or_else(|p| p.into_inner()));
     served.start(Serving {
         listen: s.listen,
         listen_key: "--listen",
@@ -126,7 +126,7 @@ pub(crate) fn serve(s: &ServeSettings) -> anyhow::Result<()> {
         if waited >= s.refresh {
             waited = Duration::ZERO;
             let fresh = open_engine_read_only(&s.data_dir)?;
-            served.publish(&fresh);
+            served.publish_engine(&fresh);
             *engine.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         }
     }

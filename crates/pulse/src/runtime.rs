@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pulse_engine::{Engine, EngineConfig, Store};
+use pulse_engine::{Engine, EngineConfig, Snapshot, Store};
 use pulse_http::{AppState, Exposition, Readiness, SnapshotCell, UserLookup};
 use pulse_metrics::Collect;
 use pulse_model::Millis;
@@ -67,10 +67,15 @@ pub(crate) struct Serving {
 }
 
 impl Served {
+    /// Publishes a snapshot of committed state, and the store's sizes.
+    pub(crate) fn publish(&self, snapshot: Snapshot, store: &RocksStore) {
+        self.snapshot.set(snapshot);
+        self.store.record(store);
+    }
+
     /// Publishes the engine's state (the caller makes sure it is committed).
-    pub(crate) fn publish(&self, engine: &Engine<RocksStore>) {
-        self.snapshot.set(engine.snapshot());
-        self.store.record(engine.store());
+    pub(crate) fn publish_engine(&self, engine: &Engine<RocksStore>) {
+        self.publish(engine.snapshot(), engine.store());
     }
 
     pub(crate) fn snapshot(&self) -> &SnapshotCell {

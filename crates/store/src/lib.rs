@@ -348,7 +348,7 @@ impl Store for RocksStore {
             wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m));
         }
         for (shard, user, state) in &batch.users {
-            wb.put_cf(users, keys::sharded_text(keys::USER, *shard, user), encode(state));
+            wb.put_cf(users, keys::sharded_text(keys::USER, *shard, user), state);
         }
         for (shard, SeenIds { log, ids }) in &batch.seen {
             wb.put_cf(seen, keys::seen(keys::SEEN_LOG, *shard, log.bucket, log.first), []);
