@@ -16,9 +16,9 @@ import org.rocksdb.WriteBufferManager;
  * partition and store, plus one per window segment) gets its own 50 MB cache
  * and 3 x 16 MB memtables.
  *
- * Sizes: {@code pulse.rocksdb.cache.bytes} (default 128 MiB, total off-heap
+ * Sizes: {@code pulse.rocksdb.cache.bytes} (default 384 MiB, total off-heap
  * for blocks and memtables) and {@code pulse.rocksdb.memtable.bytes} (default
- * 32 MiB of it for memtables), as Streams configs.
+ * 192 MiB of it for memtables), as Streams configs.
  */
 public final class BoundedRocksDb implements RocksDBConfigSetter {
     public static final String CACHE_BYTES = "pulse.rocksdb.cache.bytes";
@@ -28,8 +28,8 @@ public final class BoundedRocksDb implements RocksDBConfigSetter {
 
     private static synchronized void init(Map<String, Object> configs) {
         if (cache != null) return;
-        long total = longConfig(configs, CACHE_BYTES, 128L << 20);
-        long memtables = longConfig(configs, MEMTABLE_BYTES, 32L << 20);
+        long total = longConfig(configs, CACHE_BYTES, 384L << 20);
+        long memtables = longConfig(configs, MEMTABLE_BYTES, 192L << 20);
         cache = new LRUCache(total, -1, false, 0.1);
         writeBufferManager = new WriteBufferManager(memtables, cache);
     }
@@ -49,9 +49,12 @@ public final class BoundedRocksDb implements RocksDBConfigSetter {
         table.setPinTopLevelIndexAndFilter(true);
         options.setTableFormatConfig(table);
         options.setWriteBufferManager(writeBufferManager);
-        // Memtables of 8 MiB (Streams' default is 16 MiB x 3): the stores are many and small.
-        options.setWriteBufferSize(8L << 20);
-        options.setMaxWriteBufferNumber(2);
+        // Memtables of 4 MiB (Streams' default is 16 MiB): the stores are many (about
+        // 190 column families with 16 partitions) and each holds at least one arena
+        // block (1/8 of it) against the shared budget; a budget smaller than that
+        // floor makes every write trigger a flush.
+        options.setWriteBufferSize(4L << 20);
+        options.setMaxWriteBufferNumber(3);
     }
 
     @Override

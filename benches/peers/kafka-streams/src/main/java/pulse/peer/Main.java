@@ -28,7 +28,7 @@ public final class Main {
             "         --application-id ID --state-dir DIR --guarantee exactly_once_v2|at_least_once",
             "         [--threads N] [--commit-ms N] [--cache-mb N] [--http PORT] [--meeting-minutes N]",
             "         [--config KEY=VALUE]...",
-            "  --threads          num.stream.threads (default 1: measured best on 2 cores shared with the broker)",
+            "  --threads          num.stream.threads (default 2: measured best on 2 cores shared with the broker)",
             "  --commit-ms        commit.interval.ms (default: Kafka Streams' own, 30000 at_least_once, 100 exactly_once_v2)",
             "  --cache-mb         statestore.cache.max.bytes in MiB (default 64)",
             "  --http             serve GET /national, /org/ID, /state on this port",
@@ -67,7 +67,7 @@ public final class Main {
         p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, a.get("bootstrap"));
         p.put(StreamsConfig.STATE_DIR_CONFIG, a.get("state-dir"));
         p.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, guarantee);
-        p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, Integer.parseInt(a.getOrDefault("threads", "1")));
+        p.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, Integer.parseInt(a.getOrDefault("threads", "2")));
         if (a.containsKey("commit-ms")) p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, Long.parseLong(a.get("commit-ms")));
         p.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, Long.parseLong(a.getOrDefault("cache-mb", "64")) << 20);
         p.put(StreamsConfig.ROCKSDB_CONFIG_SETTER_CLASS_CONFIG, BoundedRocksDb.class);
