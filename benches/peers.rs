@@ -168,7 +168,9 @@ fn peer(dir: &Path, topic: &str, orgs: &str, guarantee: &str, name: &'static str
     let group = format!("{topic}.{name}");
     let http = free_port();
     let mut command = Command::new(root.join("run"));
+    // Its RocksDB allocates with glibc too: the same arena limit as Pulse's.
     command
+        .env("MALLOC_ARENA_MAX", "2")
         .args(["--bootstrap", &brokers(), "--input", topic, "--orgs", orgs, "--application-id", &group])
         .args(["--guarantee", guarantee, "--http", &http.to_string()])
         .arg("--state-dir")
@@ -208,7 +210,8 @@ fn pulse(dir: &Path, topic: &str, orgs: &str, name: &str, binary: &Path) -> Figu
     let file = dir.join(format!("{prefix}.toml"));
     std::fs::write(&file, config).expect("write config");
     let mut command = Command::new(binary);
-    command.args(["run", "--config"]).arg(&file).env("RUST_LOG", "warn");
+    // As deployed (deploy/systemd/pulse.service): fewer glibc malloc arenas.
+    command.args(["run", "--config"]).arg(&file).env("RUST_LOG", "warn").env("MALLOC_ARENA_MAX", "2");
     measure(name, &group, topic, dir, command, || {
         // Published state trails the last commit by at most the publish interval.
         std::thread::sleep(Duration::from_secs(1));

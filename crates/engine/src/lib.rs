@@ -28,6 +28,7 @@ mod rollup;
 mod state;
 mod store;
 mod table;
+mod vecmap;
 
 pub use changelog::{changes, restore_into, Change, ChangeLog};
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit};
@@ -36,6 +37,7 @@ pub use report::{CourseKpis, NodeKpis, Report, Snapshot, TargetStatus, UserCours
 pub use rollup::{NodeView, OrgView};
 pub use state::{CourseState, CourseTotals, FyTotals, OrgStamp, RatingStamp, Totals, UserState};
 pub use store::{Batch, LoadedState, MemStore, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StreamPosition};
+pub use vecmap::VecMap;
 
 /// The root of the hierarchy: every node rolls up into it.
 pub const NATIONAL: &str = "national";

@@ -1,10 +1,10 @@
 //! Per-user state and the summable totals derived from it.
 
-use std::collections::BTreeMap;
-
 use pulse_model::{Event, EventKind, Fy, Millis, Minutes};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
+
+use crate::vecmap::VecMap;
 
 /// The latest org-carrying event of a user: it names the current org.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,9 +41,9 @@ pub struct CourseState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
     pub org: Option<OrgStamp>,
-    pub courses: BTreeMap<String, CourseState>,
+    pub courses: VecMap<String, CourseState>,
     /// Learning milliseconds per financial year of the sessions' own `ts`.
-    pub fy_minutes_ms: BTreeMap<Fy, i64>,
+    pub fy_minutes_ms: VecMap<Fy, i64>,
     /// Financial years with at least one non-registration event.
     pub active_fys: Vec<Fy>,
 }
@@ -84,10 +84,7 @@ impl UserState {
         if let Err(at) = self.active_fys.binary_search(&fy) {
             self.active_fys.insert(at, fy);
         }
-        let c = match self.courses.get_mut(course) {
-            Some(c) => c,
-            None => self.courses.entry(course.to_owned()).or_default(),
-        };
+        let c = self.courses.get_or_default(course, || course.to_owned());
         let before = c.totals();
         let earliest = |cur: Option<Millis>| Some(cur.map_or(ev.ts, |t| t.min(ev.ts)));
         match &ev.kind {
@@ -99,7 +96,7 @@ impl UserState {
             }
             EventKind::Progress { minutes: Minutes(ms), percent, .. } => {
                 c.minutes_ms += ms;
-                *self.fy_minutes_ms.entry(fy).or_default() += ms;
+                *self.fy_minutes_ms.get_or_default(&fy, || fy) += ms;
                 if let Some(p) = percent {
                     c.percent = Some(c.percent.map_or(*p, |cur| cur.max(*p)));
                 }
@@ -136,7 +133,7 @@ impl UserState {
             }
         }
         t.learners = i64::from(t.enrolments > 0);
-        for (&fy, &ms) in &self.fy_minutes_ms {
+        for (&fy, &ms) in self.fy_minutes_ms.iter() {
             let f = t.fy(fy);
             f.minutes_ms += ms;
             f.users_meeting_hours = i64::from(ms >= meeting_ms);

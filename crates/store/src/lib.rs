@@ -49,7 +49,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { shards: 16, block_cache_bytes: 256 << 20, write_buffer_bytes: 32 << 20 }
+        StoreOptions { shards: 16, block_cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20 }
     }
 }
 
