@@ -312,7 +312,6 @@ fn main() {
             }
         }
     }
-    for suffix in ["", ".orgs", ".targets"] {
-        let _ = tools::delete_topic(&brokers(), &format!("{topic}{suffix}"));
-    }
+    // The input, and every group's internal topics (all named after it).
+    tools::delete_topics_with_prefix(&brokers(), &topic).expect("delete the bench's topics");
 }

@@ -137,6 +137,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
         assert_eq!(store.seen_logs_before(0, 20).unwrap(), [log(11, 3)], "the records a forget bound of 20 drops");
         assert_eq!(store.seen_logs_before(0, 21).unwrap(), [log(11, 3), log(20, 5)]);
         assert_eq!(store.seen_logs_before(1, 11).unwrap(), [log(10, 4)], "records are per shard");
+        assert_eq!((store.newest_seen_bucket(0).unwrap(), store.newest_seen_bucket(1).unwrap()), (Some(20), Some(10)));
     };
     check(&store);
     let mut store = reopen(store);
@@ -155,6 +156,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
     assert_eq!(store.load().unwrap(), left);
     assert_eq!((store.user(1, "u2").unwrap(), store.is_seen(1, seen(10, 4)).unwrap()), (None, false));
     assert!(store.seen_logs_before(1, i64::MAX).unwrap().is_empty(), "the dropped shard's record names too");
+    assert_eq!(store.newest_seen_bucket(1).unwrap(), None);
     assert_eq!(store.user(0, "u1").unwrap(), Some(user("C")));
     assert!(store.is_seen(0, seen(11, 3)).unwrap());
 }

@@ -12,6 +12,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::changelog::{changes, Change, ChangeLog};
 use crate::codec;
+use crate::filter::SeenFilter;
 use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
@@ -126,6 +127,8 @@ struct Shard {
     seen: FastSet<u128>,
     seen_committing: FastSet<u128>,
     seen_keys: Vec<SeenKey>,
+    /// Answers "certainly new" for most new ids without asking the store.
+    filter: SeenFilter,
     /// The forget bound (an hour bucket) last written for this shard:
     /// the store's range delete is written only when it moves.
     forgotten_before: Option<i64>,
@@ -215,6 +218,7 @@ impl<S: Store> Engine<S> {
                 shard.courses.load(course_keys.id(course), *t);
             }
             shard.max_ts = loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN);
+            shard.filter = SeenFilter::new(self.store.newest_seen_bucket(i as ShardId)?);
         }
         self.record_meeting_minutes = loaded.meeting_minutes.is_none();
         self.registry = Registry::new(loaded.orgs);
@@ -378,9 +382,10 @@ impl<S: Store> Engine<S> {
         let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
         let shard = &mut shards[usize::from(shard_id)];
         let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
-        if shard.seen.contains(&key.hash)
-            || shard.seen_committing.contains(&key.hash)
-            || store.is_seen(shard_id, key)?
+        if shard.filter.may_contain(key.bucket, key.hash)
+            && (shard.seen.contains(&key.hash)
+                || shard.seen_committing.contains(&key.hash)
+                || store.is_seen(shard_id, key)?)
         {
             return Ok(Disposition::Duplicate);
         }
@@ -397,6 +402,7 @@ impl<S: Store> Engine<S> {
             }
         };
         shard.seen.insert(key.hash);
+        shard.filter.insert(key.bucket, key.hash);
         shard.seen_keys.push(key);
 
         // The user's share moves: out of the totals it counted in before the
@@ -584,6 +590,7 @@ impl<S: Store> Engine<S> {
             // The range delete (and its changelog record) only when the bound moves.
             if shard.forgotten_before.is_none_or(|f| forget > f) {
                 shard.forgotten_before = Some(forget);
+                shard.filter.forget_before(forget);
                 batch.forget_before.push((id, forget));
                 if logged {
                     match self.store.seen_logs_before(id, forget) {
@@ -818,6 +825,9 @@ mod tests {
         }
         fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
             self.inner.is_seen(shard, key)
+        }
+        fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError> {
+            self.inner.newest_seen_bucket(shard)
         }
         fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {
             self.inner.seen_logs_before(shard, bucket)

@@ -22,6 +22,7 @@
 mod changelog;
 pub mod codec;
 mod engine;
+mod filter;
 mod registry;
 mod report;
 mod rollup;

@@ -120,6 +120,8 @@ pub trait Store {
     fn load(&self) -> Result<LoadedState, StoreError>;
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError>;
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError>;
+    /// The newest hour bucket among a shard's remembered ids (`None`: none).
+    fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError>;
     /// The names of a shard's id records whose newest bucket is below `bucket`.
     fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError>;
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
@@ -183,6 +185,10 @@ impl Store for MemStore {
 
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
         Ok(self.seen[usize::from(shard)].contains_key(&key.hash))
+    }
+
+    fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError> {
+        Ok(self.seen_buckets[usize::from(shard)].keys().next_back().copied())
     }
 
     fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {

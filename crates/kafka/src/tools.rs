@@ -90,6 +90,18 @@ pub fn delete_topic(brokers: &str, name: &str) -> Result<(), Error> {
     admin_request(config(brokers), name, "delete", None, |admin| admin.delete_topics(&[name], &AdminOptions::new()))
 }
 
+/// Deletes every topic whose name starts with `prefix` (a bench's topics,
+/// and the internal topics of the groups it ran, so that a broker reused
+/// by the next run is not compacting them meanwhile).
+pub fn delete_topics_with_prefix(brokers: &str, prefix: &str) -> Result<(), Error> {
+    let consumer: BaseConsumer = config(brokers).create().map_err(kafka_err("failed to create a client"))?;
+    let md = consumer.fetch_metadata(None, TIMEOUT).map_err(kafka_err("failed to list the topics"))?;
+    for topic in md.topics().iter().map(|t| t.name()).filter(|t| t.starts_with(prefix)) {
+        delete_topic(brokers, topic)?;
+    }
+    Ok(())
+}
+
 /// A producer for tools and tests: keys pick partitions as Kafka's Java
 /// client does; `send` waits only when the local queue is full.
 pub struct Producer {

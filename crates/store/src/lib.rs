@@ -277,6 +277,19 @@ impl Store for RocksStore {
         Ok(self.db.get_pinned_cf(self.cf(CF_SEEN), k).map_err(err("failed to read an event id"))?.is_some())
     }
 
+    fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(keys::seen_bucket_start(keys::SEEN, shard, i64::MIN));
+        opts.set_iterate_upper_bound(keys::shard_range(keys::SEEN, shard).1);
+        match self.db.iterator_cf_opt(self.cf(CF_SEEN), opts, IteratorMode::End).next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, _) = item.map_err(err("failed to read the newest event id"))?;
+                Ok(Some(keys::decode_seen(keys::SEEN, &k).map_err(key_err)?.0))
+            }
+        }
+    }
+
     fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {
         let start = keys::seen_bucket_start(keys::SEEN_LOG, shard, i64::MIN);
         let end = keys::seen_bucket_start(keys::SEEN_LOG, shard, bucket);
