@@ -4,10 +4,11 @@
 //! on assignment every partition resumes at the offset stored with the state;
 //! on revocation the state and offsets are persisted before the partitions
 //! go), the readers of the org registry and targets topics (all partitions,
-//! from the beginning, no group), the dead-letter producer (a partition's
-//! offset passes a dead letter only once the broker acknowledged it), and the
-//! advisory group commits that let lag tools see progress; and scale-out:
-//! the changelog (one transactional producer per owned shard), restoring a
+//! from the beginning, no group), dead letters (written in the transaction
+//! that passes their offsets: exactly once), and the advisory group commits
+//! that let lag tools see progress; and scale-out: the changelog (one
+//! transactional producer per owned shard, written on a commit thread of
+//! its own while the loop goes on), restoring a
 //! shard on assignment, the repartition topic for events off their user's
 //! partition, and who owns which partition ([`Ownership`]). By job: `group`
 //! is the loop, `rebalance` what an assignment or a revocation does, `stall`

@@ -1,5 +1,5 @@
-//! The one backoff of every wait on the brokers: startup, unacknowledged
-//! dead letters, and a stalled loop's recovery attempts.
+//! The one backoff of every wait on the brokers: startup, and a stalled
+//! loop's recovery attempts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
