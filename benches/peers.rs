@@ -12,7 +12,8 @@
 //!
 //! Run: `cargo bench -p pulse --bench peers` (`PULSE_BENCH_EVENTS`, default
 //! 10,000,000; `PULSE_BENCH_USERS`, default 1,000,000; 16 partitions;
-//! `PULSE_BENCH_PEERS=pulse` runs Pulse alone, for profiles and A/B runs;
+//! `PULSE_BENCH_PEERS=pulse` runs the bare consume and Pulse only, for
+//! profiles and A/B runs;
 //! `PULSE_BENCH_PULSE=NAME=PATH,...` runs these `pulse` binaries one after
 //! the other on the same topic instead of this build's: an A/B in one run).
 
@@ -158,6 +159,9 @@ fn measure(
         (cpu_seconds(child.id()), cpu_seconds(broker) - broker_before, peak_rss_mib(child.id()));
     let national = national();
     stop(child);
+    // Its internal topics (named after its group): a broker compacting a
+    // contender's changelog while the next one runs slowed that one by up to 25%.
+    tools::delete_topics_with_prefix(&brokers(), group).expect("delete a contender's topics");
     Figures { name: name.to_owned(), wall, cpu, broker_cpu, rss_mib, national }
 }
 
@@ -170,7 +174,7 @@ fn peer(dir: &Path, topic: &str, orgs: &str, guarantee: &str, name: &'static str
     let mut command = Command::new(root.join("run"));
     // Its RocksDB allocates with glibc too: the same arena limit as Pulse's.
     command
-        .env("MALLOC_ARENA_MAX", "2")
+        .env("MALLOC_ARENA_MAX", "4")
         .args(["--bootstrap", &brokers(), "--input", topic, "--orgs", orgs, "--application-id", &group])
         .args(["--guarantee", guarantee, "--http", &http.to_string()])
         .arg("--state-dir")
@@ -211,7 +215,7 @@ fn pulse(dir: &Path, topic: &str, orgs: &str, name: &str, binary: &Path) -> Figu
     std::fs::write(&file, config).expect("write config");
     let mut command = Command::new(binary);
     // As deployed (deploy/systemd/pulse.service): fewer glibc malloc arenas.
-    command.args(["run", "--config"]).arg(&file).env("RUST_LOG", "warn").env("MALLOC_ARENA_MAX", "2");
+    command.args(["run", "--config"]).arg(&file).env("RUST_LOG", "warn").env("MALLOC_ARENA_MAX", "4");
     measure(name, &group, topic, dir, command, || {
         // Published state trails the last commit by at most the publish interval.
         std::thread::sleep(Duration::from_secs(1));
@@ -247,8 +251,11 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
+    // The bare consume always runs first: it also brings the topic into the
+    // page cache, so that no contender pays for that (the first one did,
+    // up to 25% in A/B runs).
     let mut rows = Vec::new();
-    if !only_pulse {
+    {
         let broker = broker_pid();
         let (broker_before, me_before) = (cpu_seconds(broker), cpu_seconds(std::process::id()));
         let t = Instant::now();
@@ -262,6 +269,8 @@ fn main() {
             rss_mib: f64::NAN,
             national: None,
         });
+    }
+    if !only_pulse {
         rows.push(peer(dir.path(), &topic, &orgs, "exactly_once_v2", "kafka-streams-eos-v2"));
         rows.push(peer(dir.path(), &topic, &orgs, "at_least_once", "kafka-streams-alos"));
     }
@@ -273,7 +282,7 @@ fn main() {
     }
 
     // Ratios are to the peer with exactly-once v2, or else to the first Pulse.
-    let base = rows.iter().find(|r| r.name == "kafka-streams-eos-v2").or_else(|| rows.first());
+    let base = rows.iter().find(|r| r.name == "kafka-streams-eos-v2").or_else(|| rows.get(1));
     let baseline = base.map(|r| (messages as f64 / r.wall, r.cpu, r.rss_mib));
     println!("\nratios (x) are to {}", base.map_or("nothing", |r| r.name.as_str()));
     println!(
