@@ -43,6 +43,7 @@ use crate::changelog::{Changelog, Forward, Outbox, FORMAT_HEADER, TRANSACTION_TI
 use crate::dead_letters::{Letter, Source};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
 use crate::ownership::{client_id, Ownership};
+use crate::publication::{Publication, PUBLISH_INTERVAL};
 use crate::rebalance::{lock, GroupContext};
 use crate::registry::{exists, partitions, RegistryReader};
 use crate::retry::retry_while_transient;
@@ -415,50 +416,6 @@ fn poll_batch<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>
     polled
 }
 
-/// When the state is published (built into the snapshot behind `/metrics`
-/// and the API): after it changed, at most once per [`PUBLISH_INTERVAL`]
-/// (building it costs O(orgs x shards)), and only while nothing is applied
-/// beyond the last commit, so what is shown is always persisted: a crash
-/// can take back what was applied, never what was shown.
-#[derive(Debug)]
-struct Publication {
-    /// Committed (or reloaded) state that is not published yet.
-    pending: bool,
-    last: Instant,
-}
-
-impl Default for Publication {
-    fn default() -> Self {
-        Publication { pending: false, last: Instant::now() }
-    }
-}
-
-impl Publication {
-    /// The committed state changed: a commit, a take-over, a recovery.
-    fn changed(&mut self) {
-        self.pending = true;
-    }
-
-    /// Whether the commit starting now takes a snapshot of the state it
-    /// commits, to publish once it is stored (at most once per interval).
-    fn snapshot_due(&mut self) -> bool {
-        let due = self.last.elapsed() >= PUBLISH_INTERVAL;
-        if due {
-            (self.pending, self.last) = (false, Instant::now());
-        }
-        due
-    }
-
-    /// Whether to publish now, given the messages applied since the last commit.
-    fn due(&mut self, uncommitted: usize) -> bool {
-        let due = self.pending && uncommitted == 0 && self.last.elapsed() >= PUBLISH_INTERVAL;
-        if due {
-            (self.pending, self.last) = (false, Instant::now());
-        }
-        due
-    }
-}
-
 /// What became of one input message.
 struct Routed {
     /// Its format (for the counts).
@@ -542,11 +499,6 @@ fn missing_topics<'t>(
     let known: BTreeSet<&str> = md.topics().iter().filter(|t| exists(t)).map(|t| t.name()).collect();
     Some(topics.filter(|t| !known.contains(t.as_str())).cloned().collect())
 }
-
-/// How often committed state is published (building the org-level
-/// snapshot costs O(orgs x shards), docs/BENCHMARKS.md) and positions and
-/// lag are refreshed while no commit happens.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Each assigned partition's next offset and last fetched end.
 fn record_positions<S: Store + Send + 'static>(
@@ -652,24 +604,4 @@ pub(crate) fn fatal<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<Er
 
 fn log_transient(e: &KafkaError) {
     warn!(error = %e, "kafka error; librdkafka retries and reconnects by itself");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_committed_state_is_published_and_not_too_often() {
-        let long_ago = Instant::now() - PUBLISH_INTERVAL * 2;
-        let mut p = Publication { pending: false, last: long_ago };
-        assert!(!p.due(0), "nothing changed");
-        p.changed();
-        assert!(!p.due(3), "events applied since the commit would be shown before they are persisted");
-        assert!(p.due(0));
-        assert!(!p.due(0), "published already");
-        p.changed();
-        assert!(!p.due(0), "within the publish interval of the last");
-        p.last = long_ago;
-        assert!(p.due(0));
-    }
 }

@@ -13,7 +13,7 @@
 //! partition, and who owns which partition ([`Ownership`]). By job: `group`
 //! is the loop, `rebalance` what an assignment or a revocation does, `stall`
 //! the loop while a fault is waited out (never an exit), `changelog` the
-//! state that moves with a shard. [`tools`] has the small admin and produce
+//! state that moves with a shard, `publication` when committed state is shown. [`tools`] has the small admin and produce
 //! helpers that tests and the load generator use.
 //!
 //! `rdkafka::` appears in this crate only. It must not depend on RocksDB or
@@ -24,6 +24,7 @@ mod dead_letters;
 mod group;
 mod metrics;
 mod ownership;
+mod publication;
 mod rebalance;
 mod registry;
 mod retry;
@@ -33,9 +34,10 @@ pub mod tools;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use group::{run, RunStats, Shared, LONGEST_DRAIN, PUBLISH_INTERVAL};
+pub use group::{run, RunStats, Shared, LONGEST_DRAIN};
 pub use metrics::IngestMetrics;
 pub use ownership::{Owner, Ownership};
+pub use publication::PUBLISH_INTERVAL;
 use pulse_engine::ShardId;
 use pulse_model::InputFormat;
 use rdkafka::ClientConfig;
