@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 use pulse_engine::{
-    restore_into, Batch, Change, ChangeLog, Engine, EngineConfig, MemStore, ShardId, Store, StoreError,
+    restore_into, Batch, Change, ChangeLog, Engine, EngineConfig, MemStore, PendingCommit, ShardId, Store, StoreError,
+    StoreWriter, Stored,
 };
 use pulse_model::{InputFormat, TimeRules};
 use pulse_oracle::json_diff;
@@ -305,7 +306,7 @@ impl Backend for Moved {
         MemStore::new(shards)
     }
     fn crash(&mut self, dead: MemStore) -> MemStore {
-        let mut store = MemStore::new(dead.shards());
+        let store = MemStore::new(dead.shards());
         let registry = dead.load().unwrap();
         let mut batch = Batch {
             orgs: registry.orgs.into_iter().map(|(k, v)| (k, Some(v))).collect(),
@@ -323,7 +324,7 @@ impl Backend for Moved {
             }
             batch.changelog.push((shard, log.len() as i64));
         }
-        store.commit(batch).unwrap();
+        store.writer().commit(batch).unwrap();
         store
     }
     fn log(&mut self) -> Option<&mut dyn ChangeLog> {
@@ -358,51 +359,78 @@ impl Backend for Rocks {
     }
 }
 
+/// A pipelined commit: prepared, then written (changelog and store, on
+/// its own thread in `pulse run`) while the next events are applied, then
+/// finished.
+enum Flight {
+    Prepared(PendingCommit),
+    Stored(Result<Stored, StoreError>),
+}
+
+/// Writes a prepared commit: to the changelog, if any, then to the store.
+fn write<B: Backend>(engine: &Engine<B::S>, backend: &mut B, pending: PendingCommit) -> Result<Stored, StoreError> {
+    let logged = backend.log().map(|log| log.write(pending.changes())).transpose()?;
+    pending.store(&engine.store().writer(), logged)
+}
+
 /// Runs one arrival order through the engine with random crashes (losing
 /// everything not stored, then redelivering from the last stored commit,
 /// as Kafka does from the stored offset) and clean restarts. Half the
 /// commits are pipelined as `pulse run` does: prepared, left in flight
-/// while the next events are applied, and stored at the next commit point
-/// (a crash in between loses them).
+/// while the next events are applied, written at a random later moment
+/// (events are applied while the store takes it), and finished at the next
+/// commit point. A crash before it is written loses it; after, the store
+/// holds it.
 fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, backend: &mut B) -> Engine<B::S> {
     let config = EngineConfig::default();
     let now = settings().ingest_now;
     let mut engine = Engine::open(backend.fresh(h.shards), config.clone()).unwrap();
     let mut committed = 0;
-    let mut in_flight = None;
+    let mut in_flight: Option<(Flight, usize)> = None;
     let mut i = 0;
     let mut crashes = 0;
-    let finish = |engine: &mut Engine<B::S>, backend: &mut B, pending: pulse_engine::PendingCommit| {
-        let logged = backend.log().map(|log| log.write(pending.changes()));
-        engine.finish_commit(pending, logged).unwrap();
+    let finish = |engine: &mut Engine<B::S>, backend: &mut B, flight: Flight| {
+        let stored = match flight {
+            Flight::Prepared(pending) => write(engine, backend, pending),
+            Flight::Stored(stored) => stored,
+        };
+        engine.finish_commit(stored).unwrap();
     };
     while i < stream.len() {
         deliver(&mut engine, &stream[i], now).unwrap();
         i += 1;
         match rng.gen_range(0..10) {
             0 => {
-                if let Some((pending, end)) = in_flight.take() {
-                    finish(&mut engine, backend, pending);
+                if let Some((flight, end)) = in_flight.take() {
+                    finish(&mut engine, backend, flight);
                     committed = end;
                 }
                 if rng.gen_bool(0.5) {
                     engine.commit_logged(backend.log()).unwrap();
                     committed = i;
                 } else {
-                    in_flight = Some((engine.prepare_commit(backend.log().is_some()).unwrap(), i));
+                    in_flight = Some((Flight::Prepared(engine.prepare_commit(backend.log().is_some()).unwrap()), i));
                 }
             }
             1 if crashes < 3 => {
                 crashes += 1;
-                in_flight = None;
+                if let Some((Flight::Stored(_), end)) = in_flight.take() {
+                    committed = end;
+                }
                 engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
                 i = committed;
+            }
+            2 => {
+                in_flight = in_flight.take().map(|(flight, end)| match flight {
+                    Flight::Prepared(pending) => (Flight::Stored(write(&engine, backend, pending)), end),
+                    stored => (stored, end),
+                });
             }
             _ => {}
         }
     }
-    if let Some((pending, _)) = in_flight.take() {
-        finish(&mut engine, backend, pending);
+    if let Some((flight, _)) = in_flight.take() {
+        finish(&mut engine, backend, flight);
     }
     if rng.gen_bool(0.5) {
         engine.commit_logged(backend.log()).unwrap();

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use pulse_engine::codec::encode;
 use pulse_engine::{
-    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenIds, SeenKey, SeenLog, Store, StreamPosition, Totals,
-    UserState,
+    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenIds, SeenKey, SeenLog, Store, StoreWriter, StreamPosition,
+    Totals, UserState,
 };
 use pulse_model::{Fy, OrgRecord, TargetKpi, TargetRecord};
 use pulse_store::{RocksStore, StoreOptions};
@@ -55,13 +55,14 @@ fn course(enrolments: i64) -> CourseTotals {
 }
 
 /// Runs the suite; `reopen` closes and reopens the store (identity in memory).
-fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
+fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
     assert_eq!(store.shards(), 2);
     let empty = store.load().unwrap();
     assert!(empty.orgs.is_empty() && empty.offsets.is_empty() && empty.meeting_minutes.is_none());
     assert_eq!(store.user(0, "u1").unwrap(), None);
 
     store
+        .writer()
         .commit(Batch {
             meeting_minutes: Some(240),
             users: vec![(0, "u1".into(), encode(&user("A"))), (1, "u2".into(), encode(&user("B")))],
@@ -90,6 +91,7 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
     assert!(!store.is_seen(1, seen(10, 2)).unwrap(), "ids are per shard");
 
     store
+        .writer()
         .commit(Batch {
             users: vec![(0, "u1".into(), encode(&user("C")))],
             seen: vec![(0, record(&[seen(20, 5)]))],
@@ -140,12 +142,12 @@ fn conformance<S: Store>(mut store: S, reopen: impl Fn(S) -> S) {
         assert_eq!((store.newest_seen_bucket(0).unwrap(), store.newest_seen_bucket(1).unwrap()), (Some(20), Some(10)));
     };
     check(&store);
-    let mut store = reopen(store);
+    let store = reopen(store);
     check(&store);
 
     // Dropping a shard (its partition went to another instance) deletes
     // all of its state and nothing of the other shard's.
-    store.commit(Batch { drop_shards: vec![1], ..Batch::default() }).unwrap();
+    store.writer().commit(Batch { drop_shards: vec![1], ..Batch::default() }).unwrap();
     let mut left = expected.clone();
     left.org_totals[1].clear();
     left.course_totals[1].clear();
@@ -205,7 +207,7 @@ fn a_key_of_a_shard_the_directory_does_not_have_fails_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = RocksStore::open(dir.path(), &StoreOptions { shards: 4, ..StoreOptions::default() }).unwrap();
     let batch = Batch { org_totals: vec![(3, "O_1".into(), Some(totals(2)))], ..Batch::default() };
-    store.commit(batch).unwrap();
+    store.writer().commit(batch).unwrap();
     store.set_shards(2).unwrap();
     let err = store.load().unwrap_err().to_string();
     assert!(err.contains("shard 3") && err.contains("has 2"), "{err}");
@@ -248,11 +250,11 @@ fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
         b.users.extend((0..200).map(|i| (0, format!("u{next}-{i}"), encode(&user("A")))));
         b
     };
-    store.commit(batch(1)).unwrap();
+    store.writer().commit(batch(1)).unwrap();
     let filler = disk.fill();
     let mut next = 2;
     let error = loop {
-        match store.commit(batch(next)) {
+        match store.writer().commit(batch(next)) {
             Ok(()) => next += 1,
             Err(e) => break e.to_string(),
         }
@@ -273,7 +275,7 @@ fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
     }
     assert_eq!(store.load().unwrap().offsets[&("in".to_owned(), 0)], pos(committed, None));
     assert_eq!(store.user(0, &format!("u{next}-0")).unwrap(), None, "nothing of the failed batch persisted");
-    store.commit(batch(next)).unwrap();
+    store.writer().commit(batch(next)).unwrap();
     drop(store);
     let store = RocksStore::open(&dir, &options).unwrap();
     assert_eq!(store.load().unwrap().offsets[&("in".to_owned(), 0)], pos(next, None));

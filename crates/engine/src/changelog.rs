@@ -186,7 +186,7 @@ mod tests {
 
     use super::*;
     use crate::engine::{Engine, EngineConfig};
-    use crate::store::{LoadedState, MemStore, Store};
+    use crate::store::{LoadedState, MemStore, Store, StoreWriter};
 
     /// Keeps every record, by shard, as a changelog topic would.
     #[derive(Default)]
@@ -214,7 +214,7 @@ mod tests {
     }
 
     fn restored(log: &Recorded, compact: bool) -> MemStore {
-        let mut store = MemStore::new(3);
+        let store = MemStore::new(3);
         for (&shard, records) in &log.0 {
             let records = if compact { compacted(records) } else { records.clone() };
             let mut batch = Batch::default();
@@ -222,7 +222,7 @@ mod tests {
                 restore_into(&mut batch, shard, &c.key, c.value.as_deref()).unwrap();
             }
             batch.changelog.push((shard, records.len() as i64));
-            store.commit(batch).unwrap();
+            store.writer().commit(batch).unwrap();
         }
         store
     }

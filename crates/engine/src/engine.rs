@@ -17,7 +17,7 @@ use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
 use crate::state::{CourseTotals, Totals, UserState};
-use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StreamPosition};
+use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter, StreamPosition};
 use crate::table::{FastMap, FastSet, Interner, Table};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -107,6 +107,25 @@ impl PendingCommit {
     pub fn changes(&self) -> BTreeMap<ShardId, Vec<Change>> {
         changes(&self.batch)
     }
+
+    /// Writes it to the store, on any thread (the engine goes on applying
+    /// meanwhile): `logged` is where its changelog records were written
+    /// (`None`: no changelog), so the store holds those positions with it.
+    pub fn store(self, writer: &impl StoreWriter, logged: Option<Vec<(ShardId, i64)>>) -> Result<Stored, StoreError> {
+        let mut batch = self.batch;
+        if let Some(positions) = logged {
+            batch.changelog = positions;
+        }
+        let changelog = batch.changelog.clone();
+        writer.commit(batch)?;
+        Ok(Stored { changelog })
+    }
+}
+
+/// A commit the store holds, for [`Engine::finish_commit`].
+#[derive(Debug)]
+pub struct Stored {
+    changelog: Vec<(ShardId, i64)>,
 }
 
 /// In-memory state of one shard: its totals (always current) and what changed
@@ -156,8 +175,9 @@ pub struct Engine<S> {
     at_end: BTreeSet<(String, i32)>,
     /// Per shard: the changelog offset after the last record the store holds.
     changelog: BTreeMap<ShardId, i64>,
-    /// The time of the last valid event, until `set_next_offset` files it
-    /// under its partition.
+    /// The newest time of the valid events since `set_next_offset` last
+    /// filed it under its partition (the caller may file a run of one
+    /// partition's messages at once).
     last_event: Option<Millis>,
     /// Set until the threshold is first written to a fresh store.
     record_meeting_minutes: bool,
@@ -337,7 +357,7 @@ impl<S: Store> Engine<S> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
-        self.store.commit(batch).map_err(|e| {
+        self.store.writer().commit(batch).map_err(|e| {
             self.poisoned = true;
             e.into()
         })
@@ -369,7 +389,7 @@ impl<S: Store> Engine<S> {
     /// time of the partition it arrived on, as an applied one's does, so
     /// that the watermark waits for that partition.
     pub fn forwarded(&mut self, ev: &Event<'_>) {
-        self.last_event = Some(ev.ts);
+        self.last_event = self.last_event.max(Some(ev.ts));
     }
 
     /// Applies one valid event: `Applied`, or `Duplicate` if its id was seen.
@@ -378,7 +398,7 @@ impl<S: Store> Engine<S> {
             return Err(EngineError::Poisoned);
         }
         let shard_id = self.shard_of(&ev.user);
-        self.last_event = Some(ev.ts);
+        self.last_event = self.last_event.max(Some(ev.ts));
         let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
         let shard = &mut shards[usize::from(shard_id)];
         let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
@@ -484,8 +504,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Records that every message of a partition before `next` has been
-    /// applied (the last one's event time included); the next commit writes
-    /// it together with their effect.
+    /// applied (the event times since the last call included); the next
+    /// commit writes it together with their effect.
     pub fn set_next_offset(&mut self, topic: &str, partition: i32, next: i64) {
         let key = (topic.to_owned(), partition);
         let newest = self.position(&key).and_then(|p| p.newest_event).max(self.last_event.take());
@@ -543,8 +563,9 @@ impl<S: Store> Engine<S> {
     /// state behind the changelog, which the next assignment catches up.
     pub fn commit_logged(&mut self, log: Option<&mut dyn ChangeLog>) -> Result<(), EngineError> {
         let pending = self.prepare_commit(log.is_some())?;
-        let logged = log.map(|log| log.write(pending.changes()));
-        self.finish_commit(pending, logged)
+        let logged = log.map(|log| log.write(pending.changes())).transpose();
+        let stored = logged.and_then(|logged| pending.store(&self.store.writer(), logged));
+        self.finish_commit(stored)
     }
 
     /// The first half of a commit: takes every change since the last commit
@@ -613,35 +634,12 @@ impl<S: Store> Engine<S> {
         Ok(PendingCommit { batch })
     }
 
-    /// The second half of a commit: `logged` is the outcome of writing the
-    /// pending commit's changelog records (`None`: no changelog); on success
-    /// the batch goes to the store with the changelog positions. On a
-    /// failure, memory is ahead of the store: nothing more is applied or
-    /// committed until [`Engine::recover`].
-    pub fn finish_commit(
-        &mut self,
-        pending: PendingCommit,
-        logged: Option<Result<Vec<(ShardId, i64)>, StoreError>>,
-    ) -> Result<(), EngineError> {
-        let stored = self.store_commit(pending, logged);
-        if stored.is_err() {
-            self.poisoned = true;
-        }
-        stored
-    }
-
-    fn store_commit(
-        &mut self,
-        pending: PendingCommit,
-        logged: Option<Result<Vec<(ShardId, i64)>, StoreError>>,
-    ) -> Result<(), EngineError> {
-        let PendingCommit { mut batch } = pending;
-        if let Some(logged) = logged {
-            batch.changelog = logged?;
-        }
-        let positions = batch.changelog.clone();
-        self.store.commit(batch)?;
-        self.changelog.extend(positions);
+    /// The second half of a commit, once [`PendingCommit::store`] has
+    /// written it (or failed to: then memory is ahead of the store, and
+    /// nothing more is applied or committed until [`Engine::recover`]).
+    pub fn finish_commit(&mut self, stored: Result<Stored, StoreError>) -> Result<(), EngineError> {
+        let Stored { changelog } = stored.inspect_err(|_| self.poisoned = true)?;
+        self.changelog.extend(changelog);
         self.offsets.append(&mut self.committing_offsets);
         for shard in &mut self.shards {
             shard.committing.clear();
@@ -697,8 +695,11 @@ impl<S: Store> Engine<S> {
 mod tests {
     use pulse_model::{parse, Fy, Parsed};
 
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     use super::*;
-    use crate::store::{LoadedState, MemStore};
+    use crate::store::{LoadedState, MemStore, MemWriter};
 
     fn progress(id: &str, ts: Millis) -> Event<'static> {
         let line = format!(
@@ -781,7 +782,8 @@ mod tests {
             engine.apply(&progress(&format!("e{i}"), ts)).unwrap();
             let pending = engine.prepare_commit(false).unwrap();
             bounds.push(pending.batch.forget_before.len());
-            engine.finish_commit(pending, None).unwrap();
+            let stored = pending.store(&engine.store.writer(), None);
+            engine.finish_commit(stored).unwrap();
         }
         assert_eq!(bounds, [1, 0, 0, 1], "written at the first commit and when it moved");
     }
@@ -810,10 +812,29 @@ mod tests {
     /// A store that can be made to refuse writes, like a full disk.
     struct Refusing {
         inner: MemStore,
-        refuse: bool,
+        refuse: Arc<AtomicBool>,
+    }
+
+    struct RefusingWriter {
+        inner: MemWriter,
+        refuse: Arc<AtomicBool>,
+    }
+
+    fn refused<T>(refuse: &AtomicBool, context: &str, then: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match refuse.load(Ordering::Relaxed) {
+            true => Err(StoreError::new(context, "No space left on device")),
+            false => then(),
+        }
+    }
+
+    impl StoreWriter for RefusingWriter {
+        fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+            refused(&self.refuse, "commit", || self.inner.commit(batch))
+        }
     }
 
     impl Store for Refusing {
+        type Writer = RefusingWriter;
         fn shards(&self) -> ShardId {
             self.inner.shards()
         }
@@ -835,23 +856,17 @@ mod tests {
         fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
             self.inner.set_shards(shards)
         }
-        fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
-            match self.refuse {
-                true => Err(StoreError::new("commit", "No space left on device")),
-                false => self.inner.commit(batch),
-            }
+        fn writer(&self) -> RefusingWriter {
+            RefusingWriter { inner: self.inner.writer(), refuse: Arc::clone(&self.refuse) }
         }
         fn recover(&mut self) -> Result<(), StoreError> {
-            match self.refuse {
-                true => Err(StoreError::new("recover", "No space left on device")),
-                false => Ok(()),
-            }
+            refused(&self.refuse, "recover", || Ok(()))
         }
     }
 
     #[test]
     fn after_a_refused_commit_recover_reloads_exactly_the_committed_state() {
-        let store = Refusing { inner: MemStore::new(2), refuse: false };
+        let store = Refusing { inner: MemStore::new(2), refuse: Arc::default() };
         let mut engine = Engine::open(store, EngineConfig::default()).unwrap();
         let t0 = 1_750_000_000_000;
         engine.apply(&progress("a", t0)).unwrap();
@@ -859,12 +874,12 @@ mod tests {
         engine.commit().unwrap();
         engine.apply(&progress("b", t0)).unwrap();
         engine.set_next_offset("in", 0, 2);
-        engine.store.refuse = true;
+        engine.store.refuse.store(true, Ordering::Relaxed);
         assert!(engine.commit().is_err());
         assert!(engine.is_poisoned());
         assert!(matches!(engine.apply(&progress("c", t0)), Err(EngineError::Poisoned)));
         assert!(engine.recover().is_err(), "the store still refuses");
-        engine.store.refuse = false;
+        engine.store.refuse.store(false, Ordering::Relaxed);
         engine.recover().unwrap();
         assert!(!engine.is_poisoned());
         assert_eq!(engine.next_offset("in", 0), Some(1), "rewinds to the committed offset");

@@ -32,12 +32,15 @@ mod table;
 mod vecmap;
 
 pub use changelog::{changes, restore_into, Change, ChangeLog};
-pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit};
+pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit, Stored};
 pub use registry::Registry;
 pub use report::{CourseKpis, NodeKpis, Report, Snapshot, TargetStatus, UserCourse, UserReport};
 pub use rollup::{NodeView, OrgView};
 pub use state::{CourseState, CourseTotals, FyTotals, OrgStamp, RatingStamp, Totals, UserState};
-pub use store::{Batch, LoadedState, MemStore, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StreamPosition};
+pub use store::{
+    Batch, LoadedState, MemStore, MemWriter, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter,
+    StreamPosition,
+};
 pub use vecmap::VecMap;
 
 /// The root of the hierarchy: every node rolls up into it.

@@ -1,6 +1,7 @@
 //! The storage trait the engine works on, and its in-memory implementation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pulse_model::{Millis, OrgRecord, TargetRecord};
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,7 @@ pub struct Batch {
 /// What the engine needs from durable storage. A [`Batch`] is applied
 /// atomically: after a crash the store holds either all of it or none.
 pub trait Store {
+    type Writer: StoreWriter;
     /// The shard count, fixed when the store is created.
     fn shards(&self) -> ShardId;
     fn load(&self) -> Result<LoadedState, StoreError>;
@@ -124,7 +126,10 @@ pub trait Store {
     fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError>;
     /// The names of a shard's id records whose newest bucket is below `bucket`.
     fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError>;
-    fn commit(&mut self, batch: Batch) -> Result<(), StoreError>;
+    /// The one way to write: a handle that commits batches, also from
+    /// another thread (a commit's own) while this store keeps answering
+    /// reads. A read sees a batch wholly or not at all.
+    fn writer(&self) -> Self::Writer;
     /// Changes the shard count of a store that holds no shard state yet
     /// (the count follows the input topics' partitions).
     fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError>;
@@ -133,9 +138,20 @@ pub trait Store {
     fn recover(&mut self) -> Result<(), StoreError>;
 }
 
-/// The in-memory store, for tests: what it holds is exactly what was committed.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Writes batches to a [`Store`], atomically each.
+pub trait StoreWriter: Send + 'static {
+    fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+}
+
+/// The in-memory store, for tests: what it holds is exactly what was
+/// committed. Its writers share its state.
+#[derive(Debug, Default)]
 pub struct MemStore {
+    state: Arc<Mutex<MemState>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct MemState {
     state: LoadedState,
     users: Vec<FastMap<String, UserState>>,
     /// Per shard: id hash -> bucket, and bucket -> id hashes (for forgetting).
@@ -146,8 +162,30 @@ pub struct MemStore {
 
 impl MemStore {
     pub fn new(shards: ShardId) -> MemStore {
+        MemStore { state: Arc::new(Mutex::new(MemState::new(shards))) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A [`MemStore`]'s writer.
+#[derive(Debug)]
+pub struct MemWriter {
+    state: Arc<Mutex<MemState>>,
+}
+
+impl StoreWriter for MemWriter {
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).commit(batch)
+    }
+}
+
+impl MemState {
+    fn new(shards: ShardId) -> MemState {
         let n = usize::from(shards.max(1));
-        MemStore {
+        MemState {
             state: LoadedState {
                 shards: shards.max(1),
                 org_totals: vec![HashMap::new(); n],
@@ -171,34 +209,41 @@ fn put<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: Optio
 }
 
 impl Store for MemStore {
+    type Writer = MemWriter;
+
     fn shards(&self) -> ShardId {
-        self.state.shards
+        self.state().state.shards
     }
 
     fn load(&self) -> Result<LoadedState, StoreError> {
-        Ok(self.state.clone())
+        Ok(self.state().state.clone())
     }
 
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
-        Ok(self.users[usize::from(shard)].get(user).cloned())
+        Ok(self.state().users[usize::from(shard)].get(user).cloned())
     }
 
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
-        Ok(self.seen[usize::from(shard)].contains_key(&key.hash))
+        Ok(self.state().seen[usize::from(shard)].contains_key(&key.hash))
     }
 
     fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError> {
-        Ok(self.seen_buckets[usize::from(shard)].keys().next_back().copied())
+        Ok(self.state().seen_buckets[usize::from(shard)].keys().next_back().copied())
     }
 
     fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {
-        Ok(self.seen_logs[usize::from(shard)].range(..SeenLog { bucket, first: 0 }).copied().collect())
+        Ok(self.state().seen_logs[usize::from(shard)].range(..SeenLog { bucket, first: 0 }).copied().collect())
+    }
+
+    fn writer(&self) -> MemWriter {
+        MemWriter { state: Arc::clone(&self.state) }
     }
 
     fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
-        let kept = std::mem::take(&mut self.state);
-        *self = MemStore::new(shards);
-        (self.state.meeting_minutes, self.state.orgs, self.state.targets) =
+        let mut state = self.state();
+        let kept = std::mem::take(&mut state.state);
+        *state = MemState::new(shards);
+        (state.state.meeting_minutes, state.state.orgs, state.state.targets) =
             (kept.meeting_minutes, kept.orgs, kept.targets);
         Ok(())
     }
@@ -206,7 +251,9 @@ impl Store for MemStore {
     fn recover(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+impl MemState {
     fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
         for shard in batch.drop_shards {
             let s = usize::from(shard);

@@ -130,6 +130,7 @@ fn consume<S: Store + Send + 'static>(
         changelog: Arc::new(Mutex::new(Changelog::new(settings))),
         outbox: Mutex::new(Outbox::default()),
         in_flight: Mutex::new(None),
+        committer: Mutex::default(),
         carried_committed: Mutex::new(BTreeMap::new()),
         reassigned: AtomicBool::new(false),
         rebalances: std::sync::atomic::AtomicU64::new(0),
@@ -158,6 +159,10 @@ fn consume<S: Store + Send + 'static>(
         // Prefetch: a quarter of librdkafka's default (64 MiB) is still a
         // second of catch-up at 150k events/s, and the rest was resident memory.
         .set("queued.max.messages.kbytes", "16384")
+        // A partition whose prefetch is full is fetched again this soon
+        // (librdkafka's default, 1 s, starved the loop: it waited in poll
+        // for a fifth of a catch-up, docs/BENCHMARKS.md).
+        .set("fetch.queue.backoff.ms", "10")
         .set("client.id", client_id(&settings.advertise))
         .create_with_context(context)
         .map_err(kafka_err("failed to create the consumer"))?;
@@ -212,6 +217,7 @@ fn consume<S: Store + Send + 'static>(
             let mut engine = lock(cell);
             let mut outbox = consumer.context().outbox();
             let now = clock();
+            let mut run: Option<Run<'_>> = None;
             for msg in &polled.messages {
                 let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
                 if engine.is_poisoned() {
@@ -220,10 +226,19 @@ fn consume<S: Store + Send + 'static>(
                     failed = Some(pulse_engine::EngineError::Poisoned.into());
                     break;
                 }
-                if engine.next_offset(topic, partition).is_some_and(|next| offset < next) {
+                let run = match &mut run {
+                    Some(r) if r.topic == topic && r.partition == partition => r,
+                    _ => {
+                        if let Some(done) = run.take() {
+                            done.finish(&mut engine);
+                        }
+                        run.insert(Run::start(&engine, topic, partition, aligned.contains(topic)))
+                    }
+                };
+                if run.next.is_some_and(|next| offset < next) {
                     continue;
                 }
-                let aligned = aligned.contains(topic);
+                let aligned = run.aligned;
                 match route(&mut engine, msg, formats.get(topic).copied(), now, aligned) {
                     Err(e) => {
                         failed = Some(e.into());
@@ -240,13 +255,17 @@ fn consume<S: Store + Send + 'static>(
                             // Forwarded, or dead-lettered, in this partition's
                             // (its shard's) next transaction, which also holds its offset.
                             outbox.pass(partition as ShardId, forward, letter);
-                            engine.set_next_offset(topic, partition, offset + 1);
                         } else {
                             outbox.carry(topic, partition, offset + 1, forward, letter);
                         }
+                        run.next = Some(offset + 1);
+                        run.handled = true;
                         since_commit += 1;
                     }
                 }
+            }
+            if let Some(done) = run {
+                done.finish(&mut engine);
             }
         }
         if let Some(failure) = consumer.context().failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -264,8 +283,12 @@ fn consume<S: Store + Send + 'static>(
             && (!catching_up(&consumer, &lock(cell))
                 || since_commit >= CATCH_UP_COMMIT_MESSAGES
                 || last_commit.elapsed() >= CATCH_UP_COMMIT_INTERVAL);
-        // The commit in flight is stored as soon as its changelog is
-        // written, and always before the next one starts.
+        // A commit is not started while the one in flight is still being
+        // written (that would wait for it): the next one grows meanwhile,
+        // up to a bound, and starts once the first is done.
+        let due = due && (flight.is_none() || consumer.context().written() || since_commit >= MOST_UNCOMMITTED);
+        // The commit in flight is finished as soon as it is written, and
+        // always before the next one starts.
         if failed.is_none() && (due || consumer.context().written()) {
             if let Some((started, arrived)) = flight.take() {
                 match consumer.context().complete() {
@@ -365,6 +388,10 @@ const CATCH_UP_LAG: i64 = 50_000;
 const CATCH_UP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 const CATCH_UP_COMMIT_MESSAGES: usize = 50_000;
 
+/// The most messages applied beyond the commit in flight before the loop
+/// waits for it (memory holds their users).
+const MOST_UNCOMMITTED: usize = 2 * CATCH_UP_COMMIT_MESSAGES;
+
 /// Whether the assigned partitions are [`CATCH_UP_LAG`] or more behind their
 /// (last reported) ends.
 fn catching_up<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>>, engine: &Engine<S>) -> bool {
@@ -414,6 +441,32 @@ fn poll_batch<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>
         wait = Duration::ZERO;
     }
     polled
+}
+
+/// Consecutive messages of one partition in a round: its next offset is
+/// looked up once and recorded once, not per message (each took copies of
+/// the topic name and lookups by it in three maps).
+struct Run<'m> {
+    topic: &'m str,
+    partition: i32,
+    /// Co-partitioned with the shards: the engine keeps its offset.
+    aligned: bool,
+    /// The next offset to handle (`None`: nothing consumed yet).
+    next: Option<i64>,
+    /// Whether a message of the run was handled (its offset moves).
+    handled: bool,
+}
+
+impl<'m> Run<'m> {
+    fn start<S: Store>(engine: &Engine<S>, topic: &'m str, partition: i32, aligned: bool) -> Run<'m> {
+        Run { topic, partition, aligned, next: engine.next_offset(topic, partition), handled: false }
+    }
+
+    fn finish<S: Store>(self, engine: &mut Engine<S>) {
+        if let (true, true, Some(next)) = (self.aligned, self.handled, self.next) {
+            engine.set_next_offset(self.topic, self.partition, next);
+        }
+    }
 }
 
 /// What became of one input message.

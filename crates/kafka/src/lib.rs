@@ -20,6 +20,7 @@
 //! HTTP: it sees the engine through `pulse_engine::Store`.
 
 mod changelog;
+mod committer;
 mod dead_letters;
 mod group;
 mod metrics;

@@ -11,9 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
 
-use pulse_engine::{Engine, PendingCommit, ShardId, Snapshot, Store, StoreError};
+use pulse_engine::{Engine, ShardId, Snapshot, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -21,6 +20,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use crate::changelog::{catch_up, Changelog, Outbox};
+use crate::committer::{Committer, Writing};
 use crate::dead_letters::{Letter, Source};
 use crate::metrics::IngestMetrics;
 use crate::ownership::Ownership;
@@ -56,8 +56,9 @@ pub(crate) struct GroupContext<S> {
     pub(crate) changelog: Arc<Mutex<Changelog>>,
     /// What the loop passed since the last commit for its transactions.
     pub(crate) outbox: Mutex<Outbox>,
-    /// The commit whose changelog transactions are being written.
+    /// The commit being written, and the thread that writes it.
     pub(crate) in_flight: Mutex<Option<InFlight>>,
+    pub(crate) committer: Mutex<Committer>,
     /// The group's offsets of the partitions not co-partitioned with the
     /// shards (read at assignment, moved by every commit).
     pub(crate) carried_committed: Mutex<BTreeMap<(String, i32), i64>>,
@@ -78,16 +79,26 @@ pub(crate) struct GroupContext<S> {
     pub(crate) aligned: OnceLock<BTreeSet<String>>,
 }
 
-/// A commit prepared and handed to its own thread, which writes its
-/// changelog transactions while the loop applies the next events; the
-/// store takes it once they are committed ([`GroupContext::complete`]).
+/// A commit prepared and handed to the commit thread, which writes its
+/// changelog transactions, then (once they are committed) its store batch,
+/// while the loop applies the next events; [`GroupContext::complete`]
+/// tells the engine.
 pub(crate) struct InFlight {
-    pending: PendingCommit,
-    written: JoinHandle<Result<Vec<(ShardId, i64)>, StoreError>>,
+    writing: Writing,
     /// The carried partitions' offsets it commits to the group.
     carried: BTreeMap<(String, i32), i64>,
     /// The state it commits, to publish once it is stored.
     snapshot: Option<Snapshot>,
+}
+
+impl<S> Drop for GroupContext<S> {
+    fn drop(&mut self) {
+        // A commit's thread may still be writing the store, which the
+        // engine reloads from next (a new consumer, a stop): it ends first.
+        if let Some(flight) = self.in_flight().take() {
+            let _ = flight.writing.wait();
+        }
+    }
 }
 
 impl<S> GroupContext<S> {
@@ -106,7 +117,7 @@ impl<S> GroupContext<S> {
     /// Whether the commit in flight has been written (or failed), so that
     /// [`GroupContext::complete`] does not wait.
     pub(crate) fn written(&self) -> bool {
-        self.in_flight().as_ref().is_some_and(|f| f.written.is_finished())
+        self.in_flight().as_mut().is_some_and(|f| f.writing.is_done())
     }
 
     fn revoked(&self) {
@@ -136,43 +147,44 @@ impl<S: Store> GroupContext<S> {
         S: Send + 'static,
     {
         let published = self.complete()?;
-        let (pending, snapshot) = {
+        let (pending, writer, snapshot) = {
             let mut engine = lock(&self.engine);
             self.pass_registry_letters(&mut engine);
             let pending = engine.prepare_commit(true)?;
-            (pending, snapshot.then(|| engine.snapshot()))
+            (pending, engine.store().writer(), snapshot.then(|| engine.snapshot()))
         };
         let (changes, outbox) = (pending.changes(), std::mem::take(&mut *self.outbox()));
         let carried = outbox.carried_offsets();
         let (changelog, group) = (Arc::clone(&self.changelog), consumer.group_metadata());
-        let written = std::thread::Builder::new()
-            .name("pulse-commit".into())
-            .spawn(move || changelog.lock().unwrap_or_else(|p| p.into_inner()).write(changes, outbox, group));
-        let written = match written {
-            Ok(handle) => handle,
+        // The changelog first: a crash between the two leaves the store
+        // behind the changelog, which the next take-over catches up.
+        let write = move || {
+            let logged = changelog.lock().unwrap_or_else(|p| p.into_inner()).write(changes, outbox, group)?;
+            pending.store(&writer, Some(logged))
+        };
+        let writing = match self.committer.lock().unwrap_or_else(|p| p.into_inner()).write(write) {
+            Ok(writing) => writing,
             Err(e) => {
-                lock(&self.engine).finish_commit(pending, Some(Err(StoreError::new("failed to start a commit", e))))?;
+                lock(&self.engine).finish_commit(Err(e))?;
                 return Ok(published);
             }
         };
-        *self.in_flight() = Some(InFlight { pending, written, carried, snapshot });
+        *self.in_flight() = Some(InFlight { writing, carried, snapshot });
         Ok(published)
     }
 
     /// Waits for the commit in flight, if any, to be written to the
-    /// changelog, then stores it. The engine is locked only to store it, so
-    /// user lookups keep answering meanwhile. Returns its snapshot, if one
-    /// was taken, to publish: what it shows is now persisted.
+    /// changelog and the store, then tells the engine. The engine is locked
+    /// only for that, so user lookups keep answering meanwhile. Returns its
+    /// snapshot, if one was taken, to publish: what it shows is now persisted.
     pub(crate) fn complete(&self) -> Result<Option<Snapshot>, Error> {
-        let Some(InFlight { pending, written, carried, snapshot }) = self.in_flight().take() else { return Ok(None) };
-        let written = written
-            .join()
-            .unwrap_or_else(|_| Err(StoreError::new("failed to write the changelog", "its thread panicked")));
+        let Some(InFlight { writing, carried, snapshot }) = self.in_flight().take() else { return Ok(None) };
+        let written = writing.wait();
         if written.is_ok() {
             self.carried_committed.lock().unwrap_or_else(|p| p.into_inner()).extend(carried);
         }
         let mut engine = lock(&self.engine);
-        engine.finish_commit(pending, Some(written))?;
+        engine.finish_commit(written)?;
         // Written: what is below the stored positions now is done with.
         let mut letters = self.registry_letters.lock().unwrap_or_else(|p| p.into_inner());
         letters.retain(|l| l.source.offset >= engine.next_offset(&l.source.topic, l.source.partition).unwrap_or(0));

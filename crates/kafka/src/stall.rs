@@ -48,6 +48,9 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
         if !error.is_transient() && !lock(self.engine).is_poisoned() {
             return Err(error);
         }
+        // A commit still in flight ends first: its thread writes the store
+        // that recovering reopens and reloads. Its outcome is in the store.
+        let _ = self.consumer.context().complete();
         error!(%error, "ingestion stopped: the store or the brokers refused a write; retrying until they take writes again");
         counts.store_failed(error.to_string());
         self.metrics.publish(counts);

@@ -63,18 +63,28 @@ pub fn decode_sharded_text(space: u8, key: &[u8]) -> Result<(ShardId, &str), Key
     Ok((shard, text))
 }
 
+/// The length of a [`seen`] key.
+pub const SEEN_KEY_LEN: usize = 27;
+
 /// `[SEEN or SEEN_LOG][shard u16][bucket i64][hash u128]`: ordered by bucket
 /// within a shard, so forgetting old buckets is one range delete.
 pub fn seen(space: u8, shard: ShardId, bucket: i64, hash: u128) -> Vec<u8> {
-    let mut k = with_shard(space, shard, 24);
-    k.extend_from_slice(&flip_i64(bucket));
-    k.extend_from_slice(&hash.to_be_bytes());
+    seen_array(space, shard, bucket, hash).to_vec()
+}
+
+/// A [`seen`] key without an allocation (a commit writes one per new id).
+pub fn seen_array(space: u8, shard: ShardId, bucket: i64, hash: u128) -> [u8; SEEN_KEY_LEN] {
+    let mut k = [0; SEEN_KEY_LEN];
+    k[0] = space;
+    k[1..3].copy_from_slice(&shard.to_be_bytes());
+    k[3..11].copy_from_slice(&flip_i64(bucket));
+    k[11..].copy_from_slice(&hash.to_be_bytes());
     k
 }
 
 /// The bucket and hash of a [`seen`] key.
 pub fn decode_seen(space: u8, key: &[u8]) -> Result<(i64, u128), KeyError> {
-    let rest = check_space(space, key, 27)?;
+    let rest = check_space(space, key, SEEN_KEY_LEN)?;
     let bucket = unflip_i64(rest[2..10].try_into().map_err(|_| KeyError::TooShort(key.len()))?);
     let hash = u128::from_be_bytes(rest[10..26].try_into().map_err(|_| KeyError::TooShort(key.len()))?);
     Ok((bucket, hash))

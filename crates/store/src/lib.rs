@@ -16,9 +16,12 @@ mod metrics;
 pub use metrics::{StoreMetrics, StoreUsage};
 
 use std::path::Path;
+use std::sync::Arc;
 
 use pulse_engine::codec::{decode, encode};
-use pulse_engine::{Batch, LoadedState, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, UserState};
+use pulse_engine::{
+    Batch, LoadedState, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter, UserState,
+};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 
 /// Users by (shard, user id).
@@ -55,7 +58,9 @@ impl Default for StoreOptions {
 
 /// The engine's state in a RocksDB directory.
 pub struct RocksStore {
-    db: DB,
+    /// Shared with the writers of commits in flight ([`RocksWriter`]);
+    /// none is alive when the store reopens ([`Store::recover`]).
+    db: Arc<DB>,
     shards: ShardId,
     /// How it was opened, to reopen it the same way ([`Store::recover`]).
     options: StoreOptions,
@@ -150,7 +155,7 @@ impl RocksStore {
             ));
         }
         let db = open_writer(path, opts)?;
-        let mut store = RocksStore { db, shards: opts.shards.max(1), options: opts.clone() };
+        let mut store = RocksStore { db: Arc::new(db), shards: opts.shards.max(1), options: opts.clone() };
         store.check_format(fresh, opts.shards.max(1))?;
         Ok(store)
     }
@@ -166,7 +171,7 @@ impl RocksStore {
         }
         let db = DB::open_cf_for_read_only(&Options::default(), path, FAMILIES, false)
             .map_err(err(format!("failed to open state directory {} read-only", path.display())))?;
-        let mut store = RocksStore { db, shards: 1, options: StoreOptions::default() };
+        let mut store = RocksStore { db: Arc::new(db), shards: 1, options: StoreOptions::default() };
         store.check_format(false, 1)?;
         Ok(store)
     }
@@ -198,11 +203,17 @@ impl RocksStore {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is opened with the database")
+        cf(&self.db, name)
     }
 }
 
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("every column family is opened with the database")
+}
+
 impl Store for RocksStore {
+    type Writer = RocksWriter;
+
     fn shards(&self) -> ShardId {
         self.shards
     }
@@ -322,17 +333,47 @@ impl Store for RocksStore {
         let path = self.db.path().to_owned();
         let reader = DB::open_cf_for_read_only(&Options::default(), &path, FAMILIES, false)
             .map_err(err(format!("failed to reopen state directory {} read-only", path.display())))?;
-        drop(std::mem::replace(&mut self.db, reader));
-        self.db = open_writer(&path, &self.options)?;
+        drop(std::mem::replace(&mut self.db, Arc::new(reader)));
+        self.db = Arc::new(open_writer(&path, &self.options)?);
         // Opening writes little; a write of an unchanged value proves the store takes writes.
         let meta = self.cf(CF_META);
         let format = self.db.get_cf(meta, [keys::FORMAT]).map_err(err("failed to read the layout version"))?;
         self.db.put_cf(meta, [keys::FORMAT], format.unwrap_or_default()).map_err(err("the store still refuses writes"))
     }
 
-    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
-        let (users, seen, totals, meta) = (self.cf(CF_USERS), self.cf(CF_SEEN), self.cf(CF_TOTALS), self.cf(CF_META));
-        let mut wb = WriteBatch::default();
+    fn writer(&self) -> RocksWriter {
+        RocksWriter { db: Arc::clone(&self.db) }
+    }
+}
+
+/// About the size of a batch's `WriteBatch`: users and ids, the bulk of
+/// it, with RocksDB's few bytes of framing per entry.
+fn batch_bytes(batch: &Batch) -> usize {
+    const FRAMING: usize = 8;
+    let users: usize = batch.users.iter().map(|(_, user, state)| 3 + user.len() + state.len() + FRAMING).sum();
+    let ids: usize = batch.seen.iter().map(|(_, s)| (s.ids.len() + 1) * (keys::SEEN_KEY_LEN + FRAMING)).sum();
+    users + ids + 4096
+}
+
+/// Commits to a [`RocksStore`] from any thread: RocksDB applies each
+/// `WriteBatch` atomically, and readers see it whole or not at all.
+pub struct RocksWriter {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for RocksWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksWriter").field("path", &self.db.path()).finish()
+    }
+}
+
+impl StoreWriter for RocksWriter {
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        let db = &*self.db;
+        let (users, seen, totals, meta) = (cf(db, CF_USERS), cf(db, CF_SEEN), cf(db, CF_TOTALS), cf(db, CF_META));
+        // Sized up front: grown by doubling, a large commit's batch held
+        // up to twice its size (peak memory, docs/BENCHMARKS.md).
+        let mut wb = WriteBatch::with_capacity_bytes(batch_bytes(&batch));
         for &shard in &batch.drop_shards {
             for (cf, space) in [
                 (users, keys::USER),
@@ -360,14 +401,26 @@ impl Store for RocksStore {
         if let Some(m) = batch.meeting_minutes {
             wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m));
         }
-        for (shard, user, state) in &batch.users {
-            wb.put_cf(users, keys::sharded_text(keys::USER, *shard, user), state);
+        // In key order: the memtable's skip list then finds each insert's
+        // place next to the previous one instead of searching from the top
+        // (the largest write cost of a commit, docs/BENCHMARKS.md).
+        let mut user_rows: Vec<(Vec<u8>, &[u8])> = batch
+            .users
+            .iter()
+            .map(|(shard, user, state)| (keys::sharded_text(keys::USER, *shard, user), state.as_slice()))
+            .collect();
+        user_rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, state) in user_rows {
+            wb.put_cf(users, key, state);
         }
+        let mut seen_keys: Vec<[u8; keys::SEEN_KEY_LEN]> = Vec::new();
         for (shard, SeenIds { log, ids }) in &batch.seen {
             wb.put_cf(seen, keys::seen(keys::SEEN_LOG, *shard, log.bucket, log.first), []);
-            for k in ids {
-                wb.put_cf(seen, keys::seen(keys::SEEN, *shard, k.bucket, k.hash), []);
-            }
+            seen_keys.extend(ids.iter().map(|k| keys::seen_array(keys::SEEN, *shard, k.bucket, k.hash)));
+        }
+        seen_keys.sort_unstable();
+        for key in &seen_keys {
+            wb.put_cf(seen, key, []);
         }
         for (shard, before) in &batch.forget_before {
             for space in [keys::SEEN, keys::SEEN_LOG] {
