@@ -336,21 +336,22 @@ impl Changelog {
             }
             offsets = Some((carrier, tpl));
         }
-        let mut begun = Vec::with_capacity(changes.len());
-        for (shard, records) in &changes {
-            begun.push(*shard);
-            let group_offsets = offsets.as_ref().filter(|(c, _)| c == shard).map(|(_, tpl)| (tpl, group.as_ref()));
-            if let Err(e) = self.begin(*shard, records, &outgoing.remove(shard).unwrap_or_default(), group_offsets) {
-                self.abort(&begun);
+        // Per shard: how many records it wrote. Each shard's records are
+        // dropped once produced (the producer holds its own copies).
+        let mut begun: Vec<(ShardId, usize)> = Vec::with_capacity(changes.len());
+        for (shard, records) in changes {
+            begun.push((shard, records.len()));
+            let group_offsets = offsets.as_ref().filter(|(c, _)| *c == shard).map(|(_, tpl)| (tpl, group.as_ref()));
+            if let Err(e) = self.begin(shard, &records, &outgoing.remove(&shard).unwrap_or_default(), group_offsets) {
+                self.abort(&begun.iter().map(|(s, _)| *s).collect::<Vec<_>>());
                 return Err(e);
             }
         }
         let finished: Vec<(ShardId, Result<Option<i64>, StoreError>)> = std::thread::scope(|scope| {
             let this = &*self;
-            let changes = &changes;
             let running: Vec<_> = begun
                 .iter()
-                .map(|&shard| (shard, scope.spawn(move || this.finish(shard, changes[&shard].len()))))
+                .map(|&(shard, records)| (shard, scope.spawn(move || this.finish(shard, records))))
                 .collect();
             let joined = running.into_iter().map(|(shard, t)| {
                 (shard, t.join().unwrap_or_else(|_| Err(StoreError::new("commit", "a commit thread panicked"))))

@@ -156,12 +156,14 @@ fn consume<S: Store + Send + 'static>(
         // (they are co-partitioned): a member owns whole shards.
         .set("partition.assignment.strategy", "range")
         .set("isolation.level", "read_committed")
-        // Prefetch: a quarter of librdkafka's default (64 MiB) is still a
-        // second of catch-up at 150k events/s, and the rest was resident memory.
+        // Prefetch, bounded by bytes and by messages per partition
+        // (librdkafka's default, 100,000, held ~30 MiB more at peak over 16
+        // partitions): 10,000 per partition is still half a second of
+        // catch-up. A partition whose prefetch is full is fetched again
+        // after 10 ms (librdkafka's default, 1 s, starved the loop: it
+        // waited in poll for a fifth of a catch-up). docs/BENCHMARKS.md.
         .set("queued.max.messages.kbytes", "16384")
-        // A partition whose prefetch is full is fetched again this soon
-        // (librdkafka's default, 1 s, starved the loop: it waited in poll
-        // for a fifth of a catch-up, docs/BENCHMARKS.md).
+        .set("queued.min.messages", "10000")
         .set("fetch.queue.backoff.ms", "10")
         .set("client.id", client_id(&settings.advertise))
         .create_with_context(context)

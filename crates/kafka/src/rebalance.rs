@@ -153,12 +153,13 @@ impl<S: Store> GroupContext<S> {
             let pending = engine.prepare_commit(true)?;
             (pending, engine.store().writer(), snapshot.then(|| engine.snapshot()))
         };
-        let (changes, outbox) = (pending.changes(), std::mem::take(&mut *self.outbox()));
+        let outbox = std::mem::take(&mut *self.outbox());
         let carried = outbox.carried_offsets();
         let (changelog, group) = (Arc::clone(&self.changelog), consumer.group_metadata());
         // The changelog first: a crash between the two leaves the store
         // behind the changelog, which the next take-over catches up.
         let write = move || {
+            let changes = pending.changes();
             let logged = changelog.lock().unwrap_or_else(|p| p.into_inner()).write(changes, outbox, group)?;
             pending.store(&writer, Some(logged))
         };
