@@ -363,12 +363,12 @@ impl Backend for Rocks {
 /// its own thread in `pulse run`) while the next events are applied, then
 /// finished.
 enum Flight {
-    Prepared(PendingCommit),
+    Prepared(Box<PendingCommit>),
     Stored(Result<Stored, StoreError>),
 }
 
 /// Writes a prepared commit: to the changelog, if any, then to the store.
-fn write<B: Backend>(engine: &Engine<B::S>, backend: &mut B, pending: PendingCommit) -> Result<Stored, StoreError> {
+fn write<B: Backend>(engine: &Engine<B::S>, backend: &mut B, mut pending: PendingCommit) -> Result<Stored, StoreError> {
     let logged = backend.log().map(|log| log.write(pending.changes())).transpose()?;
     pending.store(&engine.store().writer(), logged)
 }
@@ -391,7 +391,7 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
     let mut crashes = 0;
     let finish = |engine: &mut Engine<B::S>, backend: &mut B, flight: Flight| {
         let stored = match flight {
-            Flight::Prepared(pending) => write(engine, backend, pending),
+            Flight::Prepared(pending) => write(engine, backend, *pending),
             Flight::Stored(stored) => stored,
         };
         engine.finish_commit(stored).unwrap();
@@ -409,7 +409,8 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
                     engine.commit_logged(backend.log()).unwrap();
                     committed = i;
                 } else {
-                    in_flight = Some((Flight::Prepared(engine.prepare_commit(backend.log().is_some()).unwrap()), i));
+                    in_flight =
+                        Some((Flight::Prepared(Box::new(engine.prepare_commit(backend.log().is_some()).unwrap())), i));
                 }
             }
             1 if crashes < 3 => {
@@ -422,7 +423,7 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
             }
             2 => {
                 in_flight = in_flight.take().map(|(flight, end)| match flight {
-                    Flight::Prepared(pending) => (Flight::Stored(write(&engine, backend, pending)), end),
+                    Flight::Prepared(pending) => (Flight::Stored(write(&engine, backend, *pending)), end),
                     stored => (stored, end),
                 });
             }

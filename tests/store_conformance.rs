@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use pulse_engine::codec::encode;
 use pulse_engine::{
-    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenIds, SeenKey, SeenLog, Store, StoreWriter, StreamPosition,
-    Totals, UserState,
+    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenIds, SeenKey, SeenLog, Store, StoreWriter,
+    StreamPosition, Totals, UserState,
 };
 use pulse_model::{Fy, OrgRecord, TargetKpi, TargetRecord};
 use pulse_store::{RocksStore, StoreOptions};
@@ -108,6 +108,18 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             ..Batch::default()
         })
         .unwrap();
+
+    // A restore's batch may hold a user many times: the last one wins.
+    store
+        .writer()
+        .commit(Batch {
+            users: (0..60).map(|i| (0, format!("v{}", i % 5), encode(&user(&format!("O{i}"))))).collect(),
+            ..Batch::default()
+        })
+        .unwrap();
+    for k in 0..5 {
+        assert_eq!(store.user(0, &format!("v{k}")).unwrap(), Some(user(&format!("O{}", 55 + k))), "v{k}");
+    }
 
     let expected = LoadedState {
         shards: 2,

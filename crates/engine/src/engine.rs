@@ -2,6 +2,7 @@
 //! write-back cache of changed users, and commits it to the [`Store`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use pulse_model::{
     parse, parse_org, parse_target, Event, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed, Rejection, TargetRecord,
@@ -100,18 +101,34 @@ impl IngestStats {
 #[derive(Debug)]
 pub struct PendingCommit {
     batch: Batch,
+    /// Its users, shared with the engine (which reads them until the store
+    /// has them): encoded into the batch by the thread that writes it.
+    users: Vec<(ShardId, Committing)>,
 }
 
 impl PendingCommit {
     /// Its changelog records, by shard.
-    pub fn changes(&self) -> BTreeMap<ShardId, Vec<Change>> {
+    pub fn changes(&mut self) -> BTreeMap<ShardId, Vec<Change>> {
+        self.encode_users();
         changes(&self.batch)
+    }
+
+    /// Encoded once, for the changelog and the store alike.
+    fn encode_users(&mut self) {
+        for (shard, users) in self.users.drain(..) {
+            self.batch.users.extend(users.iter().map(|(user, state)| (shard, user.clone(), codec::encode(state))));
+        }
     }
 
     /// Writes it to the store, on any thread (the engine goes on applying
     /// meanwhile): `logged` is where its changelog records were written
     /// (`None`: no changelog), so the store holds those positions with it.
-    pub fn store(self, writer: &impl StoreWriter, logged: Option<Vec<(ShardId, i64)>>) -> Result<Stored, StoreError> {
+    pub fn store(
+        mut self,
+        writer: &impl StoreWriter,
+        logged: Option<Vec<(ShardId, i64)>>,
+    ) -> Result<Stored, StoreError> {
+        self.encode_users();
         let mut batch = self.batch;
         if let Some(positions) = logged {
             batch.changelog = positions;
@@ -128,6 +145,10 @@ pub struct Stored {
     changelog: Vec<(ShardId, i64)>,
 }
 
+/// The users of a commit in flight: read by the engine, encoded by the
+/// thread that writes the commit.
+type Committing = Arc<FastMap<String, UserState>>;
+
 /// In-memory state of one shard: its totals (always current) and what changed
 /// since the last commit.
 #[derive(Debug, Default)]
@@ -141,7 +162,7 @@ struct Shard {
     users: FastMap<String, UserState>,
     /// The users of the commit in flight (prepared, not yet stored):
     /// read before the store, which does not have them yet.
-    committing: FastMap<String, UserState>,
+    committing: Committing,
     /// Ids since the last commit, and those of the commit in flight.
     seen: FastSet<u128>,
     seen_committing: FastSet<u128>,
@@ -562,7 +583,7 @@ impl<S: Store> Engine<S> {
     /// The changelog goes first: a crash between the two leaves the local
     /// state behind the changelog, which the next assignment catches up.
     pub fn commit_logged(&mut self, log: Option<&mut dyn ChangeLog>) -> Result<(), EngineError> {
-        let pending = self.prepare_commit(log.is_some())?;
+        let mut pending = self.prepare_commit(log.is_some())?;
         let logged = log.map(|log| log.write(pending.changes())).transpose();
         let stored = logged.and_then(|logged| pending.store(&self.store.writer(), logged));
         self.finish_commit(stored)
@@ -590,6 +611,7 @@ impl<S: Store> Engine<S> {
             ..Batch::default()
         };
         let watermark = self.watermark().unwrap_or(Millis::MAX);
+        let mut users = Vec::new();
         for (i, shard) in self.shards.iter_mut().enumerate() {
             let id = i as ShardId;
             if shard.seen_keys.is_empty() {
@@ -597,9 +619,8 @@ impl<S: Store> Engine<S> {
             }
             let newest = shard.max_ts.min(watermark);
             let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
-            // Encoded once, for the changelog and the store alike.
-            batch.users.extend(shard.users.iter().map(|(user, state)| (id, user.clone(), codec::encode(state))));
-            shard.committing = std::mem::take(&mut shard.users);
+            shard.committing = Arc::new(std::mem::take(&mut shard.users));
+            users.push((id, Arc::clone(&shard.committing)));
             // An id already past the horizon is not kept (nor logged).
             let kept: Vec<SeenKey> = shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).collect();
             for ids in kept.chunks(SEEN_PER_RECORD) {
@@ -631,7 +652,7 @@ impl<S: Store> Engine<S> {
         }
         self.committing_offsets = std::mem::take(&mut self.pending_offsets);
         self.in_flight = Some(self.uncommitted);
-        Ok(PendingCommit { batch })
+        Ok(PendingCommit { batch, users })
     }
 
     /// The second half of a commit, once [`PendingCommit::store`] has
@@ -642,7 +663,7 @@ impl<S: Store> Engine<S> {
         self.changelog.extend(changelog);
         self.offsets.append(&mut self.committing_offsets);
         for shard in &mut self.shards {
-            shard.committing.clear();
+            shard.committing = Committing::default();
             shard.seen_committing.clear();
         }
         self.record_meeting_minutes = false;
@@ -693,10 +714,9 @@ impl<S: Store> Engine<S> {
 
 #[cfg(test)]
 mod tests {
-    use pulse_model::{parse, Fy, Parsed};
-
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+
+    use pulse_model::{parse, Fy, Parsed};
 
     use super::*;
     use crate::store::{LoadedState, MemStore, MemWriter};
@@ -820,7 +840,11 @@ mod tests {
         refuse: Arc<AtomicBool>,
     }
 
-    fn refused<T>(refuse: &AtomicBool, context: &str, then: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn refused<T>(
+        refuse: &AtomicBool,
+        context: &str,
+        then: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         match refuse.load(Ordering::Relaxed) {
             true => Err(StoreError::new(context, "No space left on device")),
             false => then(),

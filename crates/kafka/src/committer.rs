@@ -12,11 +12,12 @@ use pulse_engine::{StoreError, Stored};
 /// What a commit's writing came to.
 pub(crate) type Outcome = Result<Stored, StoreError>;
 
-type Job = Box<dyn FnOnce() -> Outcome + Send>;
+/// A commit to write, and where its outcome goes.
+type Job = (Box<dyn FnOnce() -> Outcome + Send>, SyncSender<Outcome>);
 
 #[derive(Default)]
 pub(crate) struct Committer {
-    thread: Option<(SyncSender<(Job, SyncSender<Outcome>)>, JoinHandle<()>)>,
+    thread: Option<(SyncSender<Job>, JoinHandle<()>)>,
 }
 
 /// A commit handed to the thread, until its outcome is taken.
@@ -33,7 +34,7 @@ impl Committer {
     /// Hands a commit's writing to the thread (starting it if needed).
     pub(crate) fn write(&mut self, job: impl FnOnce() -> Outcome + Send + 'static) -> Result<Writing, StoreError> {
         if self.thread.as_ref().is_none_or(|(_, t)| t.is_finished()) {
-            let (jobs, queue) = mpsc::sync_channel::<(Job, SyncSender<Outcome>)>(1);
+            let (jobs, queue) = mpsc::sync_channel::<Job>(1);
             let thread = std::thread::Builder::new()
                 .name("pulse-commit".into())
                 .spawn(move || {

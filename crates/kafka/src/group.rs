@@ -196,8 +196,6 @@ fn consume<S: Store + Send + 'static>(
     let mut last_publish = Instant::now();
     let mut last_topic_check = Instant::now();
     let mut publication = Publication::default();
-    // The commit in flight: when it started, and its messages' Kafka timestamps.
-    let mut flight: Option<(Instant, Vec<Millis>)> = None;
     while !stop.load(Ordering::Relaxed) {
         metrics.beat();
         // A store failure, applying or committing, stalls the loop below.
@@ -288,36 +286,33 @@ fn consume<S: Store + Send + 'static>(
         // A commit is not started while the one in flight is still being
         // written (that would wait for it): the next one grows meanwhile,
         // up to a bound, and starts once the first is done.
-        let due = due && (flight.is_none() || consumer.context().written() || since_commit >= MOST_UNCOMMITTED);
+        let context = consumer.context();
+        let due = due && (!context.writing() || since_commit >= MOST_UNCOMMITTED);
         // The commit in flight is finished as soon as it is written, and
         // always before the next one starts.
-        if failed.is_none() && (due || consumer.context().written()) {
-            if let Some((started, arrived)) = flight.take() {
-                match consumer.context().complete() {
-                    Err(e) => failed = Some(e),
-                    Ok(snapshot) => {
-                        let engine = lock(cell);
-                        counts.flushed(started.elapsed(), &arrived, clock(), engine.newest_event());
-                        advise_group(&consumer, &engine, CommitMode::Async);
-                        match snapshot {
-                            Some(snapshot) => publish(snapshot, engine.store()),
-                            // Published once nothing more is applied (or at the next commit).
-                            None => publication.changed(),
-                        }
-                        record_positions(&consumer, &engine, &mut counts);
-                        metrics.publish(&counts);
+        if failed.is_none() && (due || context.written()) {
+            match context.complete() {
+                Err(e) => failed = Some(e),
+                Ok(None) => {}
+                Ok(Some(done)) => {
+                    let engine = lock(cell);
+                    counts.flushed(done.started.elapsed(), &done.arrived, clock(), engine.newest_event());
+                    advise_group(&consumer, &engine, CommitMode::Async);
+                    match done.snapshot {
+                        Some(snapshot) => publish(snapshot, engine.store()),
+                        // Published once nothing more is applied (or at the next commit).
+                        None => publication.changed(),
                     }
+                    record_positions(&consumer, &engine, &mut counts);
+                    metrics.publish(&counts);
                 }
             }
         }
         if due && failed.is_none() {
             note_ends(&consumer, cell);
-            match consumer.context().start_commit(&consumer, publication.snapshot_due()) {
+            match context.start_commit(&consumer, publication.snapshot_due(), std::mem::take(&mut arrivals)) {
                 Err(e) => failed = Some(e),
-                Ok(_) => {
-                    flight = Some((Instant::now(), std::mem::take(&mut arrivals)));
-                    (since_commit, last_commit) = (0, Instant::now());
-                }
+                Ok(()) => (since_commit, last_commit) = (0, Instant::now()),
             }
         }
         if let Some(e) = failed {
@@ -329,7 +324,7 @@ fn consume<S: Store + Send + 'static>(
             // Everything since the last commit is dropped, to be consumed
             // again; the shards were caught up from their changelogs, which
             // may hold the very batch the store refused.
-            (since_commit, last_commit, flight) = (0, Instant::now(), None);
+            (since_commit, last_commit) = (0, Instant::now());
             publication.changed();
             advise_group(&consumer, &lock(cell), CommitMode::Async);
             arrivals.clear();

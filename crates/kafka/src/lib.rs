@@ -7,8 +7,8 @@
 //! from the beginning, no group), dead letters (written in the transaction
 //! that passes their offsets: exactly once), and the advisory group commits
 //! that let lag tools see progress; and scale-out: the changelog (one
-//! transactional producer per owned shard, written on a commit thread of
-//! its own while the loop goes on), restoring a
+//! transactional producer per owned shard, written with the store's batch
+//! on the commit thread while the loop goes on: `committer`), restoring a
 //! shard on assignment, the repartition topic for events off their user's
 //! partition, and who owns which partition ([`Ownership`]). By job: `group`
 //! is the loop, `rebalance` what an assignment or a revocation does, `stall`

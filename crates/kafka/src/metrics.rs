@@ -192,12 +192,20 @@ pub struct IngestMetrics {
     /// Read at request time, so a loop stuck waiting on the network shows
     /// even though it publishes nothing meanwhile.
     beat: Mutex<Option<Instant>>,
+    /// When the commit being written started (`None`: none is): the loop
+    /// goes on meanwhile, so a commit stuck on the brokers shows here.
+    commit_started: Mutex<Option<Instant>>,
 }
 
 impl IngestMetrics {
     /// The loop went round: it is not stuck.
     pub(crate) fn beat(&self) {
         *self.beat.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// A commit started being written (`true`), or is done (`false`).
+    pub(crate) fn committing(&self, started: bool) {
+        *self.commit_started.lock().unwrap_or_else(|p| p.into_inner()) = started.then(Instant::now);
     }
 
     pub(crate) fn publish(&self, counts: &IngestCounts) {
@@ -219,14 +227,16 @@ impl IngestMetrics {
     }
 
     /// See [`IngestCounts::readiness`]; never ready while restoring, nor
-    /// while the loop has not gone round for longer than `max_stall` (it
-    /// waits on a broker that does not answer).
+    /// while the loop has not gone round, or a commit has been written, for
+    /// longer than `max_stall` (it waits on a broker that does not answer).
     pub fn readiness(&self, max_lag: i64, max_stall: Duration) -> Result<(), String> {
         if let Some((shard, left)) = self.restores().remaining.first_key_value() {
             return Err(format!("restoring partition {shard} from the changelog: {left} offsets to go"));
         }
         let beat = *self.beat.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = beat.map(|b| b.elapsed()).filter(|&e| e > max_stall) {
+        let commit = *self.commit_started.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = beat.map(|b| b.elapsed()).max(commit.map(|c| c.elapsed()));
+        if let Some(since) = waited.filter(|&e| e > max_stall) {
             return Err(format!(
                 "the consumer loop has made no progress for {}s (max {}s): it is waiting on the brokers \
                  (a commit or a take-over); check that they are reachable",
@@ -406,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn a_loop_that_stopped_going_round_is_not_ready() {
+    fn a_loop_that_stopped_going_round_or_a_commit_stuck_on_the_brokers_is_not_ready() {
         let metrics = IngestMetrics::default();
         let mut c = IngestCounts::default();
         c.registry_read();
@@ -419,6 +429,13 @@ mod tests {
         std::thread::sleep(bound * 2);
         assert!(metrics.readiness(10, bound).unwrap_err().contains("no progress"));
         metrics.beat();
+        assert_eq!(metrics.readiness(10, bound), Ok(()));
+        // The loop goes round while a commit waits on the brokers.
+        metrics.committing(true);
+        std::thread::sleep(bound * 2);
+        metrics.beat();
+        assert!(metrics.readiness(10, bound).unwrap_err().contains("no progress"), "a commit stuck on the brokers");
+        metrics.committing(false);
         assert_eq!(metrics.readiness(10, bound), Ok(()));
     }
 

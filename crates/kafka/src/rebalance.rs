@@ -11,8 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use pulse_engine::{Engine, ShardId, Snapshot, Store};
+use pulse_model::Millis;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -85,10 +87,21 @@ pub(crate) struct GroupContext<S> {
 /// tells the engine.
 pub(crate) struct InFlight {
     writing: Writing,
+    started: Instant,
+    /// The Kafka timestamps of its messages.
+    arrived: Vec<Millis>,
     /// The carried partitions' offsets it commits to the group.
     carried: BTreeMap<(String, i32), i64>,
     /// The state it commits, to publish once it is stored.
     snapshot: Option<Snapshot>,
+}
+
+/// A commit the store now holds, for the loop's counts and publication.
+pub(crate) struct Completed {
+    /// Its snapshot, if one was taken: to publish (it is persisted now).
+    pub(crate) snapshot: Option<Snapshot>,
+    pub(crate) started: Instant,
+    pub(crate) arrived: Vec<Millis>,
 }
 
 impl<S> Drop for GroupContext<S> {
@@ -120,6 +133,11 @@ impl<S> GroupContext<S> {
         self.in_flight().as_mut().is_some_and(|f| f.writing.is_done())
     }
 
+    /// Whether a commit is in flight and still being written.
+    pub(crate) fn writing(&self) -> bool {
+        self.in_flight().as_mut().is_some_and(|f| !f.writing.is_done())
+    }
+
     fn revoked(&self) {
         self.assigned.store(false, Ordering::Relaxed);
         self.ownership.set_mine(BTreeSet::new());
@@ -137,16 +155,22 @@ impl<S> GroupContext<S> {
 }
 
 impl<S: Store> GroupContext<S> {
-    /// Starts a commit of everything applied so far: under the engine lock,
-    /// takes the changes out (with the registry letters due, and the
-    /// state's snapshot if `snapshot`); then writes the changelog on a
-    /// thread of its own, while the loop goes on. A commit still in flight
-    /// is completed first: one at a time.
-    pub(crate) fn start_commit(&self, consumer: &BaseConsumer<Self>, snapshot: bool) -> Result<Option<Snapshot>, Error>
+    /// Starts a commit of everything applied so far (`arrived`: the Kafka
+    /// timestamps of its messages): under the engine lock, takes the
+    /// changes out (with the registry letters due, and the state's
+    /// snapshot if `snapshot`); then the commit thread writes it while the
+    /// loop goes on. A commit still in flight is completed first (what it
+    /// would publish is dropped): one at a time.
+    pub(crate) fn start_commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        snapshot: bool,
+        arrived: Vec<Millis>,
+    ) -> Result<(), Error>
     where
         S: Send + 'static,
     {
-        let published = self.complete()?;
+        self.complete()?;
         let (pending, writer, snapshot) = {
             let mut engine = lock(&self.engine);
             self.pass_registry_letters(&mut engine);
@@ -159,28 +183,29 @@ impl<S: Store> GroupContext<S> {
         // The changelog first: a crash between the two leaves the store
         // behind the changelog, which the next take-over catches up.
         let write = move || {
+            let mut pending = pending;
             let changes = pending.changes();
             let logged = changelog.lock().unwrap_or_else(|p| p.into_inner()).write(changes, outbox, group)?;
             pending.store(&writer, Some(logged))
         };
         let writing = match self.committer.lock().unwrap_or_else(|p| p.into_inner()).write(write) {
             Ok(writing) => writing,
-            Err(e) => {
-                lock(&self.engine).finish_commit(Err(e))?;
-                return Ok(published);
-            }
+            Err(e) => return Ok(lock(&self.engine).finish_commit(Err(e))?),
         };
-        *self.in_flight() = Some(InFlight { writing, carried, snapshot });
-        Ok(published)
+        self.metrics.committing(true);
+        *self.in_flight() = Some(InFlight { writing, started: Instant::now(), arrived, carried, snapshot });
+        Ok(())
     }
 
     /// Waits for the commit in flight, if any, to be written to the
     /// changelog and the store, then tells the engine. The engine is locked
-    /// only for that, so user lookups keep answering meanwhile. Returns its
-    /// snapshot, if one was taken, to publish: what it shows is now persisted.
-    pub(crate) fn complete(&self) -> Result<Option<Snapshot>, Error> {
-        let Some(InFlight { writing, carried, snapshot }) = self.in_flight().take() else { return Ok(None) };
+    /// only for that, so user lookups keep answering meanwhile.
+    pub(crate) fn complete(&self) -> Result<Option<Completed>, Error> {
+        let Some(InFlight { writing, started, arrived, carried, snapshot }) = self.in_flight().take() else {
+            return Ok(None);
+        };
         let written = writing.wait();
+        self.metrics.committing(false);
         if written.is_ok() {
             self.carried_committed.lock().unwrap_or_else(|p| p.into_inner()).extend(carried);
         }
@@ -189,7 +214,7 @@ impl<S: Store> GroupContext<S> {
         // Written: what is below the stored positions now is done with.
         let mut letters = self.registry_letters.lock().unwrap_or_else(|p| p.into_inner());
         letters.retain(|l| l.source.offset >= engine.next_offset(&l.source.topic, l.source.partition).unwrap_or(0));
-        Ok(snapshot)
+        Ok(Some(Completed { snapshot, started, arrived }))
     }
 
     /// Persists everything applied so far and waits for it (a revocation,
@@ -198,7 +223,7 @@ impl<S: Store> GroupContext<S> {
     where
         S: Send + 'static,
     {
-        self.start_commit(consumer, false)?;
+        self.start_commit(consumer, false, Vec::new())?;
         self.complete().map(drop)
     }
 

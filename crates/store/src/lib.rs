@@ -19,9 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use pulse_engine::codec::{decode, encode};
-use pulse_engine::{
-    Batch, LoadedState, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter, UserState,
-};
+use pulse_engine::{Batch, LoadedState, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter, UserState};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 
 /// Users by (shard, user id).
@@ -403,13 +401,14 @@ impl StoreWriter for RocksWriter {
         }
         // In key order: the memtable's skip list then finds each insert's
         // place next to the previous one instead of searching from the top
-        // (the largest write cost of a commit, docs/BENCHMARKS.md).
+        // (the largest write cost of a commit, docs/BENCHMARKS.md). A stable
+        // sort: a restored batch may hold a user twice, and the later wins.
         let mut user_rows: Vec<(Vec<u8>, &[u8])> = batch
             .users
             .iter()
             .map(|(shard, user, state)| (keys::sharded_text(keys::USER, *shard, user), state.as_slice()))
             .collect();
-        user_rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        user_rows.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, state) in user_rows {
             wb.put_cf(users, key, state);
         }
