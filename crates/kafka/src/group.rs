@@ -1,6 +1,7 @@
 //! The consumer loop: the consumer group on the input topics, feeding the
-//! engine on this (blocking, dedicated) thread. The rebalance protocol is in
-//! [`crate::rebalance`], the stalled loop in [`crate::stall`].
+//! engine on this (blocking, dedicated) thread. One round of messages is in
+//! [`crate::round`], the rebalance protocol in [`crate::rebalance`], the
+//! stalled loop in [`crate::stall`].
 //!
 //! Offset protocol, in one place:
 //! - the stored offset of a partition is the *next* offset to consume; it is
@@ -31,22 +32,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pulse_engine::{Disposition, Engine, IngestStats, ShardId, Snapshot, Store};
-use pulse_model::{InputFormat, Millis, Reason, Rejection};
+use pulse_engine::{Engine, IngestStats, ShardId, Snapshot, Store};
+use pulse_model::{InputFormat, Millis};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use crate::changelog::{Changelog, Forward, Outbox, FORMAT_HEADER, TRANSACTION_TIMEOUT};
-use crate::dead_letters::{Letter, Source};
+use crate::changelog::{Changelog, Outbox, TRANSACTION_TIMEOUT};
 use crate::metrics::{IngestCounts, IngestMetrics, Position};
 use crate::ownership::{client_id, Ownership};
 use crate::publication::{Publication, PUBLISH_INTERVAL};
 use crate::rebalance::{lock, GroupContext};
 use crate::registry::{exists, partitions, RegistryReader};
 use crate::retry::retry_while_transient;
+use crate::round::{poll_batch, route, Routed, Run};
 use crate::stall::Stalled;
 use crate::{client_config, kafka_err, Error, Settings};
 
@@ -401,121 +401,6 @@ fn catching_up<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S
     behind >= CATCH_UP_LAG
 }
 
-/// Messages taken from the consumer per round (one lock of the engine).
-const BATCH: usize = 1024;
-
-/// One round's messages: what the consumer had ready, up to [`BATCH`],
-/// after waiting for the first at most 100 ms.
-struct Polled<'c> {
-    messages: Vec<BorrowedMessage<'c>>,
-    /// A poll returned an error (logged; librdkafka retries).
-    errored: bool,
-    fatal: Option<Error>,
-}
-
-fn poll_batch<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<S>>) -> Polled<'_> {
-    let mut polled = Polled { messages: Vec::new(), errored: false, fatal: None };
-    let rebalances = &consumer.context().rebalances;
-    let mut wait = Duration::from_millis(100);
-    while polled.messages.len() < BATCH {
-        let before = rebalances.load(Ordering::Relaxed);
-        let next = consumer.poll(wait);
-        if rebalances.load(Ordering::Relaxed) != before {
-            // Polled before a rebalance: persisted-and-released or resumed
-            // at the stored offsets, so read again by whoever owns them.
-            polled.messages.clear();
-        }
-        match next {
-            None => break,
-            Some(Ok(msg)) => polled.messages.push(msg),
-            Some(Err(e)) => {
-                polled.fatal = fatal(consumer);
-                polled.errored = true;
-                log_transient(&e);
-                break;
-            }
-        }
-        wait = Duration::ZERO;
-    }
-    polled
-}
-
-/// Consecutive messages of one partition in a round: its next offset is
-/// looked up once and recorded once, not per message (each took copies of
-/// the topic name and lookups by it in three maps).
-struct Run<'m> {
-    topic: &'m str,
-    partition: i32,
-    /// Co-partitioned with the shards: the engine keeps its offset.
-    aligned: bool,
-    /// The next offset to handle (`None`: nothing consumed yet).
-    next: Option<i64>,
-    /// Whether a message of the run was handled (its offset moves).
-    handled: bool,
-}
-
-impl<'m> Run<'m> {
-    fn start<S: Store>(engine: &Engine<S>, topic: &'m str, partition: i32, aligned: bool) -> Run<'m> {
-        Run { topic, partition, aligned, next: engine.next_offset(topic, partition), handled: false }
-    }
-
-    fn finish<S: Store>(self, engine: &mut Engine<S>) {
-        if let (true, true, Some(next)) = (self.aligned, self.handled, self.next) {
-            engine.set_next_offset(self.topic, self.partition, next);
-        }
-    }
-}
-
-/// What became of one input message.
-struct Routed {
-    /// Its format (for the counts).
-    format: InputFormat,
-    /// `None` if it was forwarded.
-    disposition: Option<Disposition>,
-    forward: Option<Forward>,
-    /// Its dead letter, if it is one.
-    letter: Option<Letter>,
-}
-
-/// Parses one input message and applies it, or finds it dead or ignored,
-/// or hands it back to be forwarded to its user's shard: always when its
-/// partition is not `aligned` with the shards (the owner of partition `p`
-/// of such a topic need not own shard `p`).
-fn route<S: Store + Send + 'static>(
-    engine: &mut Engine<S>,
-    msg: &BorrowedMessage<'_>,
-    format: Option<InputFormat>,
-    now: Millis,
-    aligned: bool,
-) -> Result<Routed, pulse_engine::EngineError> {
-    let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
-    // The repartition topic carries each message's format in a header.
-    let format = format.map_or_else(|| repartitioned_format(msg), Ok);
-    let label = *format.as_ref().unwrap_or(&InputFormat::PulseV1);
-    let payload = msg.payload().unwrap_or_default();
-    let disposition = match format.map_err(Disposition::Dead).and_then(|f| engine.accept(f, payload, now)) {
-        Err(disposition) => disposition,
-        Ok(ev) if aligned && i32::from(engine.shard_of(&ev.user)) == partition => engine.apply(&ev)?,
-        Ok(ev) => {
-            if aligned {
-                // Its time counts in this partition's newest event time, as
-                // an applied one's would (the dedup watermark).
-                engine.forwarded(&ev);
-            }
-            let to = i32::from(engine.shard_of(&ev.user));
-            let forward = Forward { user: ev.user.to_string(), to, format: label, value: payload.to_vec() };
-            return Ok(Routed { format: label, disposition: None, forward: Some(forward), letter: None });
-        }
-    };
-    let letter = match &disposition {
-        Disposition::Dead(why) => {
-            Some(Letter::new(msg.key(), msg.payload(), why, Source { topic: topic.to_owned(), partition, offset }))
-        }
-        _ => None,
-    };
-    Ok(Routed { format: label, disposition: Some(disposition), forward: None, letter })
-}
-
 /// Rebuilds the registry and targets from their topics (on every start, and
 /// after the store recovers), before any event is applied, and commits them.
 pub(crate) fn read_registry<S: Store + Send + 'static>(
@@ -637,21 +522,12 @@ fn skip_markers<S: Store + Send + 'static>(consumer: &BaseConsumer<GroupContext<
     moved
 }
 
-/// The format of a message on the repartition topic, from its header.
-fn repartitioned_format(msg: &BorrowedMessage<'_>) -> Result<InputFormat, Rejection> {
-    let header = msg.headers().and_then(|h| h.iter().find(|h| h.key == FORMAT_HEADER)).and_then(|h| h.value);
-    let name = header.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
-    name.parse().map_err(|_| {
-        Rejection::new(Reason::InvalidField, format!("no valid `{FORMAT_HEADER}` header on a repartitioned message"))
-    })
-}
-
 /// The consumer's fatal error, if librdkafka declared one: it will never
 /// consume again, and [`run`] replaces it.
 pub(crate) fn fatal<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<Error> {
     consumer.client().fatal_error().map(|(code, reason)| Error::Fatal(format!("{code}: {reason}")))
 }
 
-fn log_transient(e: &KafkaError) {
+pub(crate) fn log_transient(e: &KafkaError) {
     warn!(error = %e, "kafka error; librdkafka retries and reconnects by itself");
 }

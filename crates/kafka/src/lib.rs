@@ -11,9 +11,11 @@
 //! on the commit thread while the loop goes on: `committer`), restoring a
 //! shard on assignment, the repartition topic for events off their user's
 //! partition, and who owns which partition ([`Ownership`]). By job: `group`
-//! is the loop, `rebalance` what an assignment or a revocation does, `stall`
-//! the loop while a fault is waited out (never an exit), `changelog` the
-//! state that moves with a shard, `publication` when committed state is shown. [`tools`] has the small admin and produce
+//! is the loop, `round` one round of its messages, `rebalance` what an
+//! assignment or a revocation does, `committer` the thread that writes each
+//! commit, `stall` the loop while a fault is waited out (never an exit),
+//! `changelog` the state that moves with a shard, `publication` when
+//! committed state is shown. [`tools`] has the small admin and produce
 //! helpers that tests and the load generator use.
 //!
 //! `rdkafka::` appears in this crate only. It must not depend on RocksDB or
@@ -29,6 +31,7 @@ mod publication;
 mod rebalance;
 mod registry;
 mod retry;
+mod round;
 mod stall;
 pub mod tools;
 
