@@ -1,8 +1,8 @@
-//! The engine: applies events and registry records to the state, keeps the
-//! write-back cache of changed users, and commits it to the [`Store`].
+//! The engine: applies events and registry records to the state and keeps
+//! the write-back cache of changed users; [`commit`] commits it to the
+//! [`Store`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use pulse_model::{
     parse, parse_org, parse_target, Event, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed, Rejection, TargetRecord,
@@ -11,22 +11,20 @@ use pulse_model::{
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::changelog::{changes, Change, ChangeLog};
-use crate::codec;
+mod commit;
+
+pub use commit::{PendingCommit, Stored};
+
 use crate::filter::SeenFilter;
 use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
 use crate::state::{CourseTotals, Totals, UserState};
-use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter, StreamPosition};
+use crate::store::{Batch, SeenKey, ShardId, Store, StoreError, StoreWriter, StreamPosition};
 use crate::table::{FastMap, FastSet, Interner, Table};
+use commit::Committing;
 
 const HOUR_MS: i64 = 3_600_000;
-
-/// Remembered ids per changelog record (24 bytes each: under half of
-/// Kafka's default 1 MB message limit). One record per shard and commit,
-/// not one per id: per-record costs dominated the changelog (docs/BENCHMARKS.md).
-const SEEN_PER_RECORD: usize = 20_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -96,58 +94,6 @@ impl IngestStats {
         }
     }
 }
-
-/// A commit between [`Engine::prepare_commit`] and [`Engine::finish_commit`].
-#[derive(Debug)]
-pub struct PendingCommit {
-    batch: Batch,
-    /// Its users, shared with the engine (which reads them until the store
-    /// has them): encoded into the batch by the thread that writes it.
-    users: Vec<(ShardId, Committing)>,
-}
-
-impl PendingCommit {
-    /// Its changelog records, by shard.
-    pub fn changes(&mut self) -> BTreeMap<ShardId, Vec<Change>> {
-        self.encode_users();
-        changes(&self.batch)
-    }
-
-    /// Encoded once, for the changelog and the store alike.
-    fn encode_users(&mut self) {
-        for (shard, users) in self.users.drain(..) {
-            self.batch.users.extend(users.iter().map(|(user, state)| (shard, user.clone(), codec::encode(state))));
-        }
-    }
-
-    /// Writes it to the store, on any thread (the engine goes on applying
-    /// meanwhile): `logged` is where its changelog records were written
-    /// (`None`: no changelog), so the store holds those positions with it.
-    pub fn store(
-        mut self,
-        writer: &impl StoreWriter,
-        logged: Option<Vec<(ShardId, i64)>>,
-    ) -> Result<Stored, StoreError> {
-        self.encode_users();
-        let mut batch = self.batch;
-        if let Some(positions) = logged {
-            batch.changelog = positions;
-        }
-        let changelog = batch.changelog.clone();
-        writer.commit(batch)?;
-        Ok(Stored { changelog })
-    }
-}
-
-/// A commit the store holds, for [`Engine::finish_commit`].
-#[derive(Debug)]
-pub struct Stored {
-    changelog: Vec<(ShardId, i64)>,
-}
-
-/// The users of a commit in flight: read by the engine, encoded by the
-/// thread that writes the commit.
-type Committing = Arc<FastMap<String, UserState>>;
 
 /// In-memory state of one shard: its totals (always current) and what changed
 /// since the last commit.
@@ -573,104 +519,6 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Writes every change since the last commit to the store in one batch.
-    pub fn commit(&mut self) -> Result<(), EngineError> {
-        self.commit_logged(None)
-    }
-
-    /// Writes every change since the last commit to the changelog, if any,
-    /// then to the store in one batch with each shard's changelog position.
-    /// The changelog goes first: a crash between the two leaves the local
-    /// state behind the changelog, which the next assignment catches up.
-    pub fn commit_logged(&mut self, log: Option<&mut dyn ChangeLog>) -> Result<(), EngineError> {
-        let mut pending = self.prepare_commit(log.is_some())?;
-        let logged = log.map(|log| log.write(pending.changes())).transpose();
-        let stored = logged.and_then(|logged| pending.store(&self.store.writer(), logged));
-        self.finish_commit(stored)
-    }
-
-    /// The first half of a commit: takes every change since the last commit
-    /// out of memory into a batch. Its changelog records can then be written
-    /// without holding the engine, and [`Engine::finish_commit`] stores it.
-    /// Events may be applied in between (the next commit's): until it is
-    /// stored, the users and ids of the commit in flight are read from
-    /// memory. One commit at a time. `logged`: the changelog will be
-    /// written, so the id records forgotten now are listed for it.
-    pub fn prepare_commit(&mut self, logged: bool) -> Result<PendingCommit, EngineError> {
-        if self.poisoned {
-            return Err(EngineError::Poisoned);
-        }
-        if self.in_flight.is_some() {
-            return Err(EngineError::CommitInFlight);
-        }
-        let mut batch = Batch {
-            meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
-            orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
-            targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
-            offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            ..Batch::default()
-        };
-        let watermark = self.watermark().unwrap_or(Millis::MAX);
-        let mut users = Vec::new();
-        for (i, shard) in self.shards.iter_mut().enumerate() {
-            let id = i as ShardId;
-            if shard.seen_keys.is_empty() {
-                continue;
-            }
-            let newest = shard.max_ts.min(watermark);
-            let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
-            shard.committing = Arc::new(std::mem::take(&mut shard.users));
-            users.push((id, Arc::clone(&shard.committing)));
-            // An id already past the horizon is not kept (nor logged).
-            let kept: Vec<SeenKey> = shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).collect();
-            for ids in kept.chunks(SEEN_PER_RECORD) {
-                let bucket = ids.iter().map(|k| k.bucket).max().unwrap_or(forget);
-                let log = SeenLog { bucket, first: ids[0].hash };
-                batch.seen.push((id, SeenIds { log, ids: ids.to_vec() }));
-            }
-            shard.seen_committing = std::mem::take(&mut shard.seen);
-            // The range delete (and its changelog record) only when the bound moves.
-            if shard.forgotten_before.is_none_or(|f| forget > f) {
-                shard.forgotten_before = Some(forget);
-                shard.filter.forget_before(forget);
-                batch.forget_before.push((id, forget));
-                if logged {
-                    match self.store.seen_logs_before(id, forget) {
-                        Ok(keys) => batch.forgotten.extend(keys.into_iter().map(|k| (id, k))),
-                        Err(e) => {
-                            self.poisoned = true;
-                            return Err(e.into());
-                        }
-                    }
-                }
-            }
-            batch.org_totals.extend(shard.orgs.drain_dirty().map(|(k, t)| (id, self.org_keys.name(k).to_owned(), t)));
-            batch
-                .course_totals
-                .extend(shard.courses.drain_dirty().map(|(k, t)| (id, self.course_keys.name(k).to_owned(), t)));
-            batch.max_ts.push((id, shard.max_ts));
-        }
-        self.committing_offsets = std::mem::take(&mut self.pending_offsets);
-        self.in_flight = Some(self.uncommitted);
-        Ok(PendingCommit { batch, users })
-    }
-
-    /// The second half of a commit, once [`PendingCommit::store`] has
-    /// written it (or failed to: then memory is ahead of the store, and
-    /// nothing more is applied or committed until [`Engine::recover`]).
-    pub fn finish_commit(&mut self, stored: Result<Stored, StoreError>) -> Result<(), EngineError> {
-        let Stored { changelog } = stored.inspect_err(|_| self.poisoned = true)?;
-        self.changelog.extend(changelog);
-        self.offsets.append(&mut self.committing_offsets);
-        for shard in &mut self.shards {
-            shard.committing = Committing::default();
-            shard.seen_committing.clear();
-        }
-        self.record_meeting_minutes = false;
-        self.uncommitted -= self.in_flight.take().unwrap_or(0);
-        Ok(())
-    }
-
     /// One user's state, including changes not yet committed.
     pub fn user(&self, user: &str) -> Result<Option<UserState>, EngineError> {
         let shard = self.shard_of(user);
@@ -713,214 +561,4 @@ impl<S: Store> Engine<S> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use pulse_model::{parse, Fy, Parsed};
-
-    use super::*;
-    use crate::store::{LoadedState, MemStore, MemWriter};
-
-    fn progress(id: &str, ts: Millis) -> Event<'static> {
-        let line = format!(
-            r#"{{"v":1,"id":"{id}","type":"progress","ts":{ts},"user":"u","org":"O","course":"c","minutes":10}}"#
-        );
-        match parse(InputFormat::PulseV1, line.as_bytes()) {
-            Ok(Parsed::Event(e)) => e.into_owned(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn ids_are_remembered_within_the_horizon_and_forgotten_after_it() {
-        let day = 24 * HOUR_MS;
-        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
-        let t0 = 1_750_000_000_000;
-        assert_eq!(engine.apply(&progress("a", t0)).unwrap(), Disposition::Applied);
-        engine.commit().unwrap();
-        // Newest event time 6 days past `a`: still inside the 7-day horizon.
-        engine.apply(&progress("b", t0 + 6 * day)).unwrap();
-        engine.commit().unwrap();
-        assert_eq!(engine.apply(&progress("a", t0)).unwrap(), Disposition::Duplicate);
-        // 8 days past: `a` may be forgotten, and is, without a scan of all ids.
-        engine.apply(&progress("c", t0 + 8 * day)).unwrap();
-        engine.commit().unwrap();
-        assert_eq!(engine.apply(&progress("a", t0)).unwrap(), Disposition::Applied);
-        assert_eq!(engine.apply(&progress("b", t0 + 6 * day)).unwrap(), Disposition::Duplicate);
-    }
-
-    /// Applies one event as consumed from partition `partition` of topic
-    /// `in` at `offset`, and commits.
-    fn consume(engine: &mut Engine<MemStore>, partition: i32, offset: i64, id: &str, ts: Millis) -> Disposition {
-        let d = engine.apply(&progress(id, ts)).unwrap();
-        engine.set_next_offset("in", partition, offset + 1);
-        engine.commit().unwrap();
-        d
-    }
-
-    #[test]
-    fn a_lagging_partition_holds_its_ids_until_it_passes_the_horizon_too() {
-        let day = 24 * HOUR_MS;
-        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
-        let t0 = 1_750_000_000_000;
-        // Partition 1 lags a month of event time behind partition 0 (a backlog).
-        assert_eq!(consume(&mut engine, 1, 0, "a", t0), Disposition::Applied);
-        consume(&mut engine, 0, 0, "x", t0 + 30 * day);
-        // `a`'s copy arrives in its own partition: still a duplicate.
-        assert_eq!(consume(&mut engine, 1, 1, "a", t0), Disposition::Duplicate);
-        // Once partition 1 too is past the horizon, `a` is forgotten.
-        consume(&mut engine, 1, 2, "y", t0 + 8 * day);
-        assert_eq!(consume(&mut engine, 1, 3, "a", t0), Disposition::Applied);
-        // The positions carry the newest event time through a restart.
-        let engine = Engine::open(engine.into_store(), EngineConfig::default()).unwrap();
-        assert_eq!(engine.watermark(), Some(t0 + 8 * day));
-    }
-
-    #[test]
-    fn a_partition_read_to_its_end_does_not_hold_the_ids_of_the_others() {
-        let day = 24 * HOUR_MS;
-        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
-        let t0 = 1_750_000_000_000;
-        // Partition 1 received one event, then nothing more; partition 0 moves on.
-        consume(&mut engine, 1, 0, "quiet", t0);
-        consume(&mut engine, 0, 0, "a", t0);
-        consume(&mut engine, 0, 1, "b", t0 + 30 * day);
-        assert_eq!(consume(&mut engine, 0, 2, "a", t0), Disposition::Duplicate, "held back by partition 1");
-        // Partition 1 is at its end: the watermark is partition 0's alone.
-        engine.set_at_end([("in".to_owned(), 1)].into());
-        consume(&mut engine, 0, 3, "c", t0 + 30 * day);
-        assert_eq!(consume(&mut engine, 0, 4, "a", t0), Disposition::Applied);
-    }
-
-    #[test]
-    fn the_forget_range_is_written_only_when_the_bound_moves() {
-        let day = 24 * HOUR_MS;
-        let mut engine = Engine::open(MemStore::new(1), EngineConfig::default()).unwrap();
-        let t0 = 1_750_000_000_000;
-        let mut bounds = Vec::new();
-        for (i, ts) in [t0, t0 + 1000, t0 + 2000, t0 + 8 * day].into_iter().enumerate() {
-            engine.apply(&progress(&format!("e{i}"), ts)).unwrap();
-            let pending = engine.prepare_commit(false).unwrap();
-            bounds.push(pending.batch.forget_before.len());
-            let stored = pending.store(&engine.store.writer(), None);
-            engine.finish_commit(stored).unwrap();
-        }
-        assert_eq!(bounds, [1, 0, 0, 1], "written at the first commit and when it moved");
-    }
-
-    fn registered(engine: &Engine<impl Store>, node: &str) -> Option<i64> {
-        let report = engine.snapshot().report(Fy(2025), 1_750_000_000_000);
-        report.nodes?.into_iter().find(|(id, _)| id == node).map(|(_, k)| k.registered_users)
-    }
-
-    /// The defined outcome for a valid event whose org the registry later
-    /// deletes: the user counts under `unassigned` until the org is back.
-    #[test]
-    fn a_user_of_an_org_the_registry_later_deletes_counts_under_unassigned() {
-        let mut engine = Engine::open(MemStore::new(2), EngineConfig::default()).unwrap();
-        let org = br#"{"v":1,"org":"O","parent":null}"#.as_slice();
-        engine.apply_org_message(Some(b"O"), Some(org));
-        engine.apply(&progress("a", 1_750_000_000_000)).unwrap();
-        assert_eq!((registered(&engine, "O"), registered(&engine, "unassigned")), (Some(1), Some(0)));
-        engine.apply_org_message(Some(b"O"), None);
-        assert_eq!((registered(&engine, "O"), registered(&engine, "unassigned")), (None, Some(1)));
-        assert_eq!(registered(&engine, "national"), Some(1));
-        engine.apply_org_message(Some(b"O"), Some(org));
-        assert_eq!((registered(&engine, "O"), registered(&engine, "unassigned")), (Some(1), Some(0)));
-    }
-
-    /// A store that can be made to refuse writes, like a full disk.
-    struct Refusing {
-        inner: MemStore,
-        refuse: Arc<AtomicBool>,
-    }
-
-    struct RefusingWriter {
-        inner: MemWriter,
-        refuse: Arc<AtomicBool>,
-    }
-
-    fn refused<T>(
-        refuse: &AtomicBool,
-        context: &str,
-        then: impl FnOnce() -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        match refuse.load(Ordering::Relaxed) {
-            true => Err(StoreError::new(context, "No space left on device")),
-            false => then(),
-        }
-    }
-
-    impl StoreWriter for RefusingWriter {
-        fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-            refused(&self.refuse, "commit", || self.inner.commit(batch))
-        }
-    }
-
-    impl Store for Refusing {
-        type Writer = RefusingWriter;
-        fn shards(&self) -> ShardId {
-            self.inner.shards()
-        }
-        fn load(&self) -> Result<LoadedState, StoreError> {
-            self.inner.load()
-        }
-        fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
-            self.inner.user(shard, user)
-        }
-        fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
-            self.inner.is_seen(shard, key)
-        }
-        fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError> {
-            self.inner.newest_seen_bucket(shard)
-        }
-        fn seen_logs_before(&self, shard: ShardId, bucket: i64) -> Result<Vec<SeenLog>, StoreError> {
-            self.inner.seen_logs_before(shard, bucket)
-        }
-        fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError> {
-            self.inner.set_shards(shards)
-        }
-        fn writer(&self) -> RefusingWriter {
-            RefusingWriter { inner: self.inner.writer(), refuse: Arc::clone(&self.refuse) }
-        }
-        fn recover(&mut self) -> Result<(), StoreError> {
-            refused(&self.refuse, "recover", || Ok(()))
-        }
-    }
-
-    #[test]
-    fn after_a_refused_commit_recover_reloads_exactly_the_committed_state() {
-        let store = Refusing { inner: MemStore::new(2), refuse: Arc::default() };
-        let mut engine = Engine::open(store, EngineConfig::default()).unwrap();
-        let t0 = 1_750_000_000_000;
-        engine.apply(&progress("a", t0)).unwrap();
-        engine.set_next_offset("in", 0, 1);
-        engine.commit().unwrap();
-        engine.apply(&progress("b", t0)).unwrap();
-        engine.set_next_offset("in", 0, 2);
-        engine.store.refuse.store(true, Ordering::Relaxed);
-        assert!(engine.commit().is_err());
-        assert!(engine.is_poisoned());
-        assert!(matches!(engine.apply(&progress("c", t0)), Err(EngineError::Poisoned)));
-        assert!(engine.recover().is_err(), "the store still refuses");
-        engine.store.refuse.store(false, Ordering::Relaxed);
-        engine.recover().unwrap();
-        assert!(!engine.is_poisoned());
-        assert_eq!(engine.next_offset("in", 0), Some(1), "rewinds to the committed offset");
-        let minutes = |e: &Engine<Refusing>| e.user("u").unwrap().map(|u| u.fy_minutes_ms.values().sum::<i64>());
-        assert_eq!(minutes(&engine), Some(10 * 60_000), "only `a` was committed");
-        assert_eq!(engine.apply(&progress("b", t0)).unwrap(), Disposition::Applied, "`b` was never persisted");
-        engine.commit().unwrap();
-        assert_eq!(minutes(&engine), Some(20 * 60_000));
-    }
-
-    #[test]
-    fn a_changed_hours_threshold_is_refused_at_open() {
-        let mut engine = Engine::open(MemStore::new(2), EngineConfig::default()).unwrap();
-        engine.apply(&progress("a", 1_750_000_000_000)).unwrap();
-        engine.commit().unwrap();
-        let config = EngineConfig { meeting_minutes: 300, ..EngineConfig::default() };
-        let err = Engine::open(engine.into_store(), config).unwrap_err();
-        assert!(err.to_string().contains("engine.meeting_minutes"), "{err}");
-    }
-}
+mod tests;

@@ -1,0 +1,174 @@
+//! The commit protocol: every change since the last commit taken out of
+//! memory ([`Engine::prepare_commit`]), written by any thread
+//! ([`PendingCommit::store`]: the changelog first, then the store), and
+//! noted as stored ([`Engine::finish_commit`]); or all three at once
+//! ([`Engine::commit`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pulse_model::Millis;
+
+use super::{Engine, EngineError, HOUR_MS};
+use crate::changelog::{changes, Change, ChangeLog};
+use crate::codec;
+use crate::state::UserState;
+use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter};
+use crate::table::FastMap;
+
+/// Remembered ids per changelog record (24 bytes each: under half of
+/// Kafka's default 1 MB message limit). One record per shard and commit,
+/// not one per id: per-record costs dominated the changelog (docs/BENCHMARKS.md).
+const SEEN_PER_RECORD: usize = 20_000;
+
+/// A commit between [`Engine::prepare_commit`] and [`Engine::finish_commit`].
+#[derive(Debug)]
+pub struct PendingCommit {
+    pub(super) batch: Batch,
+    /// Its users, shared with the engine (which reads them until the store
+    /// has them): encoded into the batch by the thread that writes it.
+    users: Vec<(ShardId, Committing)>,
+}
+
+impl PendingCommit {
+    /// Its changelog records, by shard.
+    pub fn changes(&mut self) -> BTreeMap<ShardId, Vec<Change>> {
+        self.encode_users();
+        changes(&self.batch)
+    }
+
+    /// Encoded once, for the changelog and the store alike.
+    fn encode_users(&mut self) {
+        for (shard, users) in self.users.drain(..) {
+            self.batch.users.extend(users.iter().map(|(user, state)| (shard, user.clone(), codec::encode(state))));
+        }
+    }
+
+    /// Writes it to the store, on any thread (the engine goes on applying
+    /// meanwhile): `logged` is where its changelog records were written
+    /// (`None`: no changelog), so the store holds those positions with it.
+    pub fn store(
+        mut self,
+        writer: &impl StoreWriter,
+        logged: Option<Vec<(ShardId, i64)>>,
+    ) -> Result<Stored, StoreError> {
+        self.encode_users();
+        let mut batch = self.batch;
+        if let Some(positions) = logged {
+            batch.changelog = positions;
+        }
+        let changelog = batch.changelog.clone();
+        writer.commit(batch)?;
+        Ok(Stored { changelog })
+    }
+}
+
+/// A commit the store holds, for [`Engine::finish_commit`].
+#[derive(Debug)]
+pub struct Stored {
+    changelog: Vec<(ShardId, i64)>,
+}
+
+/// The users of a commit in flight: read by the engine, encoded by the
+/// thread that writes the commit.
+pub(super) type Committing = Arc<FastMap<String, UserState>>;
+
+impl<S: Store> Engine<S> {
+    /// Writes every change since the last commit to the store in one batch.
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        self.commit_logged(None)
+    }
+
+    /// Writes every change since the last commit to the changelog, if any,
+    /// then to the store in one batch with each shard's changelog position.
+    /// The changelog goes first: a crash between the two leaves the local
+    /// state behind the changelog, which the next assignment catches up.
+    pub fn commit_logged(&mut self, log: Option<&mut dyn ChangeLog>) -> Result<(), EngineError> {
+        let mut pending = self.prepare_commit(log.is_some())?;
+        let logged = log.map(|log| log.write(pending.changes())).transpose();
+        let stored = logged.and_then(|logged| pending.store(&self.store.writer(), logged));
+        self.finish_commit(stored)
+    }
+
+    /// The first half of a commit: takes every change since the last commit
+    /// out of memory into a batch. Its changelog records can then be written
+    /// without holding the engine, and [`Engine::finish_commit`] stores it.
+    /// Events may be applied in between (the next commit's): until it is
+    /// stored, the users and ids of the commit in flight are read from
+    /// memory. One commit at a time. `logged`: the changelog will be
+    /// written, so the id records forgotten now are listed for it.
+    pub fn prepare_commit(&mut self, logged: bool) -> Result<PendingCommit, EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        if self.in_flight.is_some() {
+            return Err(EngineError::CommitInFlight);
+        }
+        let mut batch = Batch {
+            meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
+            orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
+            targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
+            offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            ..Batch::default()
+        };
+        let watermark = self.watermark().unwrap_or(Millis::MAX);
+        let mut users = Vec::new();
+        for (i, shard) in self.shards.iter_mut().enumerate() {
+            let id = i as ShardId;
+            if shard.seen_keys.is_empty() {
+                continue;
+            }
+            let newest = shard.max_ts.min(watermark);
+            let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
+            shard.committing = Arc::new(std::mem::take(&mut shard.users));
+            users.push((id, Arc::clone(&shard.committing)));
+            // An id already past the horizon is not kept (nor logged).
+            let kept: Vec<SeenKey> = shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).collect();
+            for ids in kept.chunks(SEEN_PER_RECORD) {
+                let bucket = ids.iter().map(|k| k.bucket).max().unwrap_or(forget);
+                let log = SeenLog { bucket, first: ids[0].hash };
+                batch.seen.push((id, SeenIds { log, ids: ids.to_vec() }));
+            }
+            shard.seen_committing = std::mem::take(&mut shard.seen);
+            // The range delete (and its changelog record) only when the bound moves.
+            if shard.forgotten_before.is_none_or(|f| forget > f) {
+                shard.forgotten_before = Some(forget);
+                shard.filter.forget_before(forget);
+                batch.forget_before.push((id, forget));
+                if logged {
+                    match self.store.seen_logs_before(id, forget) {
+                        Ok(keys) => batch.forgotten.extend(keys.into_iter().map(|k| (id, k))),
+                        Err(e) => {
+                            self.poisoned = true;
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+            batch.org_totals.extend(shard.orgs.drain_dirty().map(|(k, t)| (id, self.org_keys.name(k).to_owned(), t)));
+            batch
+                .course_totals
+                .extend(shard.courses.drain_dirty().map(|(k, t)| (id, self.course_keys.name(k).to_owned(), t)));
+            batch.max_ts.push((id, shard.max_ts));
+        }
+        self.committing_offsets = std::mem::take(&mut self.pending_offsets);
+        self.in_flight = Some(self.uncommitted);
+        Ok(PendingCommit { batch, users })
+    }
+
+    /// The second half of a commit, once [`PendingCommit::store`] has
+    /// written it (or failed to: then memory is ahead of the store, and
+    /// nothing more is applied or committed until [`Engine::recover`]).
+    pub fn finish_commit(&mut self, stored: Result<Stored, StoreError>) -> Result<(), EngineError> {
+        let Stored { changelog } = stored.inspect_err(|_| self.poisoned = true)?;
+        self.changelog.extend(changelog);
+        self.offsets.append(&mut self.committing_offsets);
+        for shard in &mut self.shards {
+            shard.committing = Committing::default();
+            shard.seen_committing.clear();
+        }
+        self.record_meeting_minutes = false;
+        self.uncommitted -= self.in_flight.take().unwrap_or(0);
+        Ok(())
+    }
+}
