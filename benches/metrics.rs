@@ -56,7 +56,7 @@ fn main() {
         let mut line = String::new();
         for (i, e) in world.events().spread_over(n).take(n as usize).enumerate() {
             world.pulse_v1(&e, &mut line);
-            engine.ingest(InputFormat::PulseV1, line.as_bytes(), now()).expect("apply");
+            engine.ingest(InputFormat::PulseV1, None, line.as_bytes(), now()).expect("apply");
             if i % 100_000 == 0 {
                 engine.commit().expect("commit");
             }

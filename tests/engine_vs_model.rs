@@ -26,6 +26,10 @@ use serde_json::json;
 /// 1 April 2025 00:00 IST: histories straddle this financial-year boundary.
 const FY_BOUNDARY: i64 = 1_743_445_800_000;
 const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+/// Days from the boundary an event is placed near: months (March, April,
+/// May), the edges of the 30-day window and of the days kept for it.
+const DAYS: [i64; 10] = [-62, -31, -30, -8, -1, 0, 1, 29, 30, 31];
 const USERS: u8 = 6;
 const ORGS: [&str; 6] = ["A", "B", "C", "D", "E", "Z"];
 
@@ -36,6 +40,7 @@ enum Kind {
     Progress { seconds: u32, percent: Option<u8> },
     Completion,
     Rating { half_stars: u8 },
+    Assessment { score: u8, pass: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +48,9 @@ struct EventSpec {
     user: u8,
     org: u8,
     course: u8,
-    /// Event time, in 5-hour steps from the boundary: few values, so ties happen.
+    /// Event time: a day of [`DAYS`], then 5-hour steps from it: few
+    /// values, so ties happen.
+    day: u8,
     step: i8,
     kind: Kind,
     /// 0 pulse-v1 with RFC 3339 ts, 1 pulse-v1 with epoch ms, 2 sunbird, 3 igot-rating.
@@ -58,12 +65,35 @@ fn kind() -> impl Strategy<Value = Kind> {
             .prop_map(|(seconds, percent)| Kind::Progress { seconds, percent }),
         2 => Just(Kind::Completion),
         2 => (2u8..=10).prop_map(|half_stars| Kind::Rating { half_stars }),
+        2 => (prop::sample::select(vec![0u8, 40, 85, 100]), any::<bool>())
+            .prop_map(|(score, pass)| Kind::Assessment { score, pass }),
     ]
 }
 
 fn event() -> impl Strategy<Value = EventSpec> {
-    (0..USERS, 0..ORGS.len() as u8, 0u8..3, -8i8..=8, kind(), 0u8..4)
-        .prop_map(|(user, org, course, step, kind, format)| EventSpec { user, org, course, step, kind, format })
+    (0..USERS, 0..ORGS.len() as u8, 0u8..3, 0..DAYS.len() as u8, -8i8..=8, kind(), 0u8..4).prop_map(
+        |(user, org, course, day, step, kind, format)| EventSpec { user, org, course, day, step, kind, format },
+    )
+}
+
+fn ts(day: u8, step: i8) -> i64 {
+    FY_BOUNDARY + DAYS[usize::from(day)] * DAY + i64::from(step) * 5 * HOUR
+}
+
+/// A message of the profile topic: a record, or a tombstone.
+#[derive(Debug, Clone)]
+struct ProfileSpec {
+    user: u8,
+    org: u8,
+    day: u8,
+    step: i8,
+    designation: Option<u8>,
+    remove: bool,
+}
+
+fn profile() -> impl Strategy<Value = ProfileSpec> {
+    (0..USERS + 1, 0..ORGS.len() as u8, 0..DAYS.len() as u8, -8i8..=8, prop::option::of(0u8..3), prop::bool::weighted(0.2))
+        .prop_map(|(user, org, day, step, designation, remove)| ProfileSpec { user, org, day, step, designation, remove })
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +102,9 @@ enum RegistryOp {
     RemoveOrg(u8),
     Target { id: u8, org: u8, kpi: u8, value: u16, fy: bool },
     RemoveTarget(u8),
+    /// A catalogue record for course `c{course}` (provider `P{p}` if any).
+    Course { course: u8, provider: Option<u8> },
+    RemoveCourse(u8),
 }
 
 fn registry_op() -> impl Strategy<Value = RegistryOp> {
@@ -82,6 +115,8 @@ fn registry_op() -> impl Strategy<Value = RegistryOp> {
         3 => (0u8..3, 0u8..7, 0u8..8, 1u16..500, any::<bool>())
             .prop_map(|(id, org, kpi, value, fy)| RegistryOp::Target { id, org, kpi, value, fy }),
         1 => (0u8..3).prop_map(RegistryOp::RemoveTarget),
+        3 => (0u8..4, prop::option::of(0u8..2)).prop_map(|(course, provider)| RegistryOp::Course { course, provider }),
+        1 => (0u8..4).prop_map(RegistryOp::RemoveCourse),
     ]
 }
 
@@ -109,7 +144,7 @@ fn uuid_v1(ts: i64, seq: u64) -> String {
 }
 
 fn render(i: usize, e: &EventSpec) -> Message {
-    let ts = FY_BOUNDARY + i64::from(e.step) * 5 * HOUR;
+    let ts = ts(e.day, e.step);
     let (user, org, course, id) =
         (format!("u{}", e.user), ORGS[usize::from(e.org)], format!("c{}", e.course), format!("e{i}"));
     let v1 = |extra: serde_json::Value, kind: &str| {
@@ -156,13 +191,14 @@ fn render(i: usize, e: &EventSpec) -> Message {
             v1(json!({"minutes": f64::from(*seconds) / 60.0, "percent": percent}), "progress")
         }
         (Kind::Rating { half_stars }, _) => v1(json!({"stars": f64::from(*half_stars) / 2.0}), "rating"),
+        (Kind::Assessment { score, pass }, _) => v1(json!({"score": score, "pass": pass}), "assessment"),
     };
     // `"percent": null` means absent to the parser; drop it to keep the input clean.
     let mut value = value;
     if value.get("percent") == Some(&serde_json::Value::Null) {
         value.as_object_mut().unwrap().remove("percent");
     }
-    Message::Event { format, value: value.to_string().into_bytes() }
+    Message::Event { format, key: None, value: value.to_string().into_bytes() }
 }
 
 fn render_registry(op: &RegistryOp) -> Message {
@@ -185,7 +221,28 @@ fn render_registry(op: &RegistryOp) -> Message {
             }
         }
         RegistryOp::RemoveTarget(id) => Message::Target { key: b(format!("t{id}")), value: None },
+        RegistryOp::Course { course, provider } => Message::Course {
+            key: b(format!("c{course}")),
+            value: b(json!({"v": 1, "course": format!("c{course}"), "name": format!("Course {course}"),
+                "provider": provider.map(|p| format!("P{p}")), "provider_name": provider.map(|p| format!("Provider {p}"))})
+            .to_string()),
+        },
+        RegistryOp::RemoveCourse(course) => Message::Course { key: b(format!("c{course}")), value: None },
     }
+}
+
+fn render_profile(p: &ProfileSpec) -> Message {
+    let user = format!("u{}", p.user);
+    let value = if p.remove {
+        Vec::new()
+    } else {
+        let mut v = json!({"v": 1, "user": user, "org": ORGS[usize::from(p.org)], "ts": ts(p.day, p.step)});
+        if let Some(d) = p.designation {
+            v["designation"] = json!(["Section Officer", "Under Secretary", ""][usize::from(d)]);
+        }
+        v.to_string().into_bytes()
+    };
+    Message::Event { format: InputFormat::UserProfile, key: Some(user.into_bytes()), value }
 }
 
 #[derive(Debug, Clone)]
@@ -194,11 +251,13 @@ struct History {
     /// Indices of events delivered twice (exact copies).
     duplicates: Vec<prop::sample::Index>,
     registry: Vec<RegistryOp>,
+    /// The profile topic, in its order.
+    profiles: Vec<ProfileSpec>,
     /// Malformed or ignored messages mixed in.
     noise: u8,
     seed: u64,
     shards: u16,
-    /// The clock for target pace, in days from the boundary.
+    /// The clock for target pace and windows, in days from the boundary.
     now_days: i16,
 }
 
@@ -207,15 +266,17 @@ fn history() -> impl Strategy<Value = History> {
         prop::collection::vec(event(), 0..40),
         prop::collection::vec(any::<prop::sample::Index>(), 0..8),
         prop::collection::vec(registry_op(), 0..10),
+        prop::collection::vec(profile(), 0..8),
         0u8..4,
         any::<u64>(),
         1u16..=4,
-        -30i16..400,
+        prop_oneof![4 => -75i16..=40, 1 => 40i16..400],
     )
-        .prop_map(|(events, duplicates, registry, noise, seed, shards, now_days)| History {
+        .prop_map(|(events, duplicates, registry, profiles, noise, seed, shards, now_days)| History {
             events,
             duplicates,
             registry,
+            profiles,
             noise,
             seed,
             shards,
@@ -231,27 +292,30 @@ fn noise(i: u8) -> Message {
         _ => br#"{"v":1,"id":"x","type":"progress","ts":1743445800000,"user":"u1","org":"A","course":"c","minutes":0}"#,
     };
     let format = if i % 4 == 2 { InputFormat::SunbirdTelemetry } else { InputFormat::PulseV1 };
-    Message::Event { format, value: value.to_vec() }
+    Message::Event { format, key: None, value: value.to_vec() }
 }
 
 fn settings() -> Settings {
-    Settings { meeting_minutes: 240, time_rules: TimeRules::default(), ingest_now: FY_BOUNDARY + 10 * 24 * HOUR }
+    Settings { meeting_minutes: 240, time_rules: TimeRules::default(), ingest_now: FY_BOUNDARY + 40 * DAY }
 }
 
-/// An arrival order: events and duplicates shuffled, registry messages
-/// interleaved at random places but in their own order (a compacted topic).
-fn arrival(h: &History, events: &[Message], registry: &[Message], rng: &mut impl Rng) -> Vec<Message> {
-    let mut stream: Vec<Message> = events.to_vec();
-    stream.extend(h.duplicates.iter().filter(|_| !events.is_empty()).map(|i| events[i.index(events.len())].clone()));
-    stream.extend((0..h.noise).map(noise));
+/// An arrival order: events and duplicates shuffled; registry, catalogue
+/// and profile messages interleaved at random places but in their own
+/// order (compacted topics, one user's profiles on one partition).
+fn arrival(h: &History, events: &[Message], ordered: &[Message], rng: &mut impl Rng) -> Vec<Message> {
+    let mut stream: Vec<(bool, Message)> = events.iter().map(|m| (false, m.clone())).collect();
+    stream.extend(
+        h.duplicates.iter().filter(|_| !events.is_empty()).map(|i| (false, events[i.index(events.len())].clone())),
+    );
+    stream.extend((0..h.noise).map(|i| (false, noise(i))));
     stream.shuffle(rng);
-    for m in registry {
+    for m in ordered {
         let at = rng.gen_range(0..=stream.len());
-        // Keep registry order: insert after every earlier registry message.
-        let last_registry = stream.iter().rposition(|x| !matches!(x, Message::Event { .. })).map_or(0, |p| p + 1);
-        stream.insert(at.max(last_registry), m.clone());
+        // Keep their order: insert after every earlier one.
+        let last = stream.iter().rposition(|(ordered, _)| *ordered).map_or(0, |p| p + 1);
+        stream.insert(at.max(last), (true, m.clone()));
     }
-    stream
+    stream.into_iter().map(|(_, m)| m).collect()
 }
 
 /// Where the engine keeps its state in a run, and what a crash does to it.
@@ -311,6 +375,7 @@ impl Backend for Moved {
         let mut batch = Batch {
             orgs: registry.orgs.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             targets: registry.targets.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            catalogue: registry.catalogue.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             meeting_minutes: registry.meeting_minutes,
             ..Batch::default()
         };
@@ -382,7 +447,9 @@ fn write<B: Backend>(engine: &Engine<B::S>, backend: &mut B, mut pending: Pendin
 /// commit point. A crash before it is written loses it; after, the store
 /// holds it.
 fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, backend: &mut B) -> Engine<B::S> {
-    let config = EngineConfig::default();
+    // The model remembers every id; histories span three months of event
+    // time, past the default 7-day horizon (forgetting is the engine's own tests').
+    let config = EngineConfig { dedup_horizon_ms: 400 * DAY, ..EngineConfig::default() };
     let now = settings().ingest_now;
     let mut engine = Engine::open(backend.fresh(h.shards), config.clone()).unwrap();
     let mut committed = 0;
@@ -442,20 +509,27 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
 
 fn check<B: Backend>(h: History, backend: &mut B) -> Result<(), TestCaseError> {
     let events: Vec<Message> = h.events.iter().enumerate().map(|(i, e)| render(i, e)).collect();
-    let registry: Vec<Message> = h.registry.iter().map(render_registry).collect();
-    let all: Vec<Message> = events.iter().chain(&registry).cloned().collect();
-    let now = FY_BOUNDARY + i64::from(h.now_days) * 24 * HOUR;
+    let ordered: Vec<Message> =
+        h.registry.iter().map(render_registry).chain(h.profiles.iter().map(render_profile)).collect();
+    let all: Vec<Message> = events.iter().chain(&ordered).cloned().collect();
+    let now = FY_BOUNDARY + i64::from(h.now_days) * DAY;
     let s = settings();
     let expected: Vec<_> = [2024, 2025].map(|fy| pulse_oracle::report(&all, &s, fy, now)).into();
+    let expected_months: Vec<_> = [2024, 2025].map(|fy| pulse_oracle::months_report(&all, &s, fy)).into();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(h.seed);
     for order in 0..3 {
-        let stream = arrival(&h, &events, &registry, &mut rng);
+        let stream = arrival(&h, &events, &ordered, &mut rng);
         let engine = run_engine(&h, &stream, &mut rng, backend);
-        for (fy, expected) in [2024, 2025].into_iter().zip(&expected) {
-            let mut actual = serde_json::to_value(engine.snapshot().report(pulse_model::Fy(fy), now)).unwrap();
+        let snapshot = engine.snapshot();
+        for ((fy, expected), months) in [2024, 2025].into_iter().zip(&expected).zip(&expected_months) {
+            let mut actual = serde_json::to_value(snapshot.report(pulse_model::Fy(fy), now)).unwrap();
             actual.as_object_mut().unwrap().remove("now");
             if let Some(d) = json_diff(&actual, expected) {
                 return Err(TestCaseError::fail(format!("order {order}, fy {fy}: {d}")));
+            }
+            let actual = serde_json::to_value(snapshot.months_report(pulse_model::Fy(fy), None)).unwrap();
+            if let Some(d) = json_diff(&actual, months) {
+                return Err(TestCaseError::fail(format!("order {order}, months of fy {fy}: {d}")));
             }
         }
         let users: BTreeSet<String> = (0..=USERS).map(|u| format!("u{u}")).collect();

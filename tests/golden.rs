@@ -62,7 +62,7 @@ fn every_input_format_parses_as_golden() {
         let dir = golden_dir().join("parse");
         let results: Vec<Value> = lines(&dir.join(format!("{format}.ndjson")))
             .iter()
-            .map(|line| json!({"input": line, "result": parsed_json(parse(format, line.as_bytes()))}))
+            .map(|line| json!({"input": line, "result": parsed_json(parse(format, None, line.as_bytes()))}))
             .collect();
         check_golden(&dir.join(format!("{format}.golden.json")), &Value::Array(results));
     }
@@ -226,14 +226,14 @@ fn hostile_input_is_a_dead_letter_for_every_parser_never_a_panic() {
     ];
     for format in InputFormat::ALL {
         for (name, bytes) in &cases {
-            match parse(format, bytes) {
+            match parse(format, None, bytes) {
                 Err(rejection) => assert!(!rejection.detail.is_empty(), "{format} {name}: a reason without detail"),
                 Ok(other) => panic!("{format} {name}: accepted as {other:?}"),
             }
         }
     }
     // At the limit exactly, a valid event is accepted.
-    assert!(matches!(parse(InputFormat::PulseV1, just_under.as_bytes()), Ok(Parsed::Event(_))));
+    assert!(matches!(parse(InputFormat::PulseV1, None, just_under.as_bytes()), Ok(Parsed::Event(_))));
     // The event-shaped cases are not hostile to the registry parsers, which
     // ignore fields they do not know; the shapeless ones are.
     let shapeless = ["whitespace", "invalid UTF-8", "deeply nested", "null", "array", "just over the limit"];

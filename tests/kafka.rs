@@ -138,7 +138,7 @@ impl Case {
         self.sent.extend(
             messages
                 .iter()
-                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap_or_default() }),
+                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap_or_default() }),
         );
     }
 
@@ -385,7 +385,7 @@ fn a_graceful_stop_midstream_and_a_restart_lose_nothing() {
     stop(&mut pulse, &case);
     producer.join().unwrap();
     case.sent
-        .extend(second.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }));
+        .extend(second.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }));
     let mut pulse = case.start();
     case.wait_caught_up(&mut pulse);
     stop(&mut pulse, &case);
@@ -1280,7 +1280,7 @@ fn three_instances_share_the_partitions_and_sum_to_the_model_through_joins_a_kil
         case.sent.extend(
             chunk
                 .iter()
-                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap_or_default() }),
+                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap_or_default() }),
         );
         let (topic, chunk) = (case.events.clone(), chunk.to_vec());
         std::thread::spawn(move || tools::produce(&brokers(), &topic, &chunk).unwrap())
@@ -1363,7 +1363,7 @@ fn input_topics_with_different_partition_counts_are_exact_across_instances() {
             tools::produce(&brokers(), topic, &part).unwrap();
         }
         case.sent.extend(
-            chunk.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }),
+            chunk.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }),
         );
     };
     let chunks: Vec<Vec<Kv>> = events.chunks(events.len() / 3 + 1).map(<[Kv]>::to_vec).collect();
@@ -1433,7 +1433,7 @@ fn a_paused_instance_is_fenced_when_it_resumes_and_nothing_counts_twice() {
     signal(b.child.as_ref().unwrap(), "-STOP");
     producing.join().unwrap();
     case.sent.extend(
-        chunks[1].iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }),
+        chunks[1].iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }),
     );
     // The session timeout is 10 s: then `a` owns every partition.
     scale_out_settles(&case, &mut [&mut a], PARTITIONS);
@@ -1603,7 +1603,7 @@ fn sasl_ssl_with_scram_and_a_zstd_input_topic_equal_the_model() {
     case.produce_orgs(&orgs);
     tools::produce_compressed(&brokers(), &case.events, &events, "zstd").unwrap();
     case.sent
-        .extend(events.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, value: v.clone().unwrap() }));
+        .extend(events.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }));
     let port: u16 = std::env::var("KAFKA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9092);
     let sasl_ssl = std::env::var("KAFKA_SASL_SSL_PORT").unwrap_or_else(|_| (port + 2).to_string());
     let options = format!(

@@ -58,7 +58,7 @@ fn schema_verdict(r: Result<(), Rejection>) -> Option<bool> {
 #[test]
 fn pulse_v1_schema_agrees_with_the_parser() {
     agree("pulse-v1.schema.json", "pulse-v1.ndjson", |line| {
-        schema_verdict(parse(InputFormat::PulseV1, line.as_bytes()).map(|p| assert!(matches!(p, Parsed::Event(_)))))
+        schema_verdict(parse(InputFormat::PulseV1, None, line.as_bytes()).map(|p| assert!(matches!(p, Parsed::Event(_)))))
     });
 }
 

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use pulse_engine::codec::encode;
 use pulse_engine::{
-    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, SeenIds, SeenKey, SeenLog, Store, StoreWriter,
+    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, Profile, SeenIds, SeenKey, SeenLog, Store, StoreWriter,
     StreamPosition, Totals, UserState,
 };
-use pulse_model::{Fy, OrgRecord, TargetKpi, TargetRecord};
+use pulse_model::{CourseRecord, Day, Fy, Month, OrgRecord, ProviderRef, TargetKpi, TargetRecord};
 use pulse_store::{RocksStore, StoreOptions};
 
 fn pos(next: i64, newest_event: Option<i64>) -> StreamPosition {
@@ -22,8 +22,10 @@ fn pos(next: i64, newest_event: Option<i64>) -> StreamPosition {
 fn user(org: &str) -> UserState {
     UserState {
         org: Some(OrgStamp { ts: 5, id: "e".into(), org: org.into() }),
-        fy_minutes_ms: [(Fy(2025), 60_000)].into(),
-        active_fys: vec![Fy(2025)],
+        profile: Some(Profile { ts: 3, org: "P".into(), designation: Some("Section Officer".into()) }),
+        months: [(Month(2025 * 12 + 3), 60_000)].into(),
+        days: [(Day(20_200), 60_000)].into(),
+        last_active: Some(5),
         ..UserState::default()
     }
 }
@@ -34,6 +36,10 @@ fn org(id: &str) -> OrgRecord {
 
 fn target(id: &str) -> TargetRecord {
     TargetRecord { id: id.into(), org: "A".into(), kpi: TargetKpi::CompletionsFy, value: 3.0, fy: Fy(2025) }
+}
+
+fn catalogued(id: &str) -> CourseRecord {
+    CourseRecord { course: id.into(), name: format!("{id} name"), provider: Some(ProviderRef { id: "P".into(), name: "ISTM".into() }) }
 }
 
 fn seen(bucket: i64, hash: u128) -> SeenKey {
@@ -76,6 +82,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             max_ts: vec![(0, 1_000), (1, -5)],
             orgs: vec![("A".into(), Some(org("A"))), ("B".into(), Some(org("B")))],
             targets: vec![("t1".into(), Some(target("t1"))), ("t2".into(), Some(target("t2")))],
+            catalogue: vec![("k1".into(), Some(catalogued("k1"))), ("k2".into(), Some(catalogued("k2")))],
             offsets: vec![
                 (("events".into(), 0), pos(10, Some(900))),
                 (("events".into(), -1), pos(1, None)),
@@ -103,6 +110,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             max_ts: vec![(0, 2_000)],
             orgs: vec![("B".into(), None)],
             targets: vec![("t2".into(), None)],
+            catalogue: vec![("k2".into(), None)],
             offsets: vec![(("events".into(), 0), pos(12, Some(1_000)))],
             changelog: vec![(0, 40), (1, 7)],
             ..Batch::default()
@@ -126,6 +134,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
         meeting_minutes: Some(240),
         orgs: [("A".to_owned(), org("A"))].into(),
         targets: [("t1".to_owned(), target("t1"))].into(),
+        catalogue: [("k1".to_owned(), catalogued("k1"))].into(),
         org_totals: vec![HashMap::from([("C".to_owned(), totals(1))]), HashMap::from([("B".to_owned(), totals(2))])],
         course_totals: vec![HashMap::new(), HashMap::from([("c2".to_owned(), course(2))])],
         max_ts: vec![2_000, -5],

@@ -241,7 +241,7 @@ mod tests {
                 t0 + i * day / 6,
                 i % 4
             );
-            let Ok(Parsed::Event(ev)) = parse(InputFormat::PulseV1, line.as_bytes()) else { panic!("{line}") };
+            let Ok(Parsed::Event(ev)) = parse(InputFormat::PulseV1, None, line.as_bytes()) else { panic!("{line}") };
             engine.apply(&ev).unwrap();
             let shard = engine.shard_of(&user);
             engine.set_next_offset("in", i32::from(shard), i);

@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use crate::store::StoreError;
 
-/// First byte of every persisted value.
-const VERSION: u8 = 1;
+/// First byte of every persisted value. 2: contract v2 (profiles,
+/// assessments, months and days in user state and totals).
+const VERSION: u8 = 2;
 
 /// Encodes a value (plain data: serializing into a `Vec` cannot fail).
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -39,7 +40,7 @@ mod tests {
         let bytes = encode(&(7i64, "x".to_owned()));
         assert_eq!(decode::<(i64, String)>("a pair", &bytes).unwrap(), (7, "x".to_owned()));
         let mut other = bytes.clone();
-        other[0] = 2;
+        other[0] = 1;
         let e = decode::<(i64, String)>("a pair", &other).unwrap_err().to_string();
         assert!(e.contains("a pair") && e.contains("another Pulse version"), "{e}");
         assert!(decode::<(i64, String)>("a pair", &[]).is_err());

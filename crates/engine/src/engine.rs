@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::{
-    parse, parse_org, parse_target, Event, InputFormat, Millis, OrgRecord, OrgUpdate, Parsed, Rejection, TargetRecord,
-    TargetUpdate, TimeRules,
+    parse, parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, Day, Event, InputFormat, Millis, OrgRecord,
+    OrgUpdate, Parsed, Rejection, TargetRecord, TargetUpdate, TimeRules,
 };
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
@@ -25,6 +25,35 @@ use crate::table::{FastMap, FastSet, Interner, Table};
 use commit::Committing;
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// IST days kept per org for the windows, back from the day of the newest
+/// event time: a report may ask for any `now` from 30 days before that
+/// day on (contract section 13), and its 30-day window reaches 29 more
+/// days back.
+const WINDOW_DAYS_KEPT: i32 = 60;
+
+/// The first IST day whose window totals a shard keeps, given its newest
+/// event time.
+fn horizon(max_ts: Millis) -> Day {
+    if max_ts == Millis::MIN {
+        return Day(i32::MIN);
+    }
+    Day(Day::of(max_ts).0 - (WINDOW_DAYS_KEPT - 1))
+}
+
+/// Drops the days before a shard's new horizon from its org totals, when
+/// the horizon moved (once a day of event time).
+fn forget_days(orgs: &mut Table<Totals>, old: Day, new: Day) {
+    if new == old {
+        return;
+    }
+    let stale: Vec<u32> = orgs.iter().filter(|(_, t)| t.days.first().is_some_and(|(d, _)| *d < new)).map(|(k, _)| k).collect();
+    for k in stale {
+        orgs.update(k, |t| {
+            t.forget_days(new);
+        });
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -104,6 +133,8 @@ struct Shard {
     /// Totals by interned course id.
     courses: Table<CourseTotals>,
     max_ts: Millis,
+    /// The first IST day the org totals keep for the windows, from `max_ts`.
+    horizon: Day,
     /// Write-back cache: every user changed since the last commit.
     users: FastMap<String, UserState>,
     /// The users of the commit in flight (prepared, not yet stored):
@@ -132,6 +163,8 @@ pub struct Engine<S> {
     course_keys: Interner,
     pending_orgs: BTreeMap<String, Option<OrgRecord>>,
     pending_targets: BTreeMap<String, Option<TargetRecord>>,
+    catalogue: BTreeMap<String, CourseRecord>,
+    pending_catalogue: BTreeMap<String, Option<CourseRecord>>,
     /// Partition positions, committed and pending, by (topic, partition).
     offsets: BTreeMap<(String, i32), StreamPosition>,
     pending_offsets: BTreeMap<(String, i32), StreamPosition>,
@@ -169,6 +202,8 @@ impl<S: Store> Engine<S> {
             course_keys: Interner::default(),
             pending_orgs: BTreeMap::new(),
             pending_targets: BTreeMap::new(),
+            catalogue: BTreeMap::new(),
+            pending_catalogue: BTreeMap::new(),
             offsets: BTreeMap::new(),
             pending_offsets: BTreeMap::new(),
             committing_offsets: BTreeMap::new(),
@@ -205,14 +240,17 @@ impl<S: Store> Engine<S> {
                 shard.courses.load(course_keys.id(course), *t);
             }
             shard.max_ts = loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN);
+            shard.horizon = horizon(shard.max_ts);
             shard.filter = SeenFilter::new(self.store.newest_seen_bucket(i as ShardId)?);
         }
         self.record_meeting_minutes = loaded.meeting_minutes.is_none();
         self.registry = Registry::new(loaded.orgs);
         self.targets = loaded.targets;
+        self.catalogue = loaded.catalogue;
         (self.shards, self.org_keys, self.course_keys) = (shards, org_keys, course_keys);
         self.pending_orgs.clear();
         self.pending_targets.clear();
+        self.pending_catalogue.clear();
         self.offsets = loaded.offsets;
         self.pending_offsets.clear();
         self.committing_offsets.clear();
@@ -262,6 +300,10 @@ impl<S: Store> Engine<S> {
 
     pub fn targets(&self) -> &BTreeMap<String, TargetRecord> {
         &self.targets
+    }
+
+    pub fn catalogue(&self) -> &BTreeMap<String, CourseRecord> {
+        &self.catalogue
     }
 
     /// Messages applied since the last commit was stored (those of a
@@ -330,9 +372,16 @@ impl<S: Store> Engine<S> {
         })
     }
 
-    /// Parses, checks and applies one message of an input topic.
-    pub fn ingest(&mut self, format: InputFormat, value: &[u8], now: Millis) -> Result<Disposition, EngineError> {
-        match self.accept(format, value, now) {
+    /// Parses, checks and applies one message of an input topic (`key`:
+    /// the message key, which only profiles read).
+    pub fn ingest(
+        &mut self,
+        format: InputFormat,
+        key: Option<&[u8]>,
+        value: &[u8],
+        now: Millis,
+    ) -> Result<Disposition, EngineError> {
+        match self.accept(format, key, value, now) {
             Err(disposition) => Ok(disposition),
             Ok(ev) => self.apply(&ev),
         }
@@ -340,11 +389,17 @@ impl<S: Store> Engine<S> {
 
     /// Parses and checks one message: the valid event, or what becomes of
     /// a message that is not one (ignored, or a dead letter).
-    pub fn accept<'a>(&self, format: InputFormat, value: &'a [u8], now: Millis) -> Result<Event<'a>, Disposition> {
-        match parse(format, value) {
+    pub fn accept<'a>(
+        &self,
+        format: InputFormat,
+        key: Option<&'a [u8]>,
+        value: &'a [u8],
+        now: Millis,
+    ) -> Result<Event<'a>, Disposition> {
+        match parse(format, key, value) {
             Err(rejection) => Err(Disposition::Dead(rejection)),
             Ok(Parsed::Ignored(why)) => Err(Disposition::Ignored(why)),
-            Ok(Parsed::Event(ev)) => match self.config.time_rules.check(ev.ts, now) {
+            Ok(Parsed::Event(ev)) => match self.config.time_rules.check_event(&ev, now) {
                 Err(rejection) => Err(Disposition::Dead(rejection)),
                 Ok(()) => Ok(ev),
             },
@@ -356,20 +411,27 @@ impl<S: Store> Engine<S> {
     /// time of the partition it arrived on, as an applied one's does, so
     /// that the watermark waits for that partition.
     pub fn forwarded(&mut self, ev: &Event<'_>) {
-        self.last_event = self.last_event.max(Some(ev.ts));
+        if !ev.kind.is_profile() {
+            self.last_event = self.last_event.max(Some(ev.ts));
+        }
     }
 
-    /// Applies one valid event: `Applied`, or `Duplicate` if its id was seen.
+    /// Applies one valid event: `Applied`, or `Duplicate` if its id was
+    /// seen. A profile has no id: it is applied, in topic order, every time.
     pub fn apply(&mut self, ev: &Event<'_>) -> Result<Disposition, EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
         let shard_id = self.shard_of(&ev.user);
-        self.last_event = self.last_event.max(Some(ev.ts));
+        let profile = ev.kind.is_profile();
+        if !profile {
+            self.last_event = self.last_event.max(Some(ev.ts));
+        }
         let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
         let shard = &mut shards[usize::from(shard_id)];
         let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
-        if shard.filter.may_contain(key.bucket, key.hash)
+        if !profile
+            && shard.filter.may_contain(key.bucket, key.hash)
             && (shard.seen.contains(&key.hash)
                 || shard.seen_committing.contains(&key.hash)
                 || store.is_seen(shard_id, key)?)
@@ -388,15 +450,22 @@ impl<S: Store> Engine<S> {
                 (shard.users.entry(ev.user.to_string()).or_insert(known.unwrap_or_default()), is_new)
             }
         };
-        shard.seen.insert(key.hash);
-        shard.filter.insert(key.bucket, key.hash);
-        shard.seen_keys.push(key);
+        if !profile {
+            shard.seen.insert(key.hash);
+            shard.filter.insert(key.bucket, key.hash);
+            shard.seen_keys.push(key);
+            if ev.ts > shard.max_ts {
+                shard.max_ts = ev.ts;
+                forget_days(&mut shard.orgs, shard.horizon, horizon(ev.ts));
+                shard.horizon = horizon(ev.ts);
+            }
+        }
 
         // The user's share moves: out of the totals it counted in before the
         // event, into those it counts in after (a different org if it moved).
-        let before = (!is_new).then(|| (org_keys.id(user.org_key()), user.totals(*meeting_ms)));
-        let course_change = user.apply(ev);
-        let after = (org_keys.id(user.org_key()), user.totals(*meeting_ms));
+        let before = (!is_new).then(|| (org_keys.id(user.org_key()), user.totals(*meeting_ms, shard.horizon)));
+        let course_change = user.apply(ev, shard.horizon);
+        let after = (org_keys.id(user.org_key()), user.totals(*meeting_ms, shard.horizon));
         if let Some((org, totals)) = before {
             shard.orgs.update(org, |t| t.add(&totals, -1));
         }
@@ -407,7 +476,6 @@ impl<S: Store> Engine<S> {
                 t.add(&after, 1);
             });
         }
-        shard.max_ts = shard.max_ts.max(ev.ts);
         self.uncommitted += 1;
         Ok(Disposition::Applied)
     }
@@ -439,6 +507,21 @@ impl<S: Store> Engine<S> {
             TargetUpdate::Remove(id) => {
                 self.targets.remove(&id);
                 self.pending_targets.insert(id, None);
+            }
+        });
+        self.registry_outcome(outcome)
+    }
+
+    /// Applies one message of the course catalogue topic (`None` value: tombstone).
+    pub fn apply_course_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
+        let outcome = parse_course(key, value).map(|update| match update {
+            CourseUpdate::Upsert(rec) => {
+                self.catalogue.insert(rec.course.clone(), rec.clone());
+                self.pending_catalogue.insert(rec.course.clone(), Some(rec));
+            }
+            CourseUpdate::Remove(id) => {
+                self.catalogue.remove(&id);
+                self.pending_catalogue.insert(id, None);
             }
         });
         self.registry_outcome(outcome)
@@ -504,7 +587,7 @@ impl<S: Store> Engine<S> {
         self.at_end = partitions;
     }
 
-    /// Forgets the registry and the targets (in memory and, at the next
+    /// Forgets the registry, the targets and the catalogue (in memory and, at the next
     /// commit, in the store), before they are read again from the start of
     /// their compacted topics: replaying the topic onto an empty registry
     /// gives exactly the registry the topic describes.
@@ -517,16 +600,21 @@ impl<S: Store> Engine<S> {
         for id in std::mem::take(&mut self.targets).into_keys() {
             self.pending_targets.insert(id, None);
         }
+        for id in std::mem::take(&mut self.catalogue).into_keys() {
+            self.pending_catalogue.insert(id, None);
+        }
     }
 
-    /// One user's state, including changes not yet committed.
+    /// One user's state, including changes not yet committed; `None` for
+    /// a user not registered (never seen, or whose only profile was removed).
     pub fn user(&self, user: &str) -> Result<Option<UserState>, EngineError> {
         let shard = self.shard_of(user);
         let s = &self.shards[usize::from(shard)];
-        match s.users.get(user).or_else(|| s.committing.get(user)) {
-            Some(u) => Ok(Some(u.clone())),
-            None => Ok(self.store.user(shard, user)?),
-        }
+        let state = match s.users.get(user).or_else(|| s.committing.get(user)) {
+            Some(u) => Some(u.clone()),
+            None => self.store.user(shard, user)?,
+        };
+        Ok(state.filter(UserState::is_registered))
     }
 
     /// The org-level state as it is now (including uncommitted changes).
@@ -556,6 +644,8 @@ impl<S: Store> Engine<S> {
                 .map(|(k, name)| (name.to_owned(), courses[k as usize]))
                 .collect(),
             targets: self.targets.clone(),
+            catalogue: self.catalogue.clone(),
+            newest: self.newest_event(),
         }
     }
 }

@@ -1,17 +1,27 @@
 //! Per-user state and the summable totals derived from it.
 
-use pulse_model::{Event, EventKind, Fy, Millis, Minutes};
+use pulse_model::{Day, Event, EventKind, Fy, Millis, Minutes, Month};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::vecmap::VecMap;
 
-/// The latest org-carrying event of a user: it names the current org.
+/// The latest org-carrying event of a user: with the profile, it names the
+/// current org.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrgStamp {
     pub ts: Millis,
     pub id: String,
     pub org: String,
+}
+
+/// The user's current profile (contract section 10): the latest record of
+/// the profile topic, in topic order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub ts: Millis,
+    pub org: String,
+    pub designation: Option<String>,
 }
 
 /// The current rating of one (user, course): the latest by (ts, id).
@@ -21,6 +31,14 @@ pub struct RatingStamp {
     pub id: String,
     /// Thousandths of a star.
     pub stars: i64,
+}
+
+/// The assessment attempts of one (user, course) (contract section 12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assessment {
+    pub best_score: f64,
+    /// The earliest passing attempt's `ts`; `None` until one passes.
+    pub passed_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -34,18 +52,25 @@ pub struct CourseState {
     /// Highest progress percentage seen.
     pub percent: Option<f64>,
     pub rating: Option<RatingStamp>,
+    pub assessment: Option<Assessment>,
 }
 
-/// Everything Pulse keeps about one user. Its existence means the user has
-/// at least one accepted event.
+/// Everything Pulse keeps about one user. The user is registered while it
+/// has a profile or an accepted event (every event leaves an org or a course).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
+    /// The latest org-carrying event (profiles apart).
     pub org: Option<OrgStamp>,
+    pub profile: Option<Profile>,
     pub courses: VecMap<String, CourseState>,
-    /// Learning milliseconds per financial year of the sessions' own `ts`.
-    pub fy_minutes_ms: VecMap<Fy, i64>,
-    /// Financial years with at least one non-registration event.
-    pub active_fys: Vec<Fy>,
+    /// Every IST month with activity, with the learning milliseconds of the
+    /// sessions in it (0 for a month of other activity only).
+    pub months: VecMap<Month, i64>,
+    /// Learning milliseconds per IST day, for the days the shard's window
+    /// horizon still covers (older ones are dropped when the user changes).
+    pub days: VecMap<Day, i64>,
+    /// The time of the latest activity (any event but a registration).
+    pub last_active: Option<Millis>,
 }
 
 /// Replaces a string's content, reusing its buffer.
@@ -58,16 +83,50 @@ fn later(ts: Millis, id: &str, than_ts: Millis, than_id: &str) -> bool {
     (ts, id.as_bytes()) > (than_ts, than_id.as_bytes())
 }
 
+fn earliest(cur: Option<Millis>, ts: Millis) -> Option<Millis> {
+    Some(cur.map_or(ts, |t| t.min(ts)))
+}
+
 impl UserState {
-    /// The leaf key this user counts under: the current org, or the
-    /// `unassigned` node for a user no event has given an org.
-    pub fn org_key(&self) -> &str {
-        self.org.as_ref().map_or(crate::UNASSIGNED, |o| &o.org)
+    /// The current org: of the latest of the org-carrying events and the
+    /// profile by (`ts`, id), where the profile's id is the empty string
+    /// (an event at the same `ts` wins).
+    pub fn current_org(&self) -> Option<&str> {
+        match (&self.org, &self.profile) {
+            (Some(e), Some(p)) if later(p.ts, "", e.ts, &e.id) => Some(&p.org),
+            (Some(e), _) => Some(&e.org),
+            (None, p) => p.as_ref().map(|p| p.org.as_str()),
+        }
     }
 
-    /// Applies one accepted (not duplicate) event. For an event on a course,
-    /// returns that (user, course)'s share of the course totals before and after.
-    pub(crate) fn apply(&mut self, ev: &Event<'_>) -> Option<(CourseTotals, CourseTotals)> {
+    /// The leaf key this user counts under: the current org, or the
+    /// `unassigned` node for a user nothing has given an org.
+    pub fn org_key(&self) -> &str {
+        self.current_org().unwrap_or(crate::UNASSIGNED)
+    }
+
+    /// A profile or at least one accepted event.
+    pub fn is_registered(&self) -> bool {
+        self.profile.is_some() || self.org.is_some() || !self.courses.is_empty()
+    }
+
+    /// Applies one accepted (not duplicate) event or profile. Days before
+    /// `horizon` are no longer kept. For an event on a course, returns that
+    /// (user, course)'s share of the course totals before and after.
+    pub(crate) fn apply(&mut self, ev: &Event<'_>, horizon: Day) -> Option<(CourseTotals, CourseTotals)> {
+        match &ev.kind {
+            EventKind::Profile { designation } => {
+                let org = ev.org.as_deref().unwrap_or_default().to_owned();
+                let designation = designation.as_deref().map(str::to_owned);
+                self.profile = Some(Profile { ts: ev.ts, org, designation });
+                return None;
+            }
+            EventKind::ProfileRemoved => {
+                self.profile = None;
+                return None;
+            }
+            _ => {}
+        }
         if let Some(org) = &ev.org {
             match &mut self.org {
                 Some(cur) if !later(ev.ts, &ev.id, cur.ts, &cur.id) => {}
@@ -79,24 +138,26 @@ impl UserState {
                 None => self.org = Some(OrgStamp { ts: ev.ts, id: ev.id.to_string(), org: org.to_string() }),
             }
         }
+        self.days.retain(|d, _| *d >= horizon);
         let course = ev.kind.course()?;
-        let fy = Fy::of(ev.ts);
-        if let Err(at) = self.active_fys.binary_search(&fy) {
-            self.active_fys.insert(at, fy);
-        }
+        self.last_active = self.last_active.max(Some(ev.ts));
+        let month = self.months.get_or_default(&Month::of(ev.ts), || Month::of(ev.ts));
         let c = self.courses.get_or_default(course, || course.to_owned());
         let before = c.totals();
-        let earliest = |cur: Option<Millis>| Some(cur.map_or(ev.ts, |t| t.min(ev.ts)));
         match &ev.kind {
-            EventKind::Registration => {}
-            EventKind::Enrolment { .. } => c.enrolled_at = earliest(c.enrolled_at),
+            EventKind::Registration | EventKind::Profile { .. } | EventKind::ProfileRemoved => {}
+            EventKind::Enrolment { .. } => c.enrolled_at = earliest(c.enrolled_at, ev.ts),
             EventKind::Completion { .. } => {
-                c.enrolled_at = earliest(c.enrolled_at);
-                c.completed_at = earliest(c.completed_at);
+                c.enrolled_at = earliest(c.enrolled_at, ev.ts);
+                c.completed_at = earliest(c.completed_at, ev.ts);
             }
             EventKind::Progress { minutes: Minutes(ms), percent, .. } => {
                 c.minutes_ms += ms;
-                *self.fy_minutes_ms.get_or_default(&fy, || fy) += ms;
+                *month += ms;
+                let day = Day::of(ev.ts);
+                if day >= horizon {
+                    *self.days.get_or_default(&day, || day) += ms;
+                }
                 if let Some(p) = percent {
                     c.percent = Some(c.percent.map_or(*p, |cur| cur.max(*p)));
                 }
@@ -110,36 +171,76 @@ impl UserState {
                 }
                 None => c.rating = Some(RatingStamp { ts: ev.ts, id: ev.id.to_string(), stars: stars.0 }),
             },
+            EventKind::Assessment { score, pass, .. } => {
+                let a = c.assessment.get_or_insert(Assessment { best_score: *score, passed_at: None });
+                a.best_score = a.best_score.max(*score);
+                if *pass {
+                    a.passed_at = earliest(a.passed_at, ev.ts);
+                }
+            }
         }
         Some((before, c.totals()))
     }
 
-    /// This user's share of the totals of the org it counts under.
-    pub fn totals(&self, meeting_ms: i64) -> Totals {
+    /// Learning milliseconds in one financial year.
+    pub fn fy_minutes_ms(&self, fy: Fy) -> i64 {
+        self.months.iter().filter(|(m, _)| m.fy() == fy).map(|(_, ms)| ms).sum()
+    }
+
+    /// This user's share of the totals of the org it counts under; days
+    /// before `horizon` are left out. Nothing for a user not registered.
+    pub fn totals(&self, meeting_ms: i64, horizon: Day) -> Totals {
+        if !self.is_registered() {
+            return Totals::default();
+        }
         let mut t = Totals { registered_users: 1, ..Totals::default() };
+        let recent = |at: Millis| Some(Day::of(at)).filter(|d| *d >= horizon);
         for c in self.courses.values() {
             if let Some(at) = c.enrolled_at {
                 t.enrolments += 1;
-                t.fy(Fy::of(at)).enrolments += 1;
+                slot(&mut t.months, Month::of(at)).enrolments += 1;
+                if let Some(d) = recent(at) {
+                    slot(&mut t.days, d).enrolments += 1;
+                }
             }
             if let Some(at) = c.completed_at {
                 t.completions += 1;
-                t.fy(Fy::of(at)).completions += 1;
+                slot(&mut t.months, Month::of(at)).completions += 1;
+                if let Some(d) = recent(at) {
+                    slot(&mut t.days, d).completions += 1;
+                }
             }
             t.minutes_ms += c.minutes_ms;
             if let Some(r) = &c.rating {
                 t.ratings += 1;
                 t.rating_milli_sum += r.stars;
             }
+            if let Some(a) = &c.assessment {
+                t.assessed += 1;
+                if let Some(at) = a.passed_at {
+                    t.assessments_passed += 1;
+                    slot(&mut t.fys, Fy::of(at)).assessments_passed += 1;
+                }
+            }
         }
         t.learners = i64::from(t.enrolments > 0);
-        for (&fy, &ms) in self.fy_minutes_ms.iter() {
-            let f = t.fy(fy);
-            f.minutes_ms += ms;
+        let mut fy_minutes: SmallVec<[(Fy, i64); 2]> = SmallVec::new();
+        for (&month, &ms) in self.months.iter() {
+            let m = slot(&mut t.months, month);
+            m.minutes_ms += ms;
+            m.active_users = 1;
+            *slot(&mut fy_minutes, month.fy()) += ms;
+        }
+        for (fy, ms) in fy_minutes {
+            let f = slot(&mut t.fys, fy);
+            f.active_users = 1;
             f.users_meeting_hours = i64::from(ms >= meeting_ms);
         }
-        for &fy in &self.active_fys {
-            t.fy(fy).active_users = 1;
+        for (&day, &ms) in self.days.iter().filter(|(d, _)| **d >= horizon) {
+            slot(&mut t.days, day).minutes_ms += ms;
+        }
+        if let Some(d) = self.last_active.and_then(recent) {
+            slot(&mut t.days, d).active_users = 1;
         }
         t
     }
@@ -154,8 +255,45 @@ impl CourseState {
             minutes_ms: self.minutes_ms,
             ratings: i64::from(self.rating.is_some()),
             rating_milli_sum: self.rating.as_ref().map_or(0, |r| r.stars),
+            assessed: i64::from(self.assessment.is_some()),
+            assessments_passed: i64::from(self.assessment.as_ref().is_some_and(|a| a.passed_at.is_some())),
         }
     }
+}
+
+/// The value under `key` of a small sorted map, inserted as default if absent.
+fn slot<K: Ord + Copy, V: Default, const N: usize>(map: &mut SmallVec<[(K, V); N]>, key: K) -> &mut V
+where
+    [(K, V); N]: smallvec::Array<Item = (K, V)>,
+{
+    let at = match map.binary_search_by_key(&key, |(k, _)| *k) {
+        Ok(at) => at,
+        Err(at) => {
+            map.insert(at, (key, V::default()));
+            at
+        }
+    };
+    &mut map[at].1
+}
+
+/// Adds `sign` times every entry of `from` into `into`, then drops the
+/// entries that reached zero, so that state does not grow with history.
+fn add_each<K: Ord + Copy, V: Summable, const N: usize>(
+    into: &mut SmallVec<[(K, V); N]>,
+    from: &SmallVec<[(K, V); N]>,
+    sign: i64,
+) where
+    [(K, V); N]: smallvec::Array<Item = (K, V)>,
+{
+    for (k, v) in from {
+        slot(into, *k).add(v, sign);
+    }
+    into.retain(|(_, v)| *v != V::default());
+}
+
+/// A total that can be added to and subtracted from another.
+trait Summable: Default + PartialEq {
+    fn add(&mut self, o: &Self, sign: i64);
 }
 
 /// Summable org-level totals: a sum over the users counted under one key.
@@ -168,44 +306,65 @@ pub struct Totals {
     pub minutes_ms: i64,
     pub ratings: i64,
     pub rating_milli_sum: i64,
-    /// Per financial year, sorted by year; inline for the usual one or two.
-    pub fys: SmallVec<[(Fy, FyTotals); 2]>,
+    pub assessed: i64,
+    pub assessments_passed: i64,
+    /// Per financial year, what does not add up over its months; sorted,
+    /// inline for the usual one or two.
+    pub fys: SmallVec<[(Fy, FyCounts); 2]>,
+    /// Per IST month: the monthly series, and the sums of the `_fy` KPIs.
+    pub months: SmallVec<[(Month, PeriodTotals); 2]>,
+    /// Per IST day within the shard's window horizon: the windows.
+    pub days: SmallVec<[(Day, PeriodTotals); 2]>,
 }
 
-/// The part of [`Totals`] that belongs to one financial year.
+/// Distinct users and first passes in one financial year.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FyCounts {
+    pub active_users: i64,
+    pub users_meeting_hours: i64,
+    pub assessments_passed: i64,
+}
+
+impl Summable for FyCounts {
+    fn add(&mut self, o: &FyCounts, sign: i64) {
+        self.active_users += sign * o.active_users;
+        self.users_meeting_hours += sign * o.users_meeting_hours;
+        self.assessments_passed += sign * o.assessments_passed;
+    }
+}
+
+/// Counts whose time falls in one month or one day; `active_users` counts
+/// the users active in the month, or whose latest activity is on the day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodTotals {
+    pub enrolments: i64,
+    pub completions: i64,
+    pub minutes_ms: i64,
+    pub active_users: i64,
+}
+
+impl Summable for PeriodTotals {
+    fn add(&mut self, o: &PeriodTotals, sign: i64) {
+        self.enrolments += sign * o.enrolments;
+        self.completions += sign * o.completions;
+        self.minutes_ms += sign * o.minutes_ms;
+        self.active_users += sign * o.active_users;
+    }
+}
+
+/// The KPIs of one financial year.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FyTotals {
     pub enrolments: i64,
     pub completions: i64,
     pub minutes_ms: i64,
     pub active_users: i64,
     pub users_meeting_hours: i64,
-}
-
-impl FyTotals {
-    fn add(&mut self, o: &FyTotals, sign: i64) {
-        self.enrolments += sign * o.enrolments;
-        self.completions += sign * o.completions;
-        self.minutes_ms += sign * o.minutes_ms;
-        self.active_users += sign * o.active_users;
-        self.users_meeting_hours += sign * o.users_meeting_hours;
-    }
+    pub assessments_passed: i64,
 }
 
 impl Totals {
-    fn fy(&mut self, fy: Fy) -> &mut FyTotals {
-        let at = match self.fys.binary_search_by_key(&fy, |(y, _)| *y) {
-            Ok(at) => at,
-            Err(at) => {
-                self.fys.insert(at, (fy, FyTotals::default()));
-                at
-            }
-        };
-        &mut self.fys[at].1
-    }
-
-    /// Adds (`sign` = 1) or subtracts (`sign` = -1) another total. Years that
-    /// reach zero are dropped so that state does not grow with history.
+    /// Adds (`sign` = 1) or subtracts (`sign` = -1) another total.
     pub fn add(&mut self, o: &Totals, sign: i64) {
         self.registered_users += sign * o.registered_users;
         self.learners += sign * o.learners;
@@ -214,10 +373,18 @@ impl Totals {
         self.minutes_ms += sign * o.minutes_ms;
         self.ratings += sign * o.ratings;
         self.rating_milli_sum += sign * o.rating_milli_sum;
-        for (fy, f) in &o.fys {
-            self.fy(*fy).add(f, sign);
-        }
-        self.fys.retain(|(_, f)| *f != FyTotals::default());
+        self.assessed += sign * o.assessed;
+        self.assessments_passed += sign * o.assessments_passed;
+        add_each(&mut self.fys, &o.fys, sign);
+        add_each(&mut self.months, &o.months, sign);
+        add_each(&mut self.days, &o.days, sign);
+    }
+
+    /// Drops the days before `horizon`; whether any were dropped.
+    pub(crate) fn forget_days(&mut self, horizon: Day) -> bool {
+        let before = self.days.len();
+        self.days.retain(|(d, _)| *d >= horizon);
+        self.days.len() != before
     }
 
     pub fn is_zero(&self) -> bool {
@@ -225,11 +392,44 @@ impl Totals {
     }
 
     pub fn for_fy(&self, fy: Fy) -> FyTotals {
-        self.fys.iter().find(|(y, _)| *y == fy).map(|(_, f)| *f).unwrap_or_default()
+        let counts = self.fys.iter().find(|(y, _)| *y == fy).map(|(_, f)| *f).unwrap_or_default();
+        let mut f = FyTotals {
+            active_users: counts.active_users,
+            users_meeting_hours: counts.users_meeting_hours,
+            assessments_passed: counts.assessments_passed,
+            ..FyTotals::default()
+        };
+        for (_, m) in self.months.iter().filter(|(m, _)| m.fy() == fy) {
+            f.enrolments += m.enrolments;
+            f.completions += m.completions;
+            f.minutes_ms += m.minutes_ms;
+        }
+        f
+    }
+
+    pub fn month(&self, month: Month) -> PeriodTotals {
+        self.months.iter().find(|(m, _)| *m == month).map(|(_, t)| *t).unwrap_or_default()
+    }
+
+    /// The sums over the days from `since` on.
+    pub fn since(&self, since: Day) -> PeriodTotals {
+        let mut sum = PeriodTotals::default();
+        for (_, t) in self.days.iter().filter(|(d, _)| *d >= since) {
+            sum.add(t, 1);
+        }
+        sum
+    }
+
+    /// Every financial year with a non-zero total, oldest first.
+    pub fn fys(&self) -> impl Iterator<Item = Fy> + '_ {
+        let mut fys: Vec<Fy> = self.fys.iter().map(|(y, _)| *y).chain(self.months.iter().map(|(m, _)| m.fy())).collect();
+        fys.sort();
+        fys.dedup();
+        fys.into_iter()
     }
 }
 
-/// Summable course-level totals.
+/// Summable course-level totals (also a provider's, over its courses).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CourseTotals {
     pub enrolments: i64,
@@ -237,6 +437,8 @@ pub struct CourseTotals {
     pub minutes_ms: i64,
     pub ratings: i64,
     pub rating_milli_sum: i64,
+    pub assessed: i64,
+    pub assessments_passed: i64,
 }
 
 impl CourseTotals {
@@ -246,6 +448,8 @@ impl CourseTotals {
         self.minutes_ms += sign * o.minutes_ms;
         self.ratings += sign * o.ratings;
         self.rating_milli_sum += sign * o.rating_milli_sum;
+        self.assessed += sign * o.assessed;
+        self.assessments_passed += sign * o.assessments_passed;
     }
 
     pub fn is_zero(&self) -> bool {

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pulse_model::{Millis, OrgRecord, TargetRecord};
+use pulse_model::{CourseRecord, Millis, OrgRecord, TargetRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{CourseTotals, Totals, UserState};
@@ -64,6 +64,8 @@ pub struct LoadedState {
     pub meeting_minutes: Option<u32>,
     pub orgs: BTreeMap<String, OrgRecord>,
     pub targets: BTreeMap<String, TargetRecord>,
+    /// The course catalogue.
+    pub catalogue: BTreeMap<String, CourseRecord>,
     /// Per shard: totals by leaf org key, totals by course, newest event time.
     pub org_totals: Vec<HashMap<String, Totals>>,
     pub course_totals: Vec<HashMap<String, CourseTotals>>,
@@ -104,6 +106,7 @@ pub struct Batch {
     pub max_ts: Vec<(ShardId, Millis)>,
     pub orgs: Vec<(String, Option<OrgRecord>)>,
     pub targets: Vec<(String, Option<TargetRecord>)>,
+    pub catalogue: Vec<(String, Option<CourseRecord>)>,
     /// The position of every (topic, partition) this batch covers.
     pub offsets: Vec<((String, i32), StreamPosition)>,
     /// Per shard: the changelog offset after this batch's records.
@@ -243,8 +246,8 @@ impl Store for MemStore {
         let mut state = self.state();
         let kept = std::mem::take(&mut state.state);
         *state = MemState::new(shards);
-        (state.state.meeting_minutes, state.state.orgs, state.state.targets) =
-            (kept.meeting_minutes, kept.orgs, kept.targets);
+        (state.state.meeting_minutes, state.state.orgs, state.state.targets, state.state.catalogue) =
+            (kept.meeting_minutes, kept.orgs, kept.targets, kept.catalogue);
         Ok(())
     }
 
@@ -310,6 +313,12 @@ impl MemState {
             match rec {
                 Some(r) => self.state.targets.insert(id, r),
                 None => self.state.targets.remove(&id),
+            };
+        }
+        for (id, rec) in batch.catalogue {
+            match rec {
+                Some(r) => self.state.catalogue.insert(id, r),
+                None => self.state.catalogue.remove(&id),
             };
         }
         self.state.offsets.extend(batch.offsets);

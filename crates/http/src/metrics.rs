@@ -185,7 +185,7 @@ pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, expositi
     let fys = &all_fys[all_fys.len().saturating_sub(exposition.fys)..];
     // The year-independent KPIs read the same from any year's NodeKpis.
     let base_fy = fys.last().copied().unwrap_or_else(|| Fy::of(now));
-    let base: Vec<NodeKpis> = nodes.iter().map(|n| NodeKpis::of(n, base_fy)).collect();
+    let base: Vec<NodeKpis> = nodes.iter().map(|n| NodeKpis::of(n, base_fy, snapshot.windows_today(now))).collect();
     for fam in NODE_FAMILIES {
         let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
         for (n, k) in nodes.iter().zip(&base) {
@@ -195,7 +195,7 @@ pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, expositi
         }
     }
     let per_fy: Vec<(String, Vec<NodeKpis>)> =
-        fys.iter().map(|fy| (fy.to_string(), nodes.iter().map(|n| NodeKpis::of(n, *fy)).collect())).collect();
+        fys.iter().map(|fy| (fy.to_string(), nodes.iter().map(|n| NodeKpis::of(n, *fy, None)).collect())).collect();
     for fam in FY_FAMILIES {
         let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
         for (fy, kpis) in &per_fy {

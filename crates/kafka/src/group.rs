@@ -169,7 +169,7 @@ fn consume<S: Store + Send + 'static>(
         .create_with_context(context)
         .map_err(kafka_err("failed to create the consumer"))?;
     let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
-    let topics = [&settings.orgs_topic, &settings.targets_topic, &settings.dlq_topic];
+    let topics = [&settings.orgs_topic, &settings.targets_topic, &settings.courses_topic, &settings.dlq_topic];
     retry_while_transient(stop, || {
         formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
     })?;
@@ -417,7 +417,12 @@ pub(crate) fn read_registry<S: Store + Send + 'static>(
     registry.catch_up(engine, &context.registry_letters, stats)?;
     let mut engine = lock(engine);
     engine.commit()?;
-    info!(orgs = engine.registry().len(), targets = engine.targets().len(), "registry read");
+    info!(
+        orgs = engine.registry().len(),
+        targets = engine.targets().len(),
+        courses = engine.catalogue().len(),
+        "registry read"
+    );
     Ok(registry)
 }
 

@@ -54,6 +54,8 @@ pub struct Settings {
     pub inputs: Vec<(String, InputFormat)>,
     pub orgs_topic: String,
     pub targets_topic: String,
+    /// The course catalogue (compacted, read whole like the registry).
+    pub courses_topic: String,
     pub dlq_topic: String,
     /// Compacted, one partition per input partition: every shard's changes
     /// and offsets, from which its next owner restores it.

@@ -17,6 +17,7 @@ use crate::{client_config, kafka_err, Error, Settings};
 enum Kind {
     Orgs,
     Targets,
+    Courses,
 }
 
 pub(crate) struct RegistryReader {
@@ -58,8 +59,12 @@ impl RegistryReader {
             .set("enable.auto.offset.store", "false")
             .create()
             .map_err(kafka_err("failed to create the registry reader"))?;
-        let topics: BTreeMap<String, Kind> =
-            [(settings.orgs_topic.clone(), Kind::Orgs), (settings.targets_topic.clone(), Kind::Targets)].into();
+        let topics: BTreeMap<String, Kind> = [
+            (settings.orgs_topic.clone(), Kind::Orgs),
+            (settings.targets_topic.clone(), Kind::Targets),
+            (settings.courses_topic.clone(), Kind::Courses),
+        ]
+        .into();
         let mut tpl = TopicPartitionList::new();
         let mut all = Vec::new();
         for topic in topics.keys() {
@@ -108,6 +113,7 @@ impl RegistryReader {
             let disposition = match self.topics.get(msg.topic()) {
                 Some(Kind::Orgs) => Some(engine.apply_org_message(key, value)),
                 Some(Kind::Targets) => Some(engine.apply_target_message(key, value)),
+                Some(Kind::Courses) => Some(engine.apply_course_message(key, value)),
                 None => None,
             };
             if let Some(disposition) = disposition {

@@ -111,7 +111,7 @@ pub(crate) fn route<S: Store + Send + 'static>(
     let format = format.map_or_else(|| repartitioned_format(msg), Ok);
     let label = *format.as_ref().unwrap_or(&InputFormat::PulseV1);
     let payload = msg.payload().unwrap_or_default();
-    let disposition = match format.map_err(Disposition::Dead).and_then(|f| engine.accept(f, payload, now)) {
+    let disposition = match format.map_err(Disposition::Dead).and_then(|f| engine.accept(f, msg.key(), payload, now)) {
         Err(disposition) => disposition,
         Ok(ev) if aligned && i32::from(engine.shard_of(&ev.user)) == partition => engine.apply(&ev)?,
         Ok(ev) => {

@@ -408,7 +408,7 @@ mod tests {
         let (mut enrol, mut done) = (0, 0);
         for e in w.events().spread_over(300_000).take(300_000) {
             w.pulse_v1(&e, &mut line);
-            match pulse_model::parse(pulse_model::InputFormat::PulseV1, line.as_bytes()) {
+            match pulse_model::parse(pulse_model::InputFormat::PulseV1, None, line.as_bytes()) {
                 Ok(pulse_model::Parsed::Event(_)) => {}
                 other => panic!("{line}: {other:?}"),
             }
@@ -423,7 +423,7 @@ mod tests {
     }
 
     fn event(format: pulse_model::InputFormat, line: &str) -> pulse_model::Event<'static> {
-        match pulse_model::parse(format, line.as_bytes()) {
+        match pulse_model::parse(format, None, line.as_bytes()) {
             Ok(pulse_model::Parsed::Event(e)) => e.into_owned(),
             other => panic!("{line}: {other:?}"),
         }

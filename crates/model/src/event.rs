@@ -14,16 +14,21 @@ pub enum InputFormat {
     PulseV1,
     SunbirdTelemetry,
     IgotRating,
+    /// The user service's profiles (contract section 10): keyed records
+    /// on a compacted topic, not events.
+    UserProfile,
 }
 
 impl InputFormat {
-    pub const ALL: [InputFormat; 3] = [InputFormat::PulseV1, InputFormat::SunbirdTelemetry, InputFormat::IgotRating];
+    pub const ALL: [InputFormat; 4] =
+        [InputFormat::PulseV1, InputFormat::SunbirdTelemetry, InputFormat::IgotRating, InputFormat::UserProfile];
 
     pub fn name(self) -> &'static str {
         match self {
             InputFormat::PulseV1 => "pulse-v1",
             InputFormat::SunbirdTelemetry => "sunbird-telemetry",
             InputFormat::IgotRating => "igot-rating",
+            InputFormat::UserProfile => "user-profile",
         }
     }
 }
@@ -36,7 +41,7 @@ impl fmt::Display for InputFormat {
 
 /// Error for an unknown format name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown input format `{0}`: expected one of pulse-v1, sunbird-telemetry, igot-rating")]
+#[error("unknown input format `{0}`: expected one of pulse-v1, sunbird-telemetry, igot-rating, user-profile")]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for InputFormat {
@@ -106,10 +111,13 @@ pub(crate) fn percent(field: &str, p: f64) -> Result<f64, Rejection> {
     Ok(p)
 }
 
-/// The one normalized event every input format becomes.
+/// The one normalized event every input format becomes. A user profile
+/// (contract section 10) is one too: an org-carrying item with the empty
+/// id, which takes part in the current-org rule but is never a duplicate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event<'a> {
-    /// Unique event id; the same id twice is applied once.
+    /// Unique event id; the same id twice is applied once. Empty for a
+    /// profile, so that an event with the same `ts` is the later.
     pub id: Cow<'a, str>,
     /// Event time.
     pub ts: Millis,
@@ -127,6 +135,12 @@ pub enum EventKind<'a> {
     Progress { course: Cow<'a, str>, minutes: Minutes, percent: Option<f64> },
     Completion { course: Cow<'a, str> },
     Rating { course: Cow<'a, str>, stars: Stars },
+    /// `score` is 0..=100.
+    Assessment { course: Cow<'a, str>, score: f64, pass: bool },
+    /// The user's profile as of `ts` (the event's org is the profile's).
+    Profile { designation: Option<Cow<'a, str>> },
+    /// A profile tombstone: the user has no profile any more.
+    ProfileRemoved,
 }
 
 impl EventKind<'_> {
@@ -137,16 +151,25 @@ impl EventKind<'_> {
             EventKind::Progress { .. } => "progress",
             EventKind::Completion { .. } => "completion",
             EventKind::Rating { .. } => "rating",
+            EventKind::Assessment { .. } => "assessment",
+            EventKind::Profile { .. } => "profile",
+            EventKind::ProfileRemoved => "profile tombstone",
         }
+    }
+
+    /// A profile record or tombstone: applied in topic order, no id, not activity.
+    pub fn is_profile(&self) -> bool {
+        matches!(self, EventKind::Profile { .. } | EventKind::ProfileRemoved)
     }
 
     pub fn course(&self) -> Option<&str> {
         match self {
-            EventKind::Registration => None,
+            EventKind::Registration | EventKind::Profile { .. } | EventKind::ProfileRemoved => None,
             EventKind::Enrolment { course }
             | EventKind::Progress { course, .. }
             | EventKind::Completion { course }
-            | EventKind::Rating { course, .. } => Some(course),
+            | EventKind::Rating { course, .. }
+            | EventKind::Assessment { course, .. } => Some(course),
         }
     }
 }
@@ -166,6 +189,9 @@ impl Event<'_> {
             }
             EventKind::Completion { course } => EventKind::Completion { course: owned(course) },
             EventKind::Rating { course, stars } => EventKind::Rating { course: owned(course), stars },
+            EventKind::Assessment { course, score, pass } => EventKind::Assessment { course: owned(course), score, pass },
+            EventKind::Profile { designation } => EventKind::Profile { designation: designation.map(owned) },
+            EventKind::ProfileRemoved => EventKind::ProfileRemoved,
         };
         Event { id: owned(self.id), ts: self.ts, user: owned(self.user), org: self.org.map(owned), kind }
     }
@@ -187,6 +213,16 @@ impl Default for TimeRules {
 impl TimeRules {
     /// Events further ahead of the wall clock than this are `future_timestamp`.
     pub const MAX_AHEAD_MS: i64 = 86_400_000;
+
+    /// Checks an event's time against the wall clock. A profile's `ts` has
+    /// no maximum age (contract section 10), and a tombstone has none.
+    pub fn check_event(&self, ev: &Event<'_>, now: Millis) -> Result<(), Rejection> {
+        match ev.kind {
+            EventKind::ProfileRemoved => Ok(()),
+            EventKind::Profile { .. } => TimeRules { max_age_ms: i64::MAX }.check(ev.ts, now),
+            _ => self.check(ev.ts, now),
+        }
+    }
 
     pub fn check(&self, ts: Millis, now: Millis) -> Result<(), Rejection> {
         if ts > now.saturating_add(Self::MAX_AHEAD_MS) {

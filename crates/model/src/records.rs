@@ -1,5 +1,5 @@
-//! Records of the compacted registry topics: orgs (contract section 4) and
-//! targets (section 5). Both arrive as a key and a value, where an empty or
+//! Records of the compacted registry topics: orgs (contract section 4),
+//! targets (section 5) and the course catalogue (section 11). All arrive as a key and a value, where an empty or
 //! absent value is a tombstone for the key.
 
 use std::fmt;
@@ -200,12 +200,66 @@ pub fn parse_target(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<TargetUp
     Ok(TargetUpdate::Upsert(TargetRecord { id, org, kpi, value, fy }))
 }
 
-fn tombstone_key(key: Option<&[u8]>) -> Result<String, Rejection> {
+/// A course of the catalogue (contract section 11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CourseRecord {
+    pub course: String,
+    /// Defaults to the course id.
+    pub name: String,
+    pub provider: Option<ProviderRef>,
+}
+
+/// The provider a catalogue record names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRef {
+    pub id: String,
+    /// Defaults to the provider id.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CourseUpdate {
+    Upsert(CourseRecord),
+    Remove(String),
+}
+
+#[derive(Deserialize)]
+struct RawCourse<'a> {
+    #[serde(borrow)]
+    v: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    course: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    name: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    provider: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    provider_name: Option<Scalar<'a>>,
+}
+
+/// Parses one `pulse.courses` message; the key, when present, must equal `course`.
+pub fn parse_course(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<CourseUpdate, Rejection> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(CourseUpdate::Remove(tombstone_key(key)?));
+    };
+    crate::check_size(value)?;
+    let raw: RawCourse<'_> = json_object(value)?;
+    version_1("v", raw.v)?;
+    let course = text("course", raw.course)?.into_owned();
+    check_key(key, &course, "course")?;
+    let optional = |field: &str, v: Option<Scalar<'_>>| v.map(|v| text(field, Some(v)).map(|t| t.into_owned())).transpose();
+    let name = optional("name", raw.name)?.unwrap_or_else(|| course.clone());
+    let provider_name = optional("provider_name", raw.provider_name)?;
+    let provider = optional("provider", raw.provider)?.map(|id| ProviderRef { name: provider_name.unwrap_or_else(|| id.clone()), id });
+    Ok(CourseUpdate::Upsert(CourseRecord { course, name, provider }))
+}
+
+pub(crate) fn tombstone_key(key: Option<&[u8]>) -> Result<String, Rejection> {
     let key = key.ok_or_else(|| Rejection::missing("key (a tombstone names its record by its key)"))?;
     std::str::from_utf8(key).map(str::to_owned).map_err(|_| Rejection::invalid("key", "is not UTF-8"))
 }
 
-fn check_key(key: Option<&[u8]>, id: &str, field: &str) -> Result<(), Rejection> {
+pub(crate) fn check_key(key: Option<&[u8]>, id: &str, field: &str) -> Result<(), Rejection> {
     match key {
         Some(k) if k != id.as_bytes() => Err(Rejection::invalid(
             field,

@@ -38,14 +38,7 @@ pub struct Fy(pub i32);
 impl Fy {
     /// The financial year that contains the instant `ms`.
     pub fn of(ms: Millis) -> Fy {
-        let days = (ms + IST_OFFSET_MS).div_euclid(DAY_MS);
-        let date =
-            NaiveDate::from_num_days_from_ce_opt(days as i32 + UNIX_EPOCH_DAYS_FROM_CE).unwrap_or(NaiveDate::MIN);
-        if date.month() >= 4 {
-            Fy(date.year())
-        } else {
-            Fy(date.year() - 1)
-        }
+        Month::of(ms).fy()
     }
 
     /// First instant of the year (inclusive), epoch ms.
@@ -63,6 +56,69 @@ impl Fy {
         let (start, end) = (self.start(), self.end());
         ((now - start) as f64 / (end - start) as f64).clamp(0.0, 1.0)
     }
+}
+
+/// An IST calendar day, as days since 1 January 1970 (IST). Windows
+/// (contract section 13) count whole IST days back from `today`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Day(pub i32);
+
+impl Day {
+    /// The IST day that contains the instant `ms`.
+    pub fn of(ms: Millis) -> Day {
+        Day((ms + IST_OFFSET_MS).div_euclid(DAY_MS) as i32)
+    }
+
+    /// The first instant of the day, epoch ms.
+    pub fn start(self) -> Millis {
+        i64::from(self.0) * DAY_MS - IST_OFFSET_MS
+    }
+}
+
+/// An IST calendar month, as `year * 12 + month - 1` (`2025-04` is
+/// `2025 * 12 + 3`): the monthly series of contract section 13.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Month(pub i32);
+
+impl Month {
+    /// The IST month that contains the instant `ms`.
+    pub fn of(ms: Millis) -> Month {
+        let (year, month) = civil_year_month(Day::of(ms).0);
+        Month(year * 12 + month as i32 - 1)
+    }
+
+    /// The financial year the month belongs to.
+    pub fn fy(self) -> Fy {
+        Fy((self.0 - 3).div_euclid(12))
+    }
+}
+
+impl Fy {
+    /// The twelve months of the year, April first.
+    pub fn months(self) -> impl Iterator<Item = Month> {
+        (0..12).map(move |i| Month(self.0 * 12 + 3 + i))
+    }
+}
+
+impl fmt::Display for Month {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{:02}", self.0.div_euclid(12), self.0.rem_euclid(12) + 1)
+    }
+}
+
+/// The (year, month 1..=12) of a day counted from 1970-01-01: integer
+/// arithmetic only (H. Hinnant's `civil_from_days`), as this runs for
+/// every course of a user on every event.
+fn civil_year_month(days: i32) -> (i32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i32::from(month <= 2);
+    (year, month)
 }
 
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
@@ -134,6 +190,25 @@ mod tests {
         assert_eq!(fy.elapsed_fraction(fy.end() + 1), 1.0);
         let mid = fy.start() + (fy.end() - fy.start()) / 2;
         assert!((fy.elapsed_fraction(mid) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn days_and_months_are_ist() {
+        // 1 April 2025 00:00 IST is 31 March 2025 18:30 UTC.
+        let boundary = parse_rfc3339("2025-03-31T18:30:00Z").unwrap();
+        assert_eq!(Day::of(boundary).start(), boundary);
+        assert_eq!(Day::of(boundary - 1), Day(Day::of(boundary).0 - 1));
+        assert_eq!(Month::of(boundary).to_string(), "2025-04");
+        assert_eq!(Month::of(boundary - 1).to_string(), "2025-03");
+        assert_eq!(Month::of(boundary - 1).fy(), Fy(2024));
+        assert_eq!(Month::of(boundary).fy(), Fy(2025));
+        let months: Vec<String> = Fy(2025).months().map(|m| m.to_string()).collect();
+        assert_eq!((months[0].as_str(), months[11].as_str(), months.len()), ("2025-04", "2026-03", 12));
+        // Every day of four centuries agrees with chrono.
+        for day in -40_000..110_000 {
+            let date = NaiveDate::from_num_days_from_ce_opt(day + UNIX_EPOCH_DAYS_FROM_CE).unwrap();
+            assert_eq!(civil_year_month(day), (date.year(), date.month()), "day {day}");
+        }
     }
 
     #[test]

@@ -29,6 +29,10 @@ struct Raw<'a> {
     percent: Option<Scalar<'a>>,
     #[serde(borrow)]
     stars: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    score: Option<Scalar<'a>>,
+    #[serde(borrow)]
+    pass: Option<Scalar<'a>>,
 }
 
 pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
@@ -52,18 +56,40 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
             course: text("course", raw.course)?,
             stars: Stars::new("stars", number("stars", raw.stars)?)?,
         },
+        "assessment" => EventKind::Assessment {
+            course: text("course", raw.course)?,
+            score: score(raw.score)?,
+            pass: match raw.pass {
+                None => return Err(Rejection::missing("pass")),
+                Some(Scalar::Bool(b)) => b,
+                Some(other) => {
+                    return Err(Rejection::invalid("pass", format_args!("must be a boolean, not {}", other.kind())))
+                }
+            },
+        },
         other => {
             return Err(Rejection::invalid(
                 "type",
-                format_args!("`{other}` is not one of registration, enrolment, progress, completion, rating"),
+                format_args!(
+                    "`{other}` is not one of registration, enrolment, progress, completion, rating, assessment"
+                ),
             ))
         }
     };
     Ok(Parsed::Event(Event { id, ts, user, org: Some(org), kind }))
 }
 
+/// An assessment's `score`: a number from 0 to 100.
+fn score(v: Option<Scalar<'_>>) -> Result<f64, Rejection> {
+    let score = number("score", v)?;
+    if !(0.0..=100.0).contains(&score) {
+        return Err(Rejection::invalid("score", format_args!("must be between 0 and 100, it is {score}")));
+    }
+    Ok(score)
+}
+
 /// `ts`: an RFC 3339 string with an offset, or integer epoch milliseconds.
-fn event_time(v: Option<Scalar<'_>>) -> Result<Millis, Rejection> {
+pub(crate) fn event_time(v: Option<Scalar<'_>>) -> Result<Millis, Rejection> {
     match v {
         None => Err(Rejection::missing("ts")),
         Some(Scalar::Str(s)) => parse_rfc3339(&s)

@@ -12,19 +12,21 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{Datelike, Days, NaiveDate};
 use pulse_model::{
-    parse, parse_org, parse_target, Event, EventKind, InputFormat, OrgRecord, OrgUpdate, Parsed, TargetKpi,
-    TargetRecord, TargetUpdate, TimeRules,
+    parse, parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, Event, EventKind, InputFormat, OrgRecord,
+    OrgUpdate, Parsed, TargetKpi, TargetRecord, TargetUpdate, TimeRules,
 };
 use serde_json::{json, Map, Value};
 
 /// One message as it arrives on a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Event { format: InputFormat, value: Vec<u8> },
+    /// A message of an input topic; `key` is read by `user-profile` only.
+    Event { format: InputFormat, key: Option<Vec<u8>>, value: Vec<u8> },
     Org { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
     Target { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
+    Course { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +49,22 @@ fn fy_of(ts: i64) -> i32 {
     }
 }
 
+/// The IST calendar date of an instant.
+fn ist_date(ts: i64) -> NaiveDate {
+    chrono::DateTime::from_timestamp_millis(ts + IST_MS).expect("timestamp in range").date_naive()
+}
+
+/// The first instant of an IST date.
+fn ist_midnight(d: NaiveDate) -> i64 {
+    d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis() - IST_MS
+}
+
+/// The IST month of an instant, named like `2025-04`.
+fn month_of(ts: i64) -> String {
+    let d = ist_date(ts);
+    format!("{}-{:02}", d.year(), d.month())
+}
+
 fn april_first(year: i32) -> i64 {
     let d = NaiveDate::from_ymd_opt(year, 4, 1).expect("valid date");
     d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis() - IST_MS
@@ -64,25 +82,59 @@ fn ratio(a: f64, b: f64) -> Value {
     }
 }
 
-/// Accepted events, the final registry and the final targets.
+/// A user's profile as the topic leaves it: (ts, org, designation).
+type ProfileFacts = (i64, String, Option<String>);
+
+/// Accepted events, the final profiles, registry, targets and catalogue.
 struct World {
     events: Vec<Event<'static>>,
+    profiles: BTreeMap<String, ProfileFacts>,
     orgs: BTreeMap<String, OrgRecord>,
     targets: BTreeMap<String, TargetRecord>,
+    catalogue: BTreeMap<String, CourseRecord>,
 }
 
 fn world(messages: &[Message], s: &Settings) -> World {
-    let mut w = World { events: vec![], orgs: BTreeMap::new(), targets: BTreeMap::new() };
+    let mut w = World {
+        events: vec![],
+        profiles: BTreeMap::new(),
+        orgs: BTreeMap::new(),
+        targets: BTreeMap::new(),
+        catalogue: BTreeMap::new(),
+    };
     let mut ids = HashSet::new();
     for m in messages {
         match m {
-            Message::Event { format, value } => {
-                if let Ok(Parsed::Event(ev)) = parse(*format, value) {
-                    if s.time_rules.check(ev.ts, s.ingest_now).is_ok() && ids.insert(ev.id.to_string()) {
-                        w.events.push(ev.into_owned());
+            Message::Event { format, key, value } => {
+                let Ok(Parsed::Event(ev)) = parse(*format, key.as_deref(), value) else { continue };
+                if s.time_rules.check_event(&ev, s.ingest_now).is_err() {
+                    continue;
+                }
+                match ev.kind {
+                    // The latest record on the topic wins; a tombstone removes it.
+                    EventKind::Profile { designation } => {
+                        let profile = (ev.ts, ev.org.unwrap_or_default().to_string(), designation.map(|d| d.to_string()));
+                        w.profiles.insert(ev.user.to_string(), profile);
+                    }
+                    EventKind::ProfileRemoved => {
+                        w.profiles.remove(&*ev.user);
+                    }
+                    _ => {
+                        if ids.insert(ev.id.to_string()) {
+                            w.events.push(ev.into_owned());
+                        }
                     }
                 }
             }
+            Message::Course { key, value } => match parse_course(key.as_deref(), value.as_deref()) {
+                Ok(CourseUpdate::Upsert(rec)) => {
+                    w.catalogue.insert(rec.course.clone(), rec);
+                }
+                Ok(CourseUpdate::Remove(id)) => {
+                    w.catalogue.remove(&id);
+                }
+                Err(_) => {}
+            },
             Message::Org { key, value } => match parse_org(key.as_deref(), value.as_deref()) {
                 Ok(OrgUpdate::Upsert(rec)) => {
                     if !closes_cycle(&w.orgs, &rec) {
@@ -142,14 +194,16 @@ fn chain(orgs: &BTreeMap<String, OrgRecord>, node: &str) -> Vec<String> {
     out
 }
 
-/// Everything about one user, recomputed from the user's events.
+/// Everything about one user, recomputed from the user's events and profile.
 #[derive(Default)]
 struct UserFacts {
     org: Option<String>,
-    /// course -> (enrolment time, completion time, minutes ms, max percent, (ts, id, stars))
+    designation: Option<String>,
     courses: BTreeMap<String, CourseFacts>,
-    minutes_by_fy: BTreeMap<i32, i64>,
-    active_fys: BTreeSet<i32>,
+    /// Progress minutes (ms) with their event times.
+    sessions: Vec<(i64, i64)>,
+    /// Times of every activity (every event but a registration).
+    activity: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -159,20 +213,42 @@ struct CourseFacts {
     minutes: i64,
     percent: Option<f64>,
     rating: Option<(i64, String, i64)>,
+    /// Every attempt: (ts, score, pass).
+    attempts: Vec<(i64, f64, bool)>,
 }
 
-fn user_facts(events: &[&Event<'static>]) -> UserFacts {
-    let org = events
-        .iter()
-        .filter(|e| e.org.is_some())
-        .max_by(|a, b| (a.ts, a.id.as_bytes()).cmp(&(b.ts, b.id.as_bytes())))
-        .and_then(|e| e.org.as_ref().map(|o| o.to_string()));
-    let mut f = UserFacts { org, ..UserFacts::default() };
+impl CourseFacts {
+    fn best_score(&self) -> Option<f64> {
+        self.attempts.iter().map(|a| a.1).reduce(f64::max)
+    }
+
+    /// The earliest passing attempt's time.
+    fn passed(&self) -> Option<i64> {
+        self.attempts.iter().filter(|a| a.2).map(|a| a.0).min()
+    }
+}
+
+impl UserFacts {
+    fn minutes_in_fy(&self, fy: i32) -> i64 {
+        self.sessions.iter().filter(|(ts, _)| fy_of(*ts) == fy).map(|(_, ms)| ms).sum()
+    }
+}
+
+fn user_facts(events: &[&Event<'static>], profile: Option<&ProfileFacts>) -> UserFacts {
+    // Every org-carrying item as (ts, id, org); the profile's id is "".
+    let mut items: Vec<(i64, String, String)> =
+        events.iter().filter_map(|e| Some((e.ts, e.id.to_string(), e.org.as_ref()?.to_string()))).collect();
+    if let Some((ts, org, _)) = profile {
+        items.push((*ts, String::new(), org.clone()));
+    }
+    let org = items.into_iter().max_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes()))).map(|i| i.2);
+    let designation = profile.and_then(|p| p.2.clone());
+    let mut f = UserFacts { org, designation, ..UserFacts::default() };
     for e in events {
         let Some(course) = e.kind.course() else {
             continue;
         };
-        f.active_fys.insert(fy_of(e.ts));
+        f.activity.push(e.ts);
         let c = f.courses.entry(course.to_string()).or_default();
         match &e.kind {
             EventKind::Enrolment { .. } => c.enrolled = Some(c.enrolled.map_or(e.ts, |t| t.min(e.ts))),
@@ -182,7 +258,7 @@ fn user_facts(events: &[&Event<'static>]) -> UserFacts {
             }
             EventKind::Progress { minutes, percent, .. } => {
                 c.minutes += minutes.0;
-                *f.minutes_by_fy.entry(fy_of(e.ts)).or_default() += minutes.0;
+                f.sessions.push((e.ts, minutes.0));
                 if let Some(p) = percent {
                     c.percent = Some(c.percent.map_or(*p, |q| q.max(*p)));
                 }
@@ -193,7 +269,8 @@ fn user_facts(events: &[&Event<'static>]) -> UserFacts {
                     c.rating = Some((e.ts, e.id.to_string(), stars.0));
                 }
             }
-            EventKind::Registration => {}
+            EventKind::Assessment { score, pass, .. } => c.attempts.push((e.ts, *score, *pass)),
+            EventKind::Registration | EventKind::Profile { .. } | EventKind::ProfileRemoved => {}
         }
     }
     f
@@ -208,18 +285,25 @@ struct Sums {
     minutes: i64,
     ratings: i64,
     stars: i64,
+    assessed: i64,
+    passed: i64,
     enrolments_fy: i64,
     completions_fy: i64,
     minutes_fy: i64,
     active_fy: i64,
     meeting_fy: i64,
+    passed_fy: i64,
+    /// Per window of 1, 7 and 30 days: active users, enrolments, completions, minutes.
+    windows: [[i64; 4]; 3],
 }
+
+const WINDOWS: [u64; 3] = [1, 7, 30];
 
 fn minutes(ms: i64) -> f64 {
     ms as f64 / 60_000.0
 }
 
-/// The KPIs that nodes and courses share.
+/// The KPIs that nodes, courses and providers share.
 fn course_json(s: &Sums) -> Value {
     json!({
         "enrolments": s.enrolments,
@@ -229,48 +313,86 @@ fn course_json(s: &Sums) -> Value {
         "learning_minutes": minutes(s.minutes),
         "ratings": s.ratings,
         "average_rating": ratio(s.stars as f64 / 1000.0, s.ratings as f64),
+        "assessed": s.assessed,
+        "assessments_passed": s.passed,
+        "assessment_pass_ratio": ratio(s.passed as f64, s.assessed as f64),
     })
 }
 
-fn node_json(s: &Sums, employees: u64) -> Value {
+fn merge(into: &mut Value, more: Value) {
+    if let (Value::Object(into), Value::Object(more)) = (into, more) {
+        into.extend(more);
+    }
+}
+
+/// `windows`: whether the report's `now` lets the windows be exact.
+fn node_json(s: &Sums, employees: u64, windows: bool) -> Value {
     let users = s.users as f64;
     let mut node = course_json(s);
-    let rest = json!({
-        "registered_users": s.users,
-        "employees": employees,
-        "onboarding_ratio": ratio(users, employees as f64),
-        "learners": s.learners,
-        "enrolments_fy": s.enrolments_fy,
-        "completions_fy": s.completions_fy,
-        "learning_minutes_fy": minutes(s.minutes_fy),
-        "learning_minutes_per_user_fy": ratio(minutes(s.minutes_fy), users),
-        "active_users_fy": s.active_fy,
-        "users_meeting_hours_fy": s.meeting_fy,
-        "users_meeting_hours_ratio": ratio(s.meeting_fy as f64, users),
-    });
-    if let (Value::Object(node), Value::Object(rest)) = (&mut node, rest) {
-        node.extend(rest);
+    merge(
+        &mut node,
+        json!({
+            "registered_users": s.users,
+            "employees": employees,
+            "onboarding_ratio": ratio(users, employees as f64),
+            "learners": s.learners,
+            "enrolments_fy": s.enrolments_fy,
+            "completions_fy": s.completions_fy,
+            "learning_minutes_fy": minutes(s.minutes_fy),
+            "learning_minutes_per_user_fy": ratio(minutes(s.minutes_fy), users),
+            "active_users_fy": s.active_fy,
+            "users_meeting_hours_fy": s.meeting_fy,
+            "users_meeting_hours_ratio": ratio(s.meeting_fy as f64, users),
+            "assessments_passed_fy": s.passed_fy,
+        }),
+    );
+    for (w, [active, enrolments, completions, ms]) in WINDOWS.iter().zip(s.windows) {
+        let v = |x: Value| if windows { x } else { Value::Null };
+        merge(
+            &mut node,
+            json!({
+                format!("active_users_{w}d"): v(json!(active)),
+                format!("enrolments_{w}d"): v(json!(enrolments)),
+                format!("completions_{w}d"): v(json!(completions)),
+                format!("learning_minutes_{w}d"): v(json!(minutes(ms))),
+            }),
+        );
     }
     node
 }
 
-fn events_by_user<'a>(events: &'a [Event<'static>]) -> BTreeMap<String, Vec<&'a Event<'static>>> {
-    let mut by_user: BTreeMap<String, Vec<&'a Event<'static>>> = BTreeMap::new();
-    for e in events {
+/// Every registered user (an accepted event or a profile) with its facts.
+fn users(w: &World) -> BTreeMap<String, UserFacts> {
+    let mut by_user: BTreeMap<String, Vec<&Event<'static>>> = BTreeMap::new();
+    for e in &w.events {
         by_user.entry(e.user.to_string()).or_default().push(e);
     }
-    by_user
+    for user in w.profiles.keys() {
+        by_user.entry(user.clone()).or_default();
+    }
+    by_user.into_iter().map(|(u, events)| (u.clone(), user_facts(&events, w.profiles.get(&u)))).collect()
+}
+
+/// The first instant of the window of `days` days at `now`: the start of
+/// the IST day `days - 1` days before today.
+fn window_start(now: i64, days: u64) -> i64 {
+    ist_midnight(ist_date(now) - Days::new(days - 1))
+}
+
+/// Whether the windows are exact at `now`: no earlier than the start of
+/// the IST day of the newest accepted event, minus 30 days.
+fn windows_exact(w: &World, now: i64) -> bool {
+    w.events.iter().map(|e| e.ts).max().is_none_or(|newest| now >= ist_midnight(ist_date(newest)) - 30 * 86_400_000)
 }
 
 /// Node sums for one financial year: for every user, its facts added to every
 /// node of its chain.
-fn node_sums(w: &World, fy: i32, meeting_minutes: u32) -> BTreeMap<String, Sums> {
+fn node_sums(w: &World, fy: i32, meeting_minutes: u32, now: i64) -> BTreeMap<String, Sums> {
     let mut nodes: BTreeMap<String, Sums> = BTreeMap::new();
     for id in ["national", "unassigned"].into_iter().map(String::from).chain(w.orgs.keys().cloned()) {
         nodes.insert(id, Sums::default());
     }
-    for events in events_by_user(&w.events).values() {
-        let f = user_facts(events);
+    for f in users(w).values() {
         let place = match &f.org {
             Some(o) if w.orgs.contains_key(o) => o.clone(),
             _ => "unassigned".to_string(),
@@ -278,7 +400,15 @@ fn node_sums(w: &World, fy: i32, meeting_minutes: u32) -> BTreeMap<String, Sums>
         let enrolled: Vec<i64> = f.courses.values().filter_map(|c| c.enrolled).collect();
         let completed: Vec<i64> = f.courses.values().filter_map(|c| c.completed).collect();
         let ratings: Vec<i64> = f.courses.values().filter_map(|c| c.rating.as_ref().map(|r| r.2)).collect();
-        let minutes_fy = f.minutes_by_fy.get(&fy).copied().unwrap_or(0);
+        let passed: Vec<i64> = f.courses.values().filter_map(CourseFacts::passed).collect();
+        let minutes_fy = f.minutes_in_fy(fy);
+        let windows = WINDOWS.map(|days| {
+            let start = window_start(now, days);
+            let since = |ts: &Vec<i64>| ts.iter().filter(|&&t| t >= start).count() as i64;
+            let latest_activity = f.activity.iter().max().is_some_and(|&t| t >= start);
+            let ms = f.sessions.iter().filter(|(t, _)| *t >= start).map(|(_, ms)| ms).sum();
+            [i64::from(latest_activity), since(&enrolled), since(&completed), ms]
+        });
         for node in chain(&w.orgs, &place) {
             let s = nodes.get_mut(&node).expect("every chain node is a node");
             s.users += 1;
@@ -288,11 +418,19 @@ fn node_sums(w: &World, fy: i32, meeting_minutes: u32) -> BTreeMap<String, Sums>
             s.minutes += f.courses.values().map(|c| c.minutes).sum::<i64>();
             s.ratings += ratings.len() as i64;
             s.stars += ratings.iter().sum::<i64>();
+            s.assessed += f.courses.values().filter(|c| !c.attempts.is_empty()).count() as i64;
+            s.passed += passed.len() as i64;
             s.enrolments_fy += enrolled.iter().filter(|&&t| fy_of(t) == fy).count() as i64;
             s.completions_fy += completed.iter().filter(|&&t| fy_of(t) == fy).count() as i64;
             s.minutes_fy += minutes_fy;
-            s.active_fy += i64::from(f.active_fys.contains(&fy));
+            s.active_fy += i64::from(f.activity.iter().any(|&t| fy_of(t) == fy));
             s.meeting_fy += i64::from(minutes_fy > 0 && minutes_fy >= i64::from(meeting_minutes) * 60_000);
+            s.passed_fy += passed.iter().filter(|&&t| fy_of(t) == fy).count() as i64;
+            for (sum, user) in s.windows.iter_mut().zip(windows) {
+                for (a, b) in sum.iter_mut().zip(user) {
+                    *a += b;
+                }
+            }
         }
     }
     nodes
@@ -302,31 +440,77 @@ fn employees(w: &World, node: &str) -> u64 {
     w.orgs.values().filter(|o| chain(&w.orgs, &o.org).iter().any(|n| n == node)).map(|o| o.employees).sum()
 }
 
-/// The `pulse report --all` document for these messages.
-pub fn report(messages: &[Message], s: &Settings, fy: i32, now: i64) -> Value {
-    let w = world(messages, s);
-    let sums = node_sums(&w, fy, s.meeting_minutes);
-    let mut nodes = Map::new();
-    for (id, sum) in &sums {
-        nodes.insert(id.clone(), node_json(sum, employees(&w, id)));
-    }
-
+/// Course sums over every user.
+fn course_sums(w: &World) -> BTreeMap<String, Sums> {
     let mut courses: BTreeMap<String, Sums> = BTreeMap::new();
-    for events in events_by_user(&w.events).values() {
-        for (id, c) in user_facts(events).courses {
+    for f in users(w).into_values() {
+        for (id, c) in f.courses {
             let s = courses.entry(id).or_default();
             s.enrolments += i64::from(c.enrolled.is_some());
             s.completions += i64::from(c.completed.is_some());
             s.minutes += c.minutes;
             s.ratings += i64::from(c.rating.is_some());
-            s.stars += c.rating.map_or(0, |r| r.2);
+            s.stars += c.rating.as_ref().map_or(0, |r| r.2);
+            s.assessed += i64::from(!c.attempts.is_empty());
+            s.passed += i64::from(c.passed().is_some());
         }
     }
-    let courses: Map<String, Value> = courses
+    courses
+}
+
+/// Providers: every one a catalogue record names, and `unlisted`.
+fn providers_json(w: &World, courses: &BTreeMap<String, Sums>) -> Map<String, Value> {
+    // id -> (name of its first record by course id, records, sums)
+    let mut providers: BTreeMap<String, (String, i64, Sums)> = BTreeMap::new();
+    providers.insert("unlisted".into(), ("unlisted".into(), 0, Sums::default()));
+    for rec in w.catalogue.values() {
+        if let Some(p) = &rec.provider {
+            providers.entry(p.id.clone()).or_insert((p.name.clone(), 0, Sums::default())).1 += 1;
+        }
+    }
+    for (course, c) in courses {
+        let provider = w.catalogue.get(course).and_then(|r| r.provider.as_ref()).map_or("unlisted", |p| &p.id);
+        let s = &mut providers.get_mut(provider).expect("every provider is listed").2;
+        s.enrolments += c.enrolments;
+        s.completions += c.completions;
+        s.minutes += c.minutes;
+        s.ratings += c.ratings;
+        s.stars += c.stars;
+        s.assessed += c.assessed;
+        s.passed += c.passed;
+    }
+    providers
         .into_iter()
-        .map(|(id, s)| {
-            let v = course_json(&s);
+        .map(|(id, (name, records, s))| {
+            let mut v = course_json(&s);
+            merge(&mut v, json!({"name": name, "courses": records}));
             (id, v)
+        })
+        .collect()
+}
+
+/// The `pulse report --all` document for these messages.
+pub fn report(messages: &[Message], s: &Settings, fy: i32, now: i64) -> Value {
+    let w = world(messages, s);
+    let sums = node_sums(&w, fy, s.meeting_minutes, now);
+    let exact = windows_exact(&w, now);
+    let mut nodes = Map::new();
+    for (id, sum) in &sums {
+        nodes.insert(id.clone(), node_json(sum, employees(&w, id), exact));
+    }
+
+    let course_sums = course_sums(&w);
+    let providers = providers_json(&w, &course_sums);
+    let courses: Map<String, Value> = course_sums
+        .iter()
+        .map(|(id, s)| {
+            let mut v = course_json(s);
+            let rec = w.catalogue.get(id);
+            merge(
+                &mut v,
+                json!({"name": rec.map(|r| &r.name), "provider": rec.and_then(|r| r.provider.as_ref()).map(|p| &p.id)}),
+            );
+            (id.clone(), v)
         })
         .collect();
 
@@ -334,8 +518,8 @@ pub fn report(messages: &[Message], s: &Settings, fy: i32, now: i64) -> Value {
     for (id, t) in &w.targets {
         let target_fy = t.fy.0;
         let actual = if sums.contains_key(&t.org) {
-            let node = node_sums(&w, target_fy, s.meeting_minutes).remove(&t.org).unwrap_or_default();
-            let kpis = node_json(&node, employees(&w, &t.org));
+            let node = node_sums(&w, target_fy, s.meeting_minutes, now).remove(&t.org).unwrap_or_default();
+            let kpis = node_json(&node, employees(&w, &t.org), exact);
             kpis[t.kpi.name()].as_f64()
         } else {
             None
@@ -357,35 +541,84 @@ pub fn report(messages: &[Message], s: &Settings, fy: i32, now: i64) -> Value {
                    "actual": actual, "expected": expected, "progress": progress}),
         );
     }
-    json!({"fy": fy_name(fy), "nodes": nodes, "courses": courses, "targets": targets})
+    json!({"fy": fy_name(fy), "nodes": nodes, "courses": courses, "providers": providers, "targets": targets})
 }
 
-/// The `pulse report --user ID` document, or `None` for a user without events.
+/// The `pulse report --months` document: every node's twelve months of `fy`.
+pub fn months_report(messages: &[Message], s: &Settings, fy: i32) -> Value {
+    let w = world(messages, s);
+    let months: Vec<String> = (0..12)
+        .map(|i| {
+            let (y, m) = if i < 9 { (fy, i + 4) } else { (fy + 1, i - 8) };
+            format!("{y}-{m:02}")
+        })
+        .collect();
+    let mut nodes: BTreeMap<String, BTreeMap<String, [i64; 4]>> = BTreeMap::new();
+    for id in ["national", "unassigned"].into_iter().map(String::from).chain(w.orgs.keys().cloned()) {
+        nodes.insert(id, months.iter().map(|m| (m.clone(), [0; 4])).collect());
+    }
+    for f in users(&w).values() {
+        let place = match &f.org {
+            Some(o) if w.orgs.contains_key(o) => o.clone(),
+            _ => "unassigned".to_string(),
+        };
+        for month in &months {
+            let in_month = |ts: &i64| month_of(*ts) == *month;
+            let enrolments = f.courses.values().filter(|c| c.enrolled.as_ref().is_some_and(in_month)).count() as i64;
+            let completions = f.courses.values().filter(|c| c.completed.as_ref().is_some_and(in_month)).count() as i64;
+            let ms = f.sessions.iter().filter(|(t, _)| in_month(t)).map(|(_, ms)| ms).sum();
+            let active = i64::from(f.activity.iter().any(in_month));
+            for node in chain(&w.orgs, &place) {
+                let sum = nodes.get_mut(&node).and_then(|n| n.get_mut(month)).expect("every node has every month");
+                for (a, b) in sum.iter_mut().zip([enrolments, completions, ms, active]) {
+                    *a += b;
+                }
+            }
+        }
+    }
+    let nodes: Map<String, Value> = nodes
+        .into_iter()
+        .map(|(id, months)| {
+            let months: Map<String, Value> = months
+                .into_iter()
+                .map(|(m, [e, c, ms, a])| {
+                    (m, json!({"enrolments": e, "completions": c, "learning_minutes": minutes(ms), "active_users": a}))
+                })
+                .collect();
+            (id, Value::Object(months))
+        })
+        .collect();
+    json!({"fy": fy_name(fy), "nodes": nodes})
+}
+
+/// The `pulse report --user ID` document, or `None` for a user not registered.
 pub fn user_report(messages: &[Message], s: &Settings, user: &str, fy: i32) -> Option<Value> {
     let w = world(messages, s);
-    let by_user = events_by_user(&w.events);
-    let f = user_facts(by_user.get(user)?);
+    let f = users(&w).remove(user)?;
     let count = |p: fn(&CourseFacts) -> bool| f.courses.values().filter(|c| p(c)).count() as i64;
     let courses: Map<String, Value> = f
         .courses
         .iter()
         .map(|(id, c)| {
+            let assessment = c.best_score().map(|best| json!({"best_score": best, "passed": c.passed().is_some()}));
             let v = json!({"enrolled": c.enrolled.is_some(), "completed": c.completed.is_some(),
                 "percent": c.percent, "minutes": minutes(c.minutes),
-                "rating": c.rating.as_ref().map(|r| r.2 as f64 / 1000.0)});
+                "rating": c.rating.as_ref().map(|r| r.2 as f64 / 1000.0), "assessment": assessment});
             (id.clone(), v)
         })
         .collect();
     Some(json!({
         "user": user,
         "org": f.org,
+        "designation": f.designation,
         "fy": fy_name(fy),
         "enrolments": count(|c| c.enrolled.is_some()),
         "completions": count(|c| c.completed.is_some()),
         "in_progress": count(|c| c.enrolled.is_some() && c.completed.is_none()),
         "learning_minutes": minutes(f.courses.values().map(|c| c.minutes).sum()),
-        "learning_minutes_fy": minutes(f.minutes_by_fy.get(&fy).copied().unwrap_or(0)),
+        "learning_minutes_fy": minutes(f.minutes_in_fy(fy)),
         "ratings": count(|c| c.rating.is_some()),
+        "assessments_passed": count(|c| c.passed().is_some()),
         "courses": courses,
     }))
 }

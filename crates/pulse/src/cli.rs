@@ -91,7 +91,8 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct ReplayArgs {
     /// An input file, one message value per line, as FORMAT=PATH with FORMAT one
-    /// of pulse-v1, sunbird-telemetry, igot-rating. Repeatable.
+    /// of pulse-v1, sunbird-telemetry, igot-rating, user-profile (whose lines are
+    /// as for --orgs). Repeatable.
     #[arg(long = "input", value_name = "FORMAT=PATH", value_parser = parse_input)]
     inputs: Vec<(InputFormat, PathBuf)>,
     /// Org registry records: a JSON record or KEY<TAB>VALUE per line (empty VALUE: tombstone).
@@ -100,6 +101,9 @@ struct ReplayArgs {
     /// Target records, in the same line format as --orgs.
     #[arg(long, value_name = "PATH")]
     targets: Option<PathBuf>,
+    /// The course catalogue, in the same line format as --orgs.
+    #[arg(long, value_name = "PATH")]
+    courses: Option<PathBuf>,
     #[command(flatten)]
     state: StateArgs,
     /// The wall clock the time rules compare events with (RFC 3339; default: now).
@@ -118,20 +122,23 @@ struct StateArgs {
 }
 
 #[derive(Args, Debug)]
-#[group(required = true, multiple = false)]
+#[group(required = true, multiple = true)]
 struct Scope {
-    /// Every node, course and target.
-    #[arg(long)]
+    /// Every node, course, provider and target.
+    #[arg(long, conflicts_with_all = ["org", "user", "course", "months"])]
     all: bool,
-    /// One node (an org id, `national` or `unassigned`).
-    #[arg(long, value_name = "ID")]
+    /// One node (an org id, `national` or `unassigned`); with --months, its monthly series.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["user", "course"])]
     org: Option<String>,
     /// One user (the individual level).
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with_all = ["course", "months"])]
     user: Option<String>,
     /// One course.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", conflicts_with = "months")]
     course: Option<String>,
+    /// The monthly series of the financial year, for every node (or --org's).
+    #[arg(long)]
+    months: bool,
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +208,7 @@ struct ReplaySummary {
     events: IngestStats,
     orgs: IngestStats,
     targets: IngestStats,
+    courses: IngestStats,
     dead_letter_file: Option<PathBuf>,
 }
 
@@ -223,6 +231,7 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         events: IngestStats::default(),
         orgs: IngestStats::default(),
         targets: IngestStats::default(),
+        courses: IngestStats::default(),
         dead_letter_file: None,
     };
     let started = std::time::Instant::now();
@@ -232,20 +241,23 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(path) = &args.targets {
         replay_file(&mut engine, Source::Targets, path, now, &mut summary.targets, &mut dead)?;
     }
+    if let Some(path) = &args.courses {
+        replay_file(&mut engine, Source::Courses, path, now, &mut summary.courses, &mut dead)?;
+    }
     for (format, path) in &args.inputs {
         replay_file(&mut engine, Source::Input(*format), path, now, &mut summary.events, &mut dead)?;
     }
     dead.flush().with_context(|| format!("failed to write {}", dead_path.display()))?;
     engine.commit()?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let n: u64 = [&summary.events, &summary.orgs, &summary.targets]
+        let n: u64 = [&summary.events, &summary.orgs, &summary.targets, &summary.courses]
             .iter()
             .map(|s| s.accepted + s.duplicates + s.ignored + s.dead_letters.values().sum::<u64>())
             .sum();
         let secs = started.elapsed().as_secs_f64();
         eprintln!("replayed {n} messages in {secs:.1}s: {:.0} messages/s", n as f64 / secs.max(1e-9));
     }
-    let any_dead = [&summary.events, &summary.orgs, &summary.targets].iter().any(|s| !s.dead_letters.is_empty());
+    let any_dead = [&summary.events, &summary.orgs, &summary.targets, &summary.courses].iter().any(|s| !s.dead_letters.is_empty());
     summary.dead_letter_file = any_dead.then_some(dead_path);
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(())
@@ -256,7 +268,13 @@ fn report(args: ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let now = args.now.unwrap_or_else(wall_clock);
     let fy = args.fy.unwrap_or_else(|| Fy::of(now));
     let scope = args.scope;
-    let json = if let Some(user) = scope.user {
+    let unknown_node = |org: &str| {
+        format!("no node `{org}`: it is not `national`, `unassigned` or a registered org (see `pulse report --all`)")
+    };
+    let json = if scope.months {
+        let months = engine.snapshot().months_report(fy, scope.org.as_deref());
+        serde_json::to_string_pretty(&months.with_context(|| unknown_node(scope.org.as_deref().unwrap_or_default()))?)?
+    } else if let Some(user) = scope.user {
         let state = engine.user(&user)?.with_context(|| format!("no user `{user}` has any accepted event"))?;
         serde_json::to_string_pretty(&UserReport::of(&user, &state, fy))?
     } else {
@@ -264,17 +282,13 @@ fn report(args: ReportArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let report = if scope.all {
             snapshot.report(fy, now)
         } else if let Some(org) = scope.org {
-            snapshot.node_report(&org, fy, now).with_context(|| {
-                format!(
-                    "no node `{org}`: it is not `national`, `unassigned` or a registered org (see `pulse report --all`)"
-                )
-            })?
+            snapshot.node_report(&org, fy, now).with_context(|| unknown_node(&org))?
         } else if let Some(course) = scope.course {
             snapshot
                 .course_report(&course, fy, now)
                 .with_context(|| format!("no course `{course}` has any accepted event"))?
         } else {
-            unreachable!("clap requires exactly one of --all, --org, --user, --course")
+            unreachable!("clap requires one of --all, --org, --user, --course, --months")
         };
         serde_json::to_string_pretty(&report)?
     };

@@ -97,7 +97,7 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
         let mut e = lock(&engine);
         for (i, ev) in events.by_ref().take(s.backfill as usize).enumerate() {
             world.pulse_v1(&ev, &mut line);
-            stats.record(&e.ingest(InputFormat::PulseV1, line.as_bytes(), now)?);
+            stats.record(&e.ingest(InputFormat::PulseV1, None, line.as_bytes(), now)?);
             if i % 50_000 == 49_999 {
                 e.commit()?;
             }
@@ -137,7 +137,7 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
             for mut ev in events.by_ref().take(per_tick as usize) {
                 ev.ts = wall_clock();
                 world.pulse_v1(&ev, &mut line);
-                stats.record(&e.ingest(InputFormat::PulseV1, line.as_bytes(), ev.ts)?);
+                stats.record(&e.ingest(InputFormat::PulseV1, None, line.as_bytes(), ev.ts)?);
                 live += 1;
             }
             e.commit()?;
@@ -162,7 +162,7 @@ fn summary(out: &mut dyn Write, snapshot: &pulse_http::SnapshotCell, live: u64, 
     let snap = snapshot.get();
     let now = wall_clock();
     let Some(national) = snap.view.node(pulse_engine::NATIONAL) else { return Ok(()) };
-    let k = NodeKpis::of(national, Fy::of(now));
+    let k = NodeKpis::of(national, Fy::of(now), snap.windows_today(now));
     let behind = snap.targets.values().filter(|t| snap.target_status(t, now).is_behind()).count();
     let pct = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
     writeln!(

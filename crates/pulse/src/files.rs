@@ -12,8 +12,9 @@ use serde::Serialize;
 /// Messages per commit while replaying.
 const COMMIT_EVERY: usize = 50_000;
 
-/// Registry topics in file mode: each line is a JSON record (keyed by its own
-/// id) or `KEY<TAB>VALUE`, where an empty VALUE is a tombstone.
+/// Keyed topics in file mode (the registry topics and user profiles): each
+/// line is a JSON record (keyed by its own id) or `KEY<TAB>VALUE`, where an
+/// empty VALUE is a tombstone.
 fn split_record(line: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     if line.trim_ascii_start().starts_with(b"{") {
         return (None, Some(line));
@@ -29,6 +30,7 @@ fn split_record(line: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
 pub(crate) enum Source {
     Orgs,
     Targets,
+    Courses,
     Input(InputFormat),
 }
 
@@ -88,7 +90,15 @@ pub(crate) fn replay_file<S: Store>(
                 let (k, v) = split_record(&line);
                 engine.apply_target_message(k, v)
             }
-            Source::Input(format) => engine.ingest(format, &line, now)?,
+            Source::Courses => {
+                let (k, v) = split_record(&line);
+                engine.apply_course_message(k, v)
+            }
+            Source::Input(InputFormat::UserProfile) => {
+                let (k, v) = split_record(&line);
+                engine.ingest(InputFormat::UserProfile, k, v.unwrap_or_default(), now)?
+            }
+            Source::Input(format) => engine.ingest(format, None, &line, now)?,
         };
         if let Disposition::Dead(r) = &disposition {
             let value = String::from_utf8_lossy(&line);

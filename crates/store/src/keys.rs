@@ -16,6 +16,8 @@ pub const ORG_TOTALS: u8 = b'o';
 pub const COURSE_TOTALS: u8 = b'c';
 pub const ORG: u8 = b'r';
 pub const TARGET: u8 = b't';
+/// A course record of the catalogue.
+pub const COURSE: u8 = b'k';
 pub const OFFSET: u8 = b'x';
 pub const MAX_TS: u8 = b'w';
 /// A shard's changelog position.

@@ -253,6 +253,10 @@ impl Store for RocksStore {
                     let id = keys::decode_text(keys::TARGET, &k).map_err(key_err)?.to_owned();
                     state.targets.insert(id, decode("a target", &v)?);
                 }
+                Some(keys::COURSE) => {
+                    let id = keys::decode_text(keys::COURSE, &k).map_err(key_err)?.to_owned();
+                    state.catalogue.insert(id, decode("a catalogue course", &v)?);
+                }
                 Some(keys::OFFSET) => {
                     let (topic, partition) = keys::decode_offset(&k).map_err(key_err)?;
                     state.offsets.insert((topic.to_owned(), partition), decode("a partition position", &v)?);
@@ -460,6 +464,12 @@ impl StoreWriter for RocksWriter {
             match rec {
                 Some(r) => wb.put_cf(meta, keys::text(keys::TARGET, id), encode(r)),
                 None => wb.delete_cf(meta, keys::text(keys::TARGET, id)),
+            }
+        }
+        for (id, rec) in &batch.catalogue {
+            match rec {
+                Some(r) => wb.put_cf(meta, keys::text(keys::COURSE, id), encode(r)),
+                None => wb.delete_cf(meta, keys::text(keys::COURSE, id)),
             }
         }
         for ((topic, partition), position) in &batch.offsets {

@@ -108,6 +108,7 @@ impl<S: Store> Engine<S> {
             meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
             orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
             targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
+            catalogue: std::mem::take(&mut self.pending_catalogue).into_iter().collect(),
             offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             ..Batch::default()
         };
@@ -115,7 +116,8 @@ impl<S: Store> Engine<S> {
         let mut users = Vec::new();
         for (i, shard) in self.shards.iter_mut().enumerate() {
             let id = i as ShardId;
-            if shard.seen_keys.is_empty() {
+            // Profiles change users without an id to remember.
+            if shard.seen_keys.is_empty() && shard.users.is_empty() {
                 continue;
             }
             let newest = shard.max_ts.min(watermark);

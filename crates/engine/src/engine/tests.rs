@@ -9,7 +9,7 @@ use crate::store::{LoadedState, MemStore, MemWriter, SeenLog};
 fn progress(id: &str, ts: Millis) -> Event<'static> {
     let line =
         format!(r#"{{"v":1,"id":"{id}","type":"progress","ts":{ts},"user":"u","org":"O","course":"c","minutes":10}}"#);
-    match parse(InputFormat::PulseV1, line.as_bytes()) {
+    match parse(InputFormat::PulseV1, None, line.as_bytes()) {
         Ok(Parsed::Event(e)) => e.into_owned(),
         other => panic!("{other:?}"),
     }
@@ -191,7 +191,7 @@ fn after_a_refused_commit_recover_reloads_exactly_the_committed_state() {
     engine.recover().unwrap();
     assert!(!engine.is_poisoned());
     assert_eq!(engine.next_offset("in", 0), Some(1), "rewinds to the committed offset");
-    let minutes = |e: &Engine<Refusing>| e.user("u").unwrap().map(|u| u.fy_minutes_ms.values().sum::<i64>());
+    let minutes = |e: &Engine<Refusing>| e.user("u").unwrap().map(|u| u.months.values().sum::<i64>());
     assert_eq!(minutes(&engine), Some(10 * 60_000), "only `a` was committed");
     assert_eq!(engine.apply(&progress("b", t0)).unwrap(), Disposition::Applied, "`b` was never persisted");
     engine.commit().unwrap();

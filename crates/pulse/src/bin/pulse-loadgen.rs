@@ -281,6 +281,7 @@ fn main() -> anyhow::Result<()> {
                 world.pulse_v1_in(&e, org, &mut line);
                 true
             }
+            InputFormat::UserProfile => unreachable!("format_of picks an event format"),
         };
         let key = match format {
             // Sunbird's pipeline keys telemetry by message id, not by user.
@@ -364,7 +365,7 @@ fn format_of(e: &GenEvent, mix: Mix, rng: &mut SmallRng) -> InputFormat {
 fn emit(sink: &mut Sink, sent: &mut Vec<Message>, keep: bool, out: Out) -> anyhow::Result<()> {
     sink.send(out.format.name(), out.key.as_bytes(), &out.value)?;
     if keep {
-        sent.push(Message::Event { format: out.format, value: out.value });
+        sent.push(Message::Event { format: out.format, key: None, value: out.value });
     }
     Ok(())
 }
