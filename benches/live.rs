@@ -66,6 +66,7 @@ impl Setup {
             .expect("create topic (is Kafka running?)");
         tools::create_topic(&b, &self_topic(&prefix, "orgs"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "targets"), 1, true).expect("create topic");
+        tools::create_topic(&b, &self_topic(&prefix, "courses"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "dlq"), 1, false).expect("create topic");
         let config = format!(
             r#"
@@ -76,6 +77,7 @@ impl Setup {
             inputs = [{{ topic = "{events}", format = "pulse-v1" }}]
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
+            courses_topic = "{courses}"
             dlq_topic = "{dlq}"
             [store]
             data_dir = "{data}"
@@ -87,6 +89,7 @@ impl Setup {
             events = self_topic(&prefix, "events"),
             orgs = self_topic(&prefix, "orgs"),
             targets = self_topic(&prefix, "targets"),
+            courses = self_topic(&prefix, "courses"),
             dlq = self_topic(&prefix, "dlq"),
             data = dir.path().join("data").display(),
         );

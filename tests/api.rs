@@ -236,7 +236,8 @@ async fn metrics_carry_every_kpi_of_every_node_as_the_report_says() {
     assert!(close(got[&format!("pulse_target_progress_ratio{target}")], progress));
     assert_eq!(got[&format!("pulse_target_value{target}")], 10.0);
     assert_eq!(got["pulse_course_enrolments{course=\"c3\"}"], 1.0);
-    assert_eq!(got["pulse_registry_unknown_orgs"], 2.0, "X_UNKNOWN and the tombstoned S_5_O_2");
+    // u4's profile moved it from X_UNKNOWN to M_12_D_3: only S_5_O_2 is left.
+    assert_eq!(got["pulse_registry_unknown_orgs"], 1.0, "the tombstoned S_5_O_2");
     assert!(got["pulse_store_disk_bytes"] > 0.0);
     // No user id is ever a label or a value.
     for user in ["u1", "u2", "u3", "u4", "u5", "u6", "u7"] {
@@ -300,7 +301,7 @@ async fn series_of_removed_orgs_and_targets_disappear() {
     assert!(!after.contains("org=\"S_5_O_1\""), "the removed org's series are gone");
     assert!(!after.contains("target=\"fy26-onboard-S_5\""), "the removed target's series are gone");
     // Its user now counts under `unassigned`, as the contract says.
-    assert!(after.contains("pulse_registry_unknown_orgs 3\n"));
+    assert!(after.contains("pulse_registry_unknown_orgs 2\n"));
 }
 
 /// `schemas/openapi.yaml` documents exactly the routes the router serves.

@@ -115,13 +115,14 @@ fn hand_checked_scenario_reports_as_expected() {
     let summary = replay_scenario(data.path());
     assert_eq!(
         summary["events"],
-        json!({"accepted": 18, "duplicates": 1, "ignored": 1,
-        "dead_letters": {"future_timestamp": 1, "invalid_json": 1, "too_old": 1}})
+        json!({"accepted": 28, "duplicates": 1, "ignored": 1,
+        "dead_letters": {"future_timestamp": 1, "invalid_field": 1, "invalid_json": 1, "too_old": 1}})
     );
+    assert_eq!(summary["courses"]["accepted"], 6);
     assert_eq!(summary["orgs"]["dead_letters"], json!({"org_cycle": 1}));
     assert_eq!(summary["targets"]["dead_letters"], json!({"invalid_field": 1}));
     let dead = std::fs::read_to_string(data.path().join("dead-letters.ndjson")).unwrap();
-    assert_eq!(dead.lines().count(), 5, "every dead letter is kept with its value: {dead}");
+    assert_eq!(dead.lines().count(), 6, "every dead letter is kept with its value: {dead}");
 
     let report = |scope: &[&str]| {
         let mut args = vec!["report", "--data-dir", data_dir, "--now", now, "--fy", "2025-26"];
@@ -132,6 +133,7 @@ fn hand_checked_scenario_reports_as_expected() {
     assert_json(&report(&["--user", "u2"]), &dir.join("expected-user-u2.json"));
     assert_json(&report(&["--org", "S_5_O_1"]), &dir.join("expected-org-S_5_O_1.json"));
     assert_json(&report(&["--course", "c3"]), &dir.join("expected-course-c3.json"));
+    assert_json(&report(&["--months", "--org", "M_12"]), &dir.join("expected-months-M_12.json"));
 }
 
 #[test]

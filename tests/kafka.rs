@@ -77,6 +77,7 @@ impl Case {
         }
         tools::create_topic(&b, &orgs, 1, true).unwrap();
         tools::create_topic(&b, &targets, 1, true).unwrap();
+        tools::create_topic(&b, &name("courses"), 1, true).unwrap();
         tools::create_topic(&b, &dlq, 1, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("pulse.toml");
@@ -93,6 +94,7 @@ impl Case {
             ]
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
+            courses_topic = "{courses}"
             dlq_topic = "{dlq}"
             commit_interval = "50ms"
             session_timeout = "10s"
@@ -111,6 +113,7 @@ impl Case {
             listen = "{http}"
             "#,
             group = name("group"),
+            courses = name("courses"),
             data = dir.path().join("data").display(),
         );
         let data = dir.path().join("data");

@@ -171,8 +171,12 @@ fn default_brokers() -> String {
 fn default_group() -> String {
     "pulse".into()
 }
+/// The contract's topics (section 1): events, and the user service's profiles.
 fn default_inputs() -> Vec<RawInput> {
-    vec![RawInput { topic: "pulse.telemetry".into(), format: "pulse-v1".into() }]
+    vec![
+        RawInput { topic: "pulse.telemetry".into(), format: "pulse-v1".into() },
+        RawInput { topic: "pulse.users".into(), format: "user-profile".into() },
+    ]
 }
 fn default_orgs_topic() -> String {
     "pulse.orgs".into()
@@ -433,7 +437,10 @@ mod tests {
     fn an_empty_file_is_the_defaults() {
         let c = parse("", &[]).unwrap();
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
-        assert_eq!(c.kafka.inputs, [("pulse.telemetry".to_owned(), InputFormat::PulseV1)]);
+        assert_eq!(
+            c.kafka.inputs,
+            [("pulse.telemetry".to_owned(), InputFormat::PulseV1), ("pulse.users".to_owned(), InputFormat::UserProfile)]
+        );
         assert_eq!(c.kafka.commit_interval, Duration::from_millis(100));
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.dedup_horizon, Duration::from_secs(7 * 86_400));
