@@ -92,18 +92,45 @@ struct ProfileSpec {
 }
 
 fn profile() -> impl Strategy<Value = ProfileSpec> {
-    (0..USERS + 1, 0..ORGS.len() as u8, 0..DAYS.len() as u8, -8i8..=8, prop::option::of(0u8..3), prop::bool::weighted(0.2))
-        .prop_map(|(user, org, day, step, designation, remove)| ProfileSpec { user, org, day, step, designation, remove })
+    (
+        0..USERS + 1,
+        0..ORGS.len() as u8,
+        0..DAYS.len() as u8,
+        -8i8..=8,
+        prop::option::of(0u8..3),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(user, org, day, step, designation, remove)| ProfileSpec {
+            user,
+            org,
+            day,
+            step,
+            designation,
+            remove,
+        })
 }
 
 #[derive(Debug, Clone)]
 enum RegistryOp {
-    Org { org: u8, parent: Option<u8>, employees: u16 },
+    Org {
+        org: u8,
+        parent: Option<u8>,
+        employees: u16,
+    },
     RemoveOrg(u8),
-    Target { id: u8, org: u8, kpi: u8, value: u16, fy: bool },
+    Target {
+        id: u8,
+        org: u8,
+        kpi: u8,
+        value: u16,
+        fy: bool,
+    },
     RemoveTarget(u8),
     /// A catalogue record for course `c{course}` (provider `P{p}` if any).
-    Course { course: u8, provider: Option<u8> },
+    Course {
+        course: u8,
+        provider: Option<u8>,
+    },
     RemoveCourse(u8),
 }
 

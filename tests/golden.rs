@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use pulse_model::time::format_ist;
-use pulse_model::{parse, parse_org, parse_target, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate};
+use pulse_model::{
+    parse, parse_course, parse_org, parse_target, CourseUpdate, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate,
+};
 use pulse_oracle::json_diff;
 use pulse_tests::{pulse_json as pulse, replay_scenario, scenario_dir, SCENARIO_NOW};
 use serde_json::{json, Value};
@@ -49,6 +51,11 @@ fn parsed_json(result: Result<Parsed<'_>, pulse_model::Rejection>) -> Value {
                     v["percent"] = json!(percent);
                 }
                 EventKind::Rating { stars, .. } => v["stars"] = json!(stars.as_f64()),
+                EventKind::Assessment { score, pass, .. } => {
+                    v["score"] = json!(score);
+                    v["pass"] = json!(pass);
+                }
+                EventKind::Profile { designation } => v["designation"] = json!(designation),
                 _ => {}
             }
             json!({"event": v})
@@ -97,6 +104,32 @@ fn registry_records_parse_as_golden() {
         })
         .collect();
     check_golden(&dir.join("targets.golden.json"), &Value::Array(targets));
+    let courses: Vec<Value> = lines(&dir.join("courses.ndjson"))
+        .iter()
+        .map(|line| {
+            let result = match parse_course(None, Some(line.as_bytes())) {
+                Ok(CourseUpdate::Upsert(c)) => json!({"course": c.course, "name": c.name,
+                    "provider": c.provider.as_ref().map(|p| &p.id), "provider_name": c.provider.as_ref().map(|p| &p.name)}),
+                Ok(CourseUpdate::Remove(id)) => json!({"remove": id}),
+                Err(r) => json!({"dead_letter": {"reason": r.reason.code(), "detail": r.detail}}),
+            };
+            json!({"input": line, "result": result})
+        })
+        .collect();
+    check_golden(&dir.join("courses.golden.json"), &Value::Array(courses));
+}
+
+#[test]
+fn a_profile_keyed_by_another_user_is_a_dead_letter_and_an_empty_value_its_tombstone() {
+    let record = br#"{"v":1,"user":"u-17","org":"M_12","ts":1748851200000}"#;
+    let err = parse(InputFormat::UserProfile, Some(b"u-18"), record).unwrap_err();
+    assert_eq!(err.reason.code(), "invalid_field", "{err}");
+    assert!(matches!(parse(InputFormat::UserProfile, Some(b"u-17"), record), Ok(Parsed::Event(_))));
+    match parse(InputFormat::UserProfile, Some(b"u-17"), b"") {
+        Ok(Parsed::Event(e)) => assert_eq!((e.user.as_ref(), e.kind), ("u-17", EventKind::ProfileRemoved)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(parse(InputFormat::UserProfile, None, b"").unwrap_err().reason.code(), "missing_field");
 }
 
 fn assert_json(actual: &Value, expected_file: &Path) {
@@ -163,7 +196,7 @@ fn real_sunbird_samples_map_and_old_ones_are_dead_letters() {
     assert_eq!(user["org"], "test-channel");
     assert_eq!(
         user["courses"]["test-content"],
-        json!({"enrolled": false, "completed": false, "percent": 50.0, "minutes": 0.35, "rating": null})
+        json!({"enrolled": false, "completed": false, "percent": 50.0, "minutes": 0.35, "rating": null, "assessment": null})
     );
     assert_eq!(user["courses"]["test-content1"]["rating"], 2.0);
     assert_eq!(user["learning_minutes_fy"], 0.35);
@@ -226,8 +259,14 @@ fn hostile_input_is_a_dead_letter_for_every_parser_never_a_panic() {
         ("array", b"[1,2]".to_vec()),
         ("just over the limit", [just_under.as_bytes(), b" "].concat()),
     ];
+    // The event-shaped cases are not hostile to the registry parsers, nor to
+    // the profile parser, which ignore fields they do not know; the shapeless ones are.
+    let shapeless = ["whitespace", "invalid UTF-8", "deeply nested", "null", "array", "just over the limit"];
     for format in InputFormat::ALL {
         for (name, bytes) in &cases {
+            if format == InputFormat::UserProfile && !shapeless.contains(name) && *name != "empty" {
+                continue;
+            }
             match parse(format, None, bytes) {
                 Err(rejection) => assert!(!rejection.detail.is_empty(), "{format} {name}: a reason without detail"),
                 Ok(other) => panic!("{format} {name}: accepted as {other:?}"),
@@ -236,9 +275,6 @@ fn hostile_input_is_a_dead_letter_for_every_parser_never_a_panic() {
     }
     // At the limit exactly, a valid event is accepted.
     assert!(matches!(parse(InputFormat::PulseV1, None, just_under.as_bytes()), Ok(Parsed::Event(_))));
-    // The event-shaped cases are not hostile to the registry parsers, which
-    // ignore fields they do not know; the shapeless ones are.
-    let shapeless = ["whitespace", "invalid UTF-8", "deeply nested", "null", "array", "just over the limit"];
     for (name, bytes) in cases.iter().filter(|(name, _)| shapeless.contains(name)) {
         let org = parse_org(Some(b"A"), Some(bytes));
         assert!(org.is_err(), "org record {name}: {org:?}");

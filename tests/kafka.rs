@@ -138,11 +138,11 @@ impl Case {
 
     fn produce_events(&mut self, messages: &[Kv]) {
         tools::produce(&brokers(), &self.events, messages).unwrap();
-        self.sent.extend(
-            messages
-                .iter()
-                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap_or_default() }),
-        );
+        self.sent.extend(messages.iter().map(|(_, v)| Message::Event {
+            format: InputFormat::PulseV1,
+            key: None,
+            value: v.clone().unwrap_or_default(),
+        }));
     }
 
     fn produce_orgs(&mut self, messages: &[Kv]) {
@@ -387,8 +387,11 @@ fn a_graceful_stop_midstream_and_a_restart_lose_nothing() {
     }
     stop(&mut pulse, &case);
     producer.join().unwrap();
-    case.sent
-        .extend(second.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }));
+    case.sent.extend(second.iter().map(|(_, v)| Message::Event {
+        format: InputFormat::PulseV1,
+        key: None,
+        value: v.clone().unwrap(),
+    }));
     let mut pulse = case.start();
     case.wait_caught_up(&mut pulse);
     stop(&mut pulse, &case);
@@ -1280,11 +1283,11 @@ fn three_instances_share_the_partitions_and_sum_to_the_model_through_joins_a_kil
         .collect();
     let chunks: Vec<Vec<Kv>> = events.chunks(events.len() / 4 + 1).map(<[Kv]>::to_vec).collect();
     let flow = |case: &mut Case, chunk: &[Kv]| {
-        case.sent.extend(
-            chunk
-                .iter()
-                .map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap_or_default() }),
-        );
+        case.sent.extend(chunk.iter().map(|(_, v)| Message::Event {
+            format: InputFormat::PulseV1,
+            key: None,
+            value: v.clone().unwrap_or_default(),
+        }));
         let (topic, chunk) = (case.events.clone(), chunk.to_vec());
         std::thread::spawn(move || tools::produce(&brokers(), &topic, &chunk).unwrap())
     };
@@ -1365,9 +1368,11 @@ fn input_topics_with_different_partition_counts_are_exact_across_instances() {
             let part: Vec<Kv> = chunk.iter().skip(i).step_by(3).cloned().collect();
             tools::produce(&brokers(), topic, &part).unwrap();
         }
-        case.sent.extend(
-            chunk.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }),
-        );
+        case.sent.extend(chunk.iter().map(|(_, v)| Message::Event {
+            format: InputFormat::PulseV1,
+            key: None,
+            value: v.clone().unwrap(),
+        }));
     };
     let chunks: Vec<Vec<Kv>> = events.chunks(events.len() / 3 + 1).map(<[Kv]>::to_vec).collect();
     let overrides = [("PULSE_KAFKA__INPUTS", inputs)];
@@ -1435,9 +1440,11 @@ fn a_paused_instance_is_fenced_when_it_resumes_and_nothing_counts_twice() {
     }
     signal(b.child.as_ref().unwrap(), "-STOP");
     producing.join().unwrap();
-    case.sent.extend(
-        chunks[1].iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }),
-    );
+    case.sent.extend(chunks[1].iter().map(|(_, v)| Message::Event {
+        format: InputFormat::PulseV1,
+        key: None,
+        value: v.clone().unwrap(),
+    }));
     // The session timeout is 10 s: then `a` owns every partition.
     scale_out_settles(&case, &mut [&mut a], PARTITIONS);
 
@@ -1605,8 +1612,11 @@ fn sasl_ssl_with_scram_and_a_zstd_input_topic_equal_the_model() {
     let (orgs, events) = history(47, 4_000);
     case.produce_orgs(&orgs);
     tools::produce_compressed(&brokers(), &case.events, &events, "zstd").unwrap();
-    case.sent
-        .extend(events.iter().map(|(_, v)| Message::Event { format: InputFormat::PulseV1, key: None, value: v.clone().unwrap() }));
+    case.sent.extend(events.iter().map(|(_, v)| Message::Event {
+        format: InputFormat::PulseV1,
+        key: None,
+        value: v.clone().unwrap(),
+    }));
     let port: u16 = std::env::var("KAFKA_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(9092);
     let sasl_ssl = std::env::var("KAFKA_SASL_SSL_PORT").unwrap_or_else(|_| (port + 2).to_string());
     let options = format!(

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use jsonschema::{Draft, JSONSchema};
-use pulse_model::{parse, parse_org, parse_target, InputFormat, Parsed, Reason, Rejection};
+use pulse_model::{parse, parse_course, parse_org, parse_target, InputFormat, Parsed, Reason, Rejection};
 use serde_json::Value;
 
 fn root() -> &'static Path {
@@ -58,7 +58,23 @@ fn schema_verdict(r: Result<(), Rejection>) -> Option<bool> {
 #[test]
 fn pulse_v1_schema_agrees_with_the_parser() {
     agree("pulse-v1.schema.json", "pulse-v1.ndjson", |line| {
-        schema_verdict(parse(InputFormat::PulseV1, None, line.as_bytes()).map(|p| assert!(matches!(p, Parsed::Event(_)))))
+        schema_verdict(
+            parse(InputFormat::PulseV1, None, line.as_bytes()).map(|p| assert!(matches!(p, Parsed::Event(_)))),
+        )
+    });
+}
+
+#[test]
+fn user_profile_schema_agrees_with_the_parser() {
+    agree("user-profile.schema.json", "user-profile.ndjson", |line| {
+        schema_verdict(parse(InputFormat::UserProfile, None, line.as_bytes()).map(drop))
+    });
+}
+
+#[test]
+fn course_schema_agrees_with_the_parser() {
+    agree("course-record.schema.json", "courses.ndjson", |line| {
+        schema_verdict(parse_course(None, Some(line.as_bytes())).map(drop))
     });
 }
 

@@ -39,7 +39,11 @@ fn target(id: &str) -> TargetRecord {
 }
 
 fn catalogued(id: &str) -> CourseRecord {
-    CourseRecord { course: id.into(), name: format!("{id} name"), provider: Some(ProviderRef { id: "P".into(), name: "ISTM".into() }) }
+    CourseRecord {
+        course: id.into(),
+        name: format!("{id} name"),
+        provider: Some(ProviderRef { id: "P".into(), name: "ISTM".into() }),
+    }
 }
 
 fn seen(bucket: i64, hash: u128) -> SeenKey {

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::{
-    parse, parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, Day, Event, InputFormat, Millis, OrgRecord,
-    OrgUpdate, Parsed, Rejection, TargetRecord, TargetUpdate, TimeRules,
+    parse, parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, Day, Event, InputFormat, Millis,
+    OrgRecord, OrgUpdate, Parsed, Rejection, TargetRecord, TargetUpdate, TimeRules,
 };
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
@@ -47,7 +47,8 @@ fn forget_days(orgs: &mut Table<Totals>, old: Day, new: Day) {
     if new == old {
         return;
     }
-    let stale: Vec<u32> = orgs.iter().filter(|(_, t)| t.days.first().is_some_and(|(d, _)| *d < new)).map(|(k, _)| k).collect();
+    let stale: Vec<u32> =
+        orgs.iter().filter(|(_, t)| t.days.first().is_some_and(|(d, _)| *d < new)).map(|(k, _)| k).collect();
     for k in stale {
         orgs.update(k, |t| {
             t.forget_days(new);

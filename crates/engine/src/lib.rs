@@ -35,12 +35,13 @@ pub use changelog::{changes, restore_into, Change, ChangeLog};
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit, Stored};
 pub use registry::Registry;
 pub use report::{
-    windows_today, CourseKpis, CourseReport, MonthKpis, MonthsReport, NodeKpis, ProviderKpis, Report, Snapshot, TargetStatus,
-    UserAssessment, UserCourse, UserReport, Windows, UNLISTED,
+    windows_today, CourseKpis, CourseReport, MonthKpis, MonthsReport, NodeKpis, ProviderKpis, Report, Snapshot,
+    TargetStatus, UserAssessment, UserCourse, UserReport, Windows, UNLISTED,
 };
 pub use rollup::{NodeView, OrgView};
 pub use state::{
-    Assessment, CourseState, CourseTotals, FyCounts, FyTotals, OrgStamp, PeriodTotals, Profile, RatingStamp, Totals, UserState,
+    Assessment, CourseState, CourseTotals, FyCounts, FyTotals, OrgStamp, PeriodTotals, Profile, RatingStamp, Totals,
+    UserState,
 };
 pub use store::{
     Batch, LoadedState, MemStore, MemWriter, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter,

@@ -374,10 +374,10 @@ impl UserReport {
                         percent: c.percent,
                         minutes: minutes(c.minutes_ms),
                         rating: c.rating.as_ref().map(|r| Stars(r.stars).as_f64()),
-                        assessment: c.assessment.as_ref().map(|a| UserAssessment {
-                            best_score: a.best_score,
-                            passed: a.passed_at.is_some(),
-                        }),
+                        assessment: c
+                            .assessment
+                            .as_ref()
+                            .map(|a| UserAssessment { best_score: a.best_score, passed: a.passed_at.is_some() }),
                     };
                     (id.clone(), course)
                 })
@@ -461,7 +461,10 @@ impl Snapshot {
         let series = |n: &NodeView| -> BTreeMap<String, MonthKpis> {
             fy.months().map(|m: Month| (m.to_string(), MonthKpis::of(&n.totals.month(m)))).collect()
         };
-        Some(MonthsReport { fy: fy.to_string(), nodes: Some(nodes.into_iter().map(|n| (n.id.clone(), series(n))).collect()) })
+        Some(MonthsReport {
+            fy: fy.to_string(),
+            nodes: Some(nodes.into_iter().map(|n| (n.id.clone(), series(n))).collect()),
+        })
     }
 
     pub fn target_status(&self, target: &TargetRecord, now: Millis) -> TargetStatus {
@@ -489,10 +492,7 @@ impl Snapshot {
     pub fn children_report(&self, org: &str, fy: Fy, now: Millis) -> Option<Report> {
         self.view.node(org)?;
         let children = self.view.nodes().iter().filter(|n| n.parent.as_deref() == Some(org));
-        Some(Report {
-            nodes: Some(children.map(|n| self.node_kpis(n, fy, now)).collect()),
-            ..Report::header(fy, now)
-        })
+        Some(Report { nodes: Some(children.map(|n| self.node_kpis(n, fy, now)).collect()), ..Report::header(fy, now) })
     }
 
     /// One course; `None` when no accepted event names it.

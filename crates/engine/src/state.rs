@@ -422,7 +422,8 @@ impl Totals {
 
     /// Every financial year with a non-zero total, oldest first.
     pub fn fys(&self) -> impl Iterator<Item = Fy> + '_ {
-        let mut fys: Vec<Fy> = self.fys.iter().map(|(y, _)| *y).chain(self.months.iter().map(|(m, _)| m.fy())).collect();
+        let mut fys: Vec<Fy> =
+            self.fys.iter().map(|(y, _)| *y).chain(self.months.iter().map(|(m, _)| m.fy())).collect();
         fys.sort();
         fys.dedup();
         fys.into_iter()

@@ -131,14 +131,31 @@ pub struct Event<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind<'a> {
     Registration,
-    Enrolment { course: Cow<'a, str> },
-    Progress { course: Cow<'a, str>, minutes: Minutes, percent: Option<f64> },
-    Completion { course: Cow<'a, str> },
-    Rating { course: Cow<'a, str>, stars: Stars },
+    Enrolment {
+        course: Cow<'a, str>,
+    },
+    Progress {
+        course: Cow<'a, str>,
+        minutes: Minutes,
+        percent: Option<f64>,
+    },
+    Completion {
+        course: Cow<'a, str>,
+    },
+    Rating {
+        course: Cow<'a, str>,
+        stars: Stars,
+    },
     /// `score` is 0..=100.
-    Assessment { course: Cow<'a, str>, score: f64, pass: bool },
+    Assessment {
+        course: Cow<'a, str>,
+        score: f64,
+        pass: bool,
+    },
     /// The user's profile as of `ts` (the event's org is the profile's).
-    Profile { designation: Option<Cow<'a, str>> },
+    Profile {
+        designation: Option<Cow<'a, str>>,
+    },
     /// A profile tombstone: the user has no profile any more.
     ProfileRemoved,
 }
@@ -189,7 +206,9 @@ impl Event<'_> {
             }
             EventKind::Completion { course } => EventKind::Completion { course: owned(course) },
             EventKind::Rating { course, stars } => EventKind::Rating { course: owned(course), stars },
-            EventKind::Assessment { course, score, pass } => EventKind::Assessment { course: owned(course), score, pass },
+            EventKind::Assessment { course, score, pass } => {
+                EventKind::Assessment { course: owned(course), score, pass }
+            }
             EventKind::Profile { designation } => EventKind::Profile { designation: designation.map(owned) },
             EventKind::ProfileRemoved => EventKind::ProfileRemoved,
         };

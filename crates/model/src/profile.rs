@@ -29,7 +29,13 @@ pub(crate) fn parse<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> Result<Parsed
     if value.is_empty() {
         let user = crate::records::tombstone_key(key)?;
         let user = check_text("key", Cow::Owned(user))?;
-        return Ok(Parsed::Event(Event { id: Cow::Borrowed(""), ts: i64::MIN, user, org: None, kind: EventKind::ProfileRemoved }));
+        return Ok(Parsed::Event(Event {
+            id: Cow::Borrowed(""),
+            ts: i64::MIN,
+            user,
+            org: None,
+            kind: EventKind::ProfileRemoved,
+        }));
     }
     let raw: Raw<'a> = json_object(value)?;
     version_1("v", raw.v)?;
@@ -42,11 +48,20 @@ pub(crate) fn parse<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> Result<Parsed
         Some(Scalar::Str(d)) if d.is_empty() => None,
         Some(Scalar::Str(d)) if d.chars().count() <= MAX_TEXT_CHARS => Some(d),
         Some(Scalar::Str(_)) => {
-            return Err(Rejection::invalid("designation", format_args!("must have at most {MAX_TEXT_CHARS} characters")))
+            return Err(Rejection::invalid(
+                "designation",
+                format_args!("must have at most {MAX_TEXT_CHARS} characters"),
+            ))
         }
         Some(other) => {
             return Err(Rejection::invalid("designation", format_args!("must be a string, not {}", other.kind())))
         }
     };
-    Ok(Parsed::Event(Event { id: Cow::Borrowed(""), ts, user, org: Some(org), kind: EventKind::Profile { designation } }))
+    Ok(Parsed::Event(Event {
+        id: Cow::Borrowed(""),
+        ts,
+        user,
+        org: Some(org),
+        kind: EventKind::Profile { designation },
+    }))
 }

@@ -247,10 +247,12 @@ pub fn parse_course(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<CourseUp
     version_1("v", raw.v)?;
     let course = text("course", raw.course)?.into_owned();
     check_key(key, &course, "course")?;
-    let optional = |field: &str, v: Option<Scalar<'_>>| v.map(|v| text(field, Some(v)).map(|t| t.into_owned())).transpose();
+    let optional =
+        |field: &str, v: Option<Scalar<'_>>| v.map(|v| text(field, Some(v)).map(|t| t.into_owned())).transpose();
     let name = optional("name", raw.name)?.unwrap_or_else(|| course.clone());
     let provider_name = optional("provider_name", raw.provider_name)?;
-    let provider = optional("provider", raw.provider)?.map(|id| ProviderRef { name: provider_name.unwrap_or_else(|| id.clone()), id });
+    let provider = optional("provider", raw.provider)?
+        .map(|id| ProviderRef { name: provider_name.unwrap_or_else(|| id.clone()), id });
     Ok(CourseUpdate::Upsert(CourseRecord { course, name, provider }))
 }
 

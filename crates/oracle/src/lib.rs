@@ -23,10 +23,23 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// A message of an input topic; `key` is read by `user-profile` only.
-    Event { format: InputFormat, key: Option<Vec<u8>>, value: Vec<u8> },
-    Org { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
-    Target { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
-    Course { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
+    Event {
+        format: InputFormat,
+        key: Option<Vec<u8>>,
+        value: Vec<u8>,
+    },
+    Org {
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    },
+    Target {
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    },
+    Course {
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +126,8 @@ fn world(messages: &[Message], s: &Settings) -> World {
                 match ev.kind {
                     // The latest record on the topic wins; a tombstone removes it.
                     EventKind::Profile { designation } => {
-                        let profile = (ev.ts, ev.org.unwrap_or_default().to_string(), designation.map(|d| d.to_string()));
+                        let profile =
+                            (ev.ts, ev.org.unwrap_or_default().to_string(), designation.map(|d| d.to_string()));
                         w.profiles.insert(ev.user.to_string(), profile);
                     }
                     EventKind::ProfileRemoved => {

@@ -257,7 +257,8 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         eprintln!("replayed {n} messages in {secs:.1}s: {:.0} messages/s", n as f64 / secs.max(1e-9));
     }
-    let any_dead = [&summary.events, &summary.orgs, &summary.targets, &summary.courses].iter().any(|s| !s.dead_letters.is_empty());
+    let any_dead =
+        [&summary.events, &summary.orgs, &summary.targets, &summary.courses].iter().any(|s| !s.dead_letters.is_empty());
     summary.dead_letter_file = any_dead.then_some(dead_path);
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(())

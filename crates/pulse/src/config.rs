@@ -439,7 +439,10 @@ mod tests {
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(
             c.kafka.inputs,
-            [("pulse.telemetry".to_owned(), InputFormat::PulseV1), ("pulse.users".to_owned(), InputFormat::UserProfile)]
+            [
+                ("pulse.telemetry".to_owned(), InputFormat::PulseV1),
+                ("pulse.users".to_owned(), InputFormat::UserProfile)
+            ]
         );
         assert_eq!(c.kafka.commit_interval, Duration::from_millis(100));
         assert_eq!(c.data_dir, PathBuf::from("./data"));
