@@ -194,7 +194,49 @@ const KPIS: &[(&str, &str, f64)] = &[
     ("active_users_fy", "pulse_kpi_active_users_fy", 1.0),
     ("users_meeting_hours_fy", "pulse_kpi_users_meeting_learning_goal_fy", 1.0),
     ("users_meeting_hours_ratio", "pulse_kpi_users_meeting_learning_goal_ratio", 1.0),
+    ("assessed", "pulse_kpi_assessed", 1.0),
+    ("assessments_passed", "pulse_kpi_assessments_passed", 1.0),
+    ("assessment_pass_ratio", "pulse_kpi_assessment_pass_ratio", 1.0),
+    ("assessments_passed_fy", "pulse_kpi_assessments_passed_fy", 1.0),
 ];
+
+/// The windows' report fields (with `_1d`, `_7d`, `_30d`) and their families (label `window`).
+const WINDOW_KPIS: &[(&str, &str, f64)] = &[
+    ("active_users", "pulse_kpi_active_users_window", 1.0),
+    ("enrolments", "pulse_kpi_enrolments_window", 1.0),
+    ("completions", "pulse_kpi_completions_window", 1.0),
+    ("learning_minutes", "pulse_kpi_learning_seconds_window", 60.0),
+];
+
+/// The providers' report fields and their families (label `provider`).
+const PROVIDER_KPIS: &[(&str, &str, f64)] = &[
+    ("courses", "pulse_provider_courses", 1.0),
+    ("enrolments", "pulse_provider_enrolments", 1.0),
+    ("completions", "pulse_provider_completions", 1.0),
+    ("completion_ratio", "pulse_provider_completion_ratio", 1.0),
+    ("learning_minutes", "pulse_provider_learning_seconds", 60.0),
+    ("ratings", "pulse_provider_ratings", 1.0),
+    ("average_rating", "pulse_provider_average_rating_stars", 1.0),
+    ("assessed", "pulse_provider_assessed", 1.0),
+    ("assessments_passed", "pulse_provider_assessments_passed", 1.0),
+    ("assessment_pass_ratio", "pulse_provider_assessment_pass_ratio", 1.0),
+];
+
+/// Checks one series against the report's value: present and equal, or
+/// absent where the report has null.
+fn check_series(got: &BTreeMap<String, f64>, series: &str, value: Option<f64>, factor: f64) -> usize {
+    match value {
+        None => {
+            assert!(!got.contains_key(series), "{series}: null in the report, so absent");
+            0
+        }
+        Some(v) => {
+            let m = got.get(series).unwrap_or_else(|| panic!("{series} missing"));
+            assert!(close(*m, v * factor), "{series} = {m}, report says {v} × {factor}");
+            1
+        }
+    }
+}
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
@@ -217,15 +259,24 @@ async fn metrics_carry_every_kpi_of_every_node_as_the_report_says() {
             } else {
                 format!("{metric}{{org=\"{node}\"}}")
             };
-            match kpis[field].as_f64() {
-                None => assert!(!got.contains_key(&series), "{series}: null in the report, so absent"),
-                Some(v) => {
-                    let m = got.get(&series).unwrap_or_else(|| panic!("{series} missing"));
-                    assert!(close(*m, v * factor), "{series} = {m}, report says {v} × {factor}");
-                    checked += 1;
-                }
+            checked += check_series(&got, &series, kpis[field].as_f64(), *factor);
+        }
+        for (field, metric, factor) in WINDOW_KPIS {
+            for w in ["1d", "7d", "30d"] {
+                let series = format!("{metric}{{org=\"{node}\",window=\"{w}\"}}");
+                checked += check_series(&got, &series, kpis[format!("{field}_{w}")].as_f64(), *factor);
             }
         }
+    }
+    for (provider, kpis) in report["providers"].as_object().unwrap() {
+        for (field, metric, factor) in PROVIDER_KPIS {
+            let series = format!("{metric}{{provider=\"{provider}\"}}");
+            checked += check_series(&got, &series, kpis[field].as_f64(), *factor);
+        }
+        assert!(got.contains_key(&format!(
+            "pulse_provider_info{{provider=\"{provider}\",name=\"{}\"}}",
+            kpis["name"].as_str().unwrap()
+        )));
     }
     assert!(checked > 100, "{checked}");
     // The info series carries what dashboards join on.

@@ -48,6 +48,7 @@ struct Case {
     ratings: String,
     orgs: String,
     targets: String,
+    courses: String,
     dlq: String,
     group: String,
     dir: tempfile::TempDir,
@@ -70,6 +71,7 @@ impl Case {
         let id = format!("{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), rand_suffix());
         let name = |t: &str| format!("test.{t}.{id}");
         let (events, orgs, targets, dlq) = (name("events"), name("orgs"), name("targets"), name("dlq"));
+        let courses = name("courses");
         let (sunbird, ratings) = (name("sunbird"), name("ratings"));
         let b = brokers();
         for (input, partitions) in [&events, &sunbird, &ratings].into_iter().zip(counts) {
@@ -77,7 +79,7 @@ impl Case {
         }
         tools::create_topic(&b, &orgs, 1, true).unwrap();
         tools::create_topic(&b, &targets, 1, true).unwrap();
-        tools::create_topic(&b, &name("courses"), 1, true).unwrap();
+        tools::create_topic(&b, &courses, 1, true).unwrap();
         tools::create_topic(&b, &dlq, 1, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("pulse.toml");
@@ -113,7 +115,6 @@ impl Case {
             listen = "{http}"
             "#,
             group = name("group"),
-            courses = name("courses"),
             data = dir.path().join("data").display(),
         );
         let data = dir.path().join("data");
@@ -126,6 +127,7 @@ impl Case {
             ratings,
             orgs,
             targets,
+            courses,
             dlq,
             group,
             dir,
@@ -153,6 +155,11 @@ impl Case {
     fn produce_targets(&mut self, messages: &[Kv]) {
         tools::produce(&brokers(), &self.targets, messages).unwrap();
         self.sent.extend(messages.iter().map(|(k, v)| Message::Target { key: k.clone(), value: v.clone() }));
+    }
+
+    fn produce_courses(&mut self, messages: &[Kv]) {
+        tools::produce(&brokers(), &self.courses, messages).unwrap();
+        self.sent.extend(messages.iter().map(|(k, v)| Message::Course { key: k.clone(), value: v.clone() }));
     }
 
     fn start(&self) -> Child {
@@ -744,6 +751,23 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
         .collect();
     case.produce_targets(&kinds);
     case.produce_events(&events);
+    // Activity of the last hours (the windows are computed at the scrape's
+    // clock), assessments, and a catalogue naming a provider: every v2 panel
+    // and rule has data.
+    let now = wall_clock();
+    let recent: Vec<Kv> = (0..4i64)
+        .map(|i| {
+            let kind = if i % 2 == 0 { "assessment" } else { "enrolment" };
+            let user = format!("recent-u{i}");
+            let v = json!({"v": 1, "id": format!("recent-{i}"), "type": kind, "ts": now - i * 3_600_000, "user": user,
+                "org": org, "course": "recent-c", "score": 80, "pass": i == 0});
+            (Some(user.into_bytes()), Some(v.to_string().into_bytes()))
+        })
+        .collect();
+    case.produce_events(&recent);
+    let course =
+        json!({"v": 1, "course": "recent-c", "name": "Recent course", "provider": "P_1", "provider_name": "ISTM"});
+    case.produce_courses(&[(Some(b"recent-c".to_vec()), Some(course.to_string().into_bytes()))]);
     // A few dead letters, so the dead-letter panels have a series.
     case.produce_events(&[(None, Some(b"{not json".to_vec())), (None, Some(b"[]".to_vec()))]);
     let mut pulse = case.start();
@@ -806,6 +830,16 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
         assert!((minutes - kpis["learning_minutes"].as_f64().unwrap()).abs() < 1e-6, "{node}");
     }
 
+    // The v2 families through the rules: the recent activity's window, its
+    // assessments, and the providers as the report sums them.
+    assert_eq!(value("org_window:pulse_kpi_active_users_window:sum{org=\"national\",window=\"7d\"}"), 4.0);
+    assert_eq!(value("org:pulse_kpi_assessed:sum{org=\"national\"}"), 2.0);
+    assert_eq!(value("org:pulse_kpi_assessment_pass:ratio{org=\"national\"}"), 0.5);
+    for (id, provider) in report["providers"].as_object().unwrap() {
+        let enrolments = value(&format!("provider:pulse_provider_enrolments:sum{{provider=\"{id}\"}}"));
+        assert_eq!(enrolments, provider["enrolments"].as_f64().unwrap(), "{id}");
+    }
+
     // `pulse serve` answers from the same state directory, without consuming.
     let serve_addr = format!("127.0.0.1:{}", free_port());
     let mut serve = Command::new(env!("CARGO_BIN_EXE_pulse"))
@@ -817,7 +851,14 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     let node: Value =
         serde_json::from_str(&wait_for_ok(&serve_addr, "/api/v1/nodes/national?fy=2025-26", Duration::from_secs(30)))
             .unwrap();
-    assert_eq!(node["nodes"]["national"], report["nodes"]["national"]);
+    // The windows differ: the report is at NOW, the API at the wall clock.
+    let without_windows = |kpis: &Value| -> Value {
+        let kpis =
+            kpis.as_object().unwrap().iter().filter(|(k, _)| !["_1d", "_7d", "_30d"].iter().any(|w| k.ends_with(w)));
+        Value::Object(kpis.map(|(k, v)| (k.clone(), v.clone())).collect())
+    };
+    assert_eq!(without_windows(&node["nodes"]["national"]), without_windows(&report["nodes"]["national"]));
+    assert_eq!(node["nodes"]["national"]["active_users_7d"], 4);
     let (_, served) = http_get(&serve_addr, "/metrics").unwrap();
     assert!(served.contains("pulse_kpi_registered_users{org=\"national\"}"));
     assert!(!served.contains("pulse_ingest_"), "serve consumes nothing, so it has no ingest series");

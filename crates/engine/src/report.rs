@@ -209,6 +209,10 @@ pub struct ProviderKpis {
     pub courses: i64,
     #[serde(flatten)]
     pub kpis: CourseKpis,
+    /// The sum of the current ratings, in stars (for `/metrics`, whose
+    /// recording rules recompute the average over instances).
+    #[serde(skip)]
+    pub rated_stars: f64,
 }
 
 /// One month of a node's monthly series (contract section 13).
@@ -441,7 +445,8 @@ impl Snapshot {
         }
         sums.into_iter()
             .map(|(id, (name, courses, t))| {
-                (id.to_owned(), ProviderKpis { name: name.to_owned(), courses, kpis: CourseKpis::of(&t) })
+                let rated_stars = Stars(t.rating_milli_sum).as_f64();
+                (id.to_owned(), ProviderKpis { name: name.to_owned(), courses, kpis: CourseKpis::of(&t), rated_stars })
             })
             .collect()
     }

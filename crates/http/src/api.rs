@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pulse_engine::{Report, UserReport};
+use pulse_engine::{MonthsReport, Report, UserReport};
 use pulse_metrics::{Encoder, Format};
 use pulse_model::Fy;
 use serde::{Deserialize, Serialize};
@@ -144,6 +144,37 @@ pub(crate) async fn children(
     let now = (state.clock)();
     let report = state.snapshot.get().children_report(&org, fy(q.fy.as_deref(), now)?, now);
     report.map(Json).ok_or_else(|| no_node(&org))
+}
+
+/// The monthly series of one node for one financial year (contract v2 section 13).
+pub(crate) async fn months(
+    State(state): State<Arc<AppState>>,
+    Path(org): Path<String>,
+    Query(q): Query<FyQuery>,
+) -> ApiResult<Json<MonthsReport>> {
+    let fy = fy(q.fy.as_deref(), (state.clock)())?;
+    state.snapshot.get().months_report(fy, Some(&org)).map(Json).ok_or_else(|| no_node(&org))
+}
+
+/// Every provider the catalogue names, and `unlisted` (contract v2 section 11).
+pub(crate) async fn providers(State(state): State<Arc<AppState>>, Query(q): Query<FyQuery>) -> ApiResult<Json<Report>> {
+    let now = (state.clock)();
+    let providers = state.snapshot.get().providers();
+    Ok(Json(Report { providers: Some(providers), ..Report::header(fy(q.fy.as_deref(), now)?, now) }))
+}
+
+pub(crate) async fn provider(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<FyQuery>,
+) -> ApiResult<Json<Report>> {
+    let now = (state.clock)();
+    let fy = fy(q.fy.as_deref(), now)?;
+    let mut providers = state.snapshot.get().providers();
+    let one = providers.remove_entry(&id).ok_or_else(|| {
+        not_found(format!("no provider `{id}`: no catalogue record names it (see /api/v1/providers)"))
+    })?;
+    Ok(Json(Report { providers: Some([one].into()), ..Report::header(fy, now) }))
 }
 
 pub(crate) async fn course(

@@ -94,7 +94,10 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
         ("/api/v1/nodes", get(api::nodes)),
         ("/api/v1/nodes/{org}", get(api::node)),
         ("/api/v1/nodes/{org}/children", get(api::children)),
+        ("/api/v1/nodes/{org}/months", get(api::months)),
         ("/api/v1/courses/{course}", get(api::course)),
+        ("/api/v1/providers", get(api::providers)),
+        ("/api/v1/providers/{provider}", get(api::provider)),
         ("/api/v1/targets", get(api::targets)),
         ("/api/v1/users/{user}", get(api::user)),
     ]

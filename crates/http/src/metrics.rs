@@ -1,14 +1,17 @@
 //! The KPI families of `/metrics`, rendered from a [`Snapshot`] (never from
 //! user state), plus the service's own build and readiness gauges.
 //!
-//! Every KPI is a gauge labelled by `org` (and `fy` for the `_fy` ones).
+//! Every KPI is a gauge labelled by `org` (and `fy` for the `_fy` ones,
+//! `window` for the 1, 7 and 30-day windows, computed at the scrape's
+//! clock), or by `provider`, or by `course`. Monthly series are not
+//! families: Prometheus keeps its own history.
 //! Learning time is exported in seconds, the Prometheus base unit; ratios are
 //! 0..1 and left out when their denominator is 0 (the contract's null).
 //! Alongside each ratio the summable parts are exported too
 //! (`rating_stars_sum`, the counts), so that recording rules can recompute
 //! every ratio exactly when several instances each export a share.
 
-use pulse_engine::{CourseKpis, NodeKpis, NodeView, Snapshot};
+use pulse_engine::{CourseKpis, NodeKpis, NodeView, ProviderKpis, Snapshot, Windows};
 use pulse_metrics::{Encoder, Kind};
 use pulse_model::{Fy, Millis, Stars};
 
@@ -84,6 +87,54 @@ const NODE_FAMILIES: &[NodeFamily] = &[
         help: "Mean of the current ratings, in stars.",
         value: |_, k| k.course_kpis.average_rating,
     },
+    NodeFamily {
+        name: "pulse_kpi_assessed",
+        help: "(user, course) pairs with at least one assessment attempt.",
+        value: |_, k| Some(k.course_kpis.assessed as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_assessments_passed",
+        help: "(user, course) pairs with a passing attempt.",
+        value: |_, k| Some(k.course_kpis.assessments_passed as f64),
+    },
+    NodeFamily {
+        name: "pulse_kpi_assessment_pass_ratio",
+        help: "assessments_passed / assessed.",
+        value: |_, k| k.course_kpis.assessment_pass_ratio,
+    },
+];
+
+/// One gauge family over the nodes' windows, labelled `window`.
+struct WindowFamily {
+    name: &'static str,
+    help: &'static str,
+    /// The 1, 7 and 30-day values (`None` while the windows are not exact).
+    value: fn(&Windows) -> [Option<f64>; 3],
+}
+
+const WINDOWS: [&str; 3] = ["1d", "7d", "30d"];
+
+const WINDOW_FAMILIES: &[WindowFamily] = &[
+    WindowFamily {
+        name: "pulse_kpi_active_users_window",
+        help: "Users whose latest activity is within the window (IST days back from today, today included).",
+        value: |w| [w.active_users_1d, w.active_users_7d, w.active_users_30d].map(|v| v.map(|v| v as f64)),
+    },
+    WindowFamily {
+        name: "pulse_kpi_enrolments_window",
+        help: "Enrolments whose time is within the window.",
+        value: |w| [w.enrolments_1d, w.enrolments_7d, w.enrolments_30d].map(|v| v.map(|v| v as f64)),
+    },
+    WindowFamily {
+        name: "pulse_kpi_completions_window",
+        help: "Completions whose time is within the window.",
+        value: |w| [w.completions_1d, w.completions_7d, w.completions_30d].map(|v| v.map(|v| v as f64)),
+    },
+    WindowFamily {
+        name: "pulse_kpi_learning_seconds_window",
+        help: "Progress time whose event time is within the window, in seconds.",
+        value: |w| [w.learning_minutes_1d, w.learning_minutes_7d, w.learning_minutes_30d].map(|v| v.map(|m| m * 60.0)),
+    },
 ];
 
 const FY_FAMILIES: &[NodeFamily] = &[
@@ -121,6 +172,11 @@ const FY_FAMILIES: &[NodeFamily] = &[
         name: "pulse_kpi_users_meeting_learning_goal_ratio",
         help: "users_meeting_hours_fy / registered_users.",
         value: |_, k| k.users_meeting_hours_ratio,
+    },
+    NodeFamily {
+        name: "pulse_kpi_assessments_passed_fy",
+        help: "(user, course) pairs whose first passing attempt is in the financial year.",
+        value: |_, k| Some(k.assessments_passed_fy as f64),
     },
 ];
 
@@ -165,6 +221,83 @@ const COURSE_FAMILIES: &[CourseFamily] = &[
         name: "pulse_course_average_rating_stars",
         help: "Mean current rating of the course, in stars.",
         value: |k| k.average_rating,
+    },
+    CourseFamily {
+        name: "pulse_course_assessed",
+        help: "(user, course) pairs with an assessment attempt.",
+        value: |k| Some(k.assessed as f64),
+    },
+    CourseFamily {
+        name: "pulse_course_assessments_passed",
+        help: "(user, course) pairs with a passing attempt.",
+        value: |k| Some(k.assessments_passed as f64),
+    },
+];
+
+/// One gauge family over the providers.
+struct ProviderFamily {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&ProviderKpis) -> Option<f64>,
+}
+
+/// A provider's KPIs are sums over its courses, so the summable parts of
+/// each ratio are exported too (the recording rules sum them over instances).
+const PROVIDER_FAMILIES: &[ProviderFamily] = &[
+    ProviderFamily {
+        name: "pulse_provider_courses",
+        help: "Catalogue records naming the provider (0 for unlisted).",
+        value: |p| Some(p.courses as f64),
+    },
+    ProviderFamily {
+        name: "pulse_provider_enrolments",
+        help: "(user, course) pairs enrolled in the provider's courses.",
+        value: |p| Some(p.kpis.enrolments as f64),
+    },
+    ProviderFamily {
+        name: "pulse_provider_completions",
+        help: "(user, course) pairs completed.",
+        value: |p| Some(p.kpis.completions as f64),
+    },
+    ProviderFamily {
+        name: "pulse_provider_completion_ratio",
+        help: "completions / enrolments.",
+        value: |p| p.kpis.completion_ratio,
+    },
+    ProviderFamily {
+        name: "pulse_provider_learning_seconds",
+        help: "Progress time on the provider's courses, in seconds.",
+        value: |p| Some(p.kpis.learning_minutes * 60.0),
+    },
+    ProviderFamily {
+        name: "pulse_provider_ratings",
+        help: "Current ratings of the provider's courses.",
+        value: |p| Some(p.kpis.ratings as f64),
+    },
+    ProviderFamily {
+        name: "pulse_provider_rated_stars",
+        help: "Sum of those ratings, in stars (average = this / ratings).",
+        value: |p| Some(p.rated_stars),
+    },
+    ProviderFamily {
+        name: "pulse_provider_average_rating_stars",
+        help: "Mean current rating of the provider's courses, in stars.",
+        value: |p| p.kpis.average_rating,
+    },
+    ProviderFamily {
+        name: "pulse_provider_assessed",
+        help: "(user, course) pairs with an assessment attempt.",
+        value: |p| Some(p.kpis.assessed as f64),
+    },
+    ProviderFamily {
+        name: "pulse_provider_assessments_passed",
+        help: "(user, course) pairs with a passing attempt.",
+        value: |p| Some(p.kpis.assessments_passed as f64),
+    },
+    ProviderFamily {
+        name: "pulse_provider_assessment_pass_ratio",
+        help: "assessments_passed / assessed.",
+        value: |p| p.kpis.assessment_pass_ratio,
     },
 ];
 
@@ -225,6 +358,8 @@ pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, expositi
     enc.family("pulse_registry_unknown_orgs", "Org ids named by events but not in the registry.", Kind::Gauge)
         .sample(&[], snapshot.unknown_orgs as f64);
     encode_targets(enc, snapshot, now);
+    encode_windows(enc, nodes, &base);
+    encode_providers(enc, snapshot);
     if exposition.courses {
         let kpis: Vec<(&String, CourseKpis)> = snapshot.courses.iter().map(|(c, t)| (c, CourseKpis::of(t))).collect();
         for fam in COURSE_FAMILIES {
@@ -235,6 +370,46 @@ pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, expositi
                 }
             }
         }
+        let mut f = enc.family(
+            "pulse_course_info",
+            "One series per course with activity, carrying its catalogue name and provider (empty when unknown).",
+            Kind::Gauge,
+        );
+        for course in snapshot.courses.keys() {
+            let record = snapshot.catalogue.get(course);
+            let name = record.map_or("", |r| r.name.as_str());
+            f.sample(&[("course", course), ("name", name), ("provider", snapshot.provider_of(course))], 1.0);
+        }
+    }
+}
+
+fn encode_windows(enc: &mut Encoder, nodes: &[NodeView], kpis: &[NodeKpis]) {
+    for fam in WINDOW_FAMILIES {
+        let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
+        for (n, k) in nodes.iter().zip(kpis) {
+            for (window, v) in WINDOWS.iter().zip((fam.value)(&k.windows)) {
+                if let Some(v) = v {
+                    f.sample(&[("org", &n.id), ("window", window)], v);
+                }
+            }
+        }
+    }
+}
+
+/// Providers are few (those the catalogue names), so they are always exported.
+fn encode_providers(enc: &mut Encoder, snapshot: &Snapshot) {
+    let providers = snapshot.providers();
+    for fam in PROVIDER_FAMILIES {
+        let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
+        for (id, p) in &providers {
+            if let Some(v) = (fam.value)(p) {
+                f.sample(&[("provider", id)], v);
+            }
+        }
+    }
+    let mut f = enc.family("pulse_provider_info", "One series per provider, carrying its name.", Kind::Gauge);
+    for (id, p) in &providers {
+        f.sample(&[("provider", id), ("name", &p.name)], 1.0);
     }
 }
 
