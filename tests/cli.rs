@@ -113,6 +113,21 @@ fn assert_cells_match(cells: &BTreeMap<String, Value>, org: &str, kpis: &Value) 
     mine.len()
 }
 
+/// The page's monthly chart of `org`: one bar per month and series, each the API's value.
+fn assert_months_match(cells: &BTreeMap<String, Value>, addr: &str, org: &str) {
+    let months = api(addr, &format!("/api/v1/nodes/{org}/months?fy=2025-26"));
+    let mut bars = 0;
+    for (month, kpis) in months["nodes"][org].as_object().unwrap() {
+        for kpi in ["enrolments", "completions", "learning_minutes", "active_users"] {
+            let shown =
+                cells.get(&format!("{org}@{month}/{kpi}")).unwrap_or_else(|| panic!("no bar {org} {month} {kpi}"));
+            assert_eq!(shown.as_f64(), kpis[kpi].as_f64(), "{org} {month} {kpi}");
+            bars += 1;
+        }
+    }
+    assert_eq!(bars, 48, "12 months × 4 series");
+}
+
 #[test]
 #[cfg_attr(not(feature = "services"), ignore = "needs Chromium: scripts/test runs it (--features services)")]
 fn the_page_shows_the_api_numbers_and_drills_down() {
@@ -123,7 +138,19 @@ fn the_page_shows_the_api_numbers_and_drills_down() {
     assert_eq!(attributes(&dom, "data-shown"), ["national"], "the page did not finish loading");
     let shown = cells(&dom);
     let national = api(&addr, "/api/v1/nodes/national?fy=2025-26");
-    assert_eq!(assert_cells_match(&shown, "national", &national["nodes"]["national"]), 10);
+    // 11 FY and all-time cards, 6 windows.
+    assert_eq!(assert_cells_match(&shown, "national", &national["nodes"]["national"]), 17);
+    assert_months_match(&shown, &addr, "national");
+    // Providers: every one the API lists, its numbers, lowest rating first.
+    let providers = api(&addr, "/api/v1/providers?fy=2025-26");
+    let providers = providers["providers"].as_object().unwrap();
+    let rows = attributes(&dom, "data-provider");
+    // P_7 is rated (3.33); unlisted and P_9 are not, and unlisted has the
+    // lower completion rate (0 against none).
+    assert_eq!(rows, ["P_7", "unlisted", "P_9"]);
+    for (id, kpis) in providers {
+        assert_eq!(assert_cells_match(&shown, &format!("provider:{id}"), kpis), 6, "{id}");
+    }
     let children = api(&addr, "/api/v1/nodes/national/children?fy=2025-26");
     let mut rows = attributes(&dom, "data-org");
     rows.sort_unstable();
@@ -145,7 +172,8 @@ fn the_page_shows_the_api_numbers_and_drills_down() {
     assert_eq!(attributes(&dom, "data-shown"), ["M_12"]);
     let shown = cells(&dom);
     let m12 = api(&addr, "/api/v1/nodes/M_12?fy=2025-26");
-    assert_eq!(assert_cells_match(&shown, "M_12", &m12["nodes"]["M_12"]), 10);
+    assert_eq!(assert_cells_match(&shown, "M_12", &m12["nodes"]["M_12"]), 17);
+    assert_months_match(&shown, &addr, "M_12");
     assert_eq!(attributes(&dom, "data-org"), ["M_12_D_3"]);
     let d3 = api(&addr, "/api/v1/nodes/M_12_D_3?fy=2025-26");
     assert_eq!(assert_cells_match(&shown, "M_12_D_3", &d3["nodes"]["M_12_D_3"]), 6);
