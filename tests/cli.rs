@@ -206,7 +206,15 @@ fn pulse_demo_runs_with_no_external_services() {
         .unwrap();
     let national: Value =
         serde_json::from_str(&wait_for_ok(&addr, "/api/v1/nodes/national", Duration::from_secs(60))).unwrap();
-    assert!(national["nodes"]["national"]["registered_users"].as_i64().unwrap() > 0, "{national}");
+    let kpis = &national["nodes"]["national"];
+    assert!(kpis["registered_users"].as_i64().unwrap() > 0, "{national}");
+    // Contract v2 is visible: recent activity, assessments, providers, months.
+    assert!(kpis["active_users_7d"].as_i64().unwrap() > 0, "{national}");
+    assert!(kpis["assessed"].as_i64().unwrap() > 0, "{national}");
+    let providers: Value = serde_json::from_str(&http_get(&addr, "/api/v1/providers").unwrap().1).unwrap();
+    assert!(providers["providers"].as_object().unwrap().len() > 2, "{providers}");
+    let (status, _) = http_get(&addr, "/api/v1/nodes/national/months").unwrap();
+    assert_eq!(status, 200);
     let (status, page) = http_get(&addr, "/").unwrap();
     assert!(status == 200 && page.contains("<title>Pulse"));
     let (_, metrics) = http_get(&addr, "/metrics").unwrap();
@@ -229,6 +237,8 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
         .args(["--seed", "7", "--users", "3000", "--events", "30000", "--top-level", "8", "--departments", "20"])
         .args(["--organisations", "60", "--courses", "80", "--first-fy", "2024-25", "--mix", "mixed"])
         .args(["--duplicates", "0.02", "--out-of-order", "0.05", "--migrations", "0.01", "--malformed", "0.01"])
+        // Contract v2: assessments, profiles, and events up to `now` (recent activity for the windows).
+        .args(["--assessments", "0.3", "--profiles", "0.4", "--recent"])
         .args(["--now", now, "--fy", "2025-26", "--max-age-days", "800", "--out"])
         .arg(&files)
         .arg("--expected")
@@ -241,8 +251,9 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
     let replay = pulse()
         .args(["replay", "--now", now, "--max-age-days", "800", "--data-dir"])
         .arg(&data)
-        .args(["--orgs", &file("orgs"), "--targets", &file("targets")])
+        .args(["--orgs", &file("orgs"), "--targets", &file("targets"), "--courses", &file("courses")])
         .arg(format!("--input=pulse-v1={}", file("pulse-v1")))
+        .arg(format!("--input=user-profile={}", file("user-profile")))
         .arg(format!("--input=sunbird-telemetry={}", file("sunbird-telemetry")))
         .arg(format!("--input=igot-rating={}", file("igot-rating")))
         .output()
@@ -260,6 +271,11 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
     if let Some(d) = pulse_oracle::json_diff(&actual, &expected) {
         panic!("pulse differs from the loadgen's expected report: {d}");
     }
+    // The v2 inputs are there to be compared: windows, assessments, providers.
+    let national = &actual["nodes"]["national"];
+    assert!(national["active_users_7d"].as_i64().unwrap() > 0, "{national}");
+    assert!(national["assessed"].as_i64().unwrap() > 100, "{national}");
+    assert!(actual["providers"].as_object().unwrap().len() > 1);
 }
 
 /// With the brokers unreachable, `pulse run` stays up and says so: it

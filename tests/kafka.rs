@@ -43,9 +43,10 @@ use tools::KeyValue as Kv;
 struct Case {
     name: String,
     events: String,
-    /// The `sunbird-telemetry` and `igot-rating` input topics.
+    /// The `sunbird-telemetry`, `igot-rating` and `user-profile` input topics.
     sunbird: String,
     ratings: String,
+    users: String,
     orgs: String,
     targets: String,
     courses: String,
@@ -72,11 +73,13 @@ impl Case {
         let name = |t: &str| format!("test.{t}.{id}");
         let (events, orgs, targets, dlq) = (name("events"), name("orgs"), name("targets"), name("dlq"));
         let courses = name("courses");
-        let (sunbird, ratings) = (name("sunbird"), name("ratings"));
+        let (sunbird, ratings, users) = (name("sunbird"), name("ratings"), name("users"));
         let b = brokers();
         for (input, partitions) in [&events, &sunbird, &ratings].into_iter().zip(counts) {
             tools::create_topic(&b, input, partitions, false).unwrap();
         }
+        // Profiles are keyed by user like the events, with their partition count.
+        tools::create_topic(&b, &users, counts[0], true).unwrap();
         tools::create_topic(&b, &orgs, 1, true).unwrap();
         tools::create_topic(&b, &targets, 1, true).unwrap();
         tools::create_topic(&b, &courses, 1, true).unwrap();
@@ -93,6 +96,7 @@ impl Case {
                 {{ topic = "{events}", format = "pulse-v1" }},
                 {{ topic = "{sunbird}", format = "sunbird-telemetry" }},
                 {{ topic = "{ratings}", format = "igot-rating" }},
+                {{ topic = "{users}", format = "user-profile" }},
             ]
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
@@ -125,6 +129,7 @@ impl Case {
             events,
             sunbird,
             ratings,
+            users,
             orgs,
             targets,
             courses,
@@ -155,6 +160,15 @@ impl Case {
     fn produce_targets(&mut self, messages: &[Kv]) {
         tools::produce(&brokers(), &self.targets, messages).unwrap();
         self.sent.extend(messages.iter().map(|(k, v)| Message::Target { key: k.clone(), value: v.clone() }));
+    }
+
+    fn produce_profiles(&mut self, messages: &[Kv]) {
+        tools::produce(&brokers(), &self.users, messages).unwrap();
+        self.sent.extend(messages.iter().map(|(k, v)| Message::Event {
+            format: InputFormat::UserProfile,
+            key: k.clone(),
+            value: v.clone().unwrap_or_default(),
+        }));
     }
 
     fn produce_courses(&mut self, messages: &[Kv]) {
@@ -209,7 +223,7 @@ impl Case {
     /// offsets have not reached their ends.
     fn behind(&self) -> Vec<String> {
         let repartition = format!("{}.repartition", self.group);
-        [&self.events, &self.sunbird, &self.ratings, &repartition]
+        [&self.events, &self.sunbird, &self.ratings, &self.users, &repartition]
             .into_iter()
             .filter(|topic| {
                 // Unknown ends (a broker just restarted) count as behind.
@@ -248,10 +262,12 @@ impl Case {
             .args(["--top-level", "8", "--departments", "20", "--organisations", "60", "--courses", "80"])
             .args(["--first-fy", "2023-24", "--mix", "mixed", "--malformed", &malformed.to_string()])
             .args(["--duplicates", "0.02", "--out-of-order", "0.05", "--migrations", "0.01"])
+            .args(["--assessments", "0.2", "--profiles", "0.3"])
             .args(["--now", NOW, "--fy", "2024-25", "--max-age-days", "3650", "--partitions", "4"])
             .args(["--brokers", &brokers()])
             .args(["--events-topic", &self.events, "--sunbird-topic", &self.sunbird, "--ratings-topic", &self.ratings])
-            .args(["--orgs-topic", &self.orgs, "--targets-topic", &self.targets, "--expected"])
+            .args(["--orgs-topic", &self.orgs, "--targets-topic", &self.targets, "--courses-topic", &self.courses])
+            .args(["--users-topic", &self.users, "--expected"])
             .arg(self.dir.path().join("expected.json"));
         c
     }
@@ -308,10 +324,9 @@ fn stop(child: &mut Child, case: &Case) {
     }
 }
 
-/// A small iGOT-shaped world and `n` of its events, keyed by user, with some
-/// exact duplicates mixed in. Event time lies in FY 2024-25 and 2025-26.
-fn history(seed: u64, n: usize) -> (Vec<Kv>, Vec<Kv>) {
-    let world = World::new(WorldSpec {
+/// A small iGOT-shaped world, with assessments in a fifth of its journeys.
+fn small_world(seed: u64) -> World {
+    World::new(WorldSpec {
         seed,
         top_level: 6,
         departments: 12,
@@ -319,7 +334,31 @@ fn history(seed: u64, n: usize) -> (Vec<Kv>, Vec<Kv>) {
         users: 3_000,
         courses: 60,
         first_fy: Fy(FY - 1),
-    });
+        assessments: 0.2,
+    })
+}
+
+/// The small world's catalogue, and profiles of every third user, a tenth
+/// of them removed again (tombstones): the inputs of contract v2.
+fn catalogue_and_profiles(seed: u64) -> (Vec<Kv>, Vec<Kv>) {
+    let world = small_world(seed);
+    let courses = world.course_lines().into_iter().map(|(k, v)| (Some(k.into_bytes()), Some(v.into_bytes()))).collect();
+    let mut line = String::new();
+    let mut profiles: Vec<Kv> = Vec::new();
+    for user in (0..world.spec.users).step_by(3) {
+        world.profile_line(user, &mut line);
+        profiles.push((Some(format!("u-{user}").into_bytes()), Some(line.clone().into_bytes())));
+    }
+    for user in (0..world.spec.users).step_by(30) {
+        profiles.push((Some(format!("u-{user}").into_bytes()), None));
+    }
+    (courses, profiles)
+}
+
+/// A small iGOT-shaped world and `n` of its events, keyed by user, with some
+/// exact duplicates mixed in. Event time lies in FY 2024-25 and 2025-26.
+fn history(seed: u64, n: usize) -> (Vec<Kv>, Vec<Kv>) {
+    let world = small_world(seed);
     let orgs = world
         .orgs
         .iter()
@@ -358,8 +397,11 @@ fn catch_up_equals_the_reference_model() {
     let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
     let mut case = Case::new(4);
     let (orgs, events) = history(11, 8_000);
+    let (courses, profiles) = catalogue_and_profiles(11);
     case.produce_orgs(&orgs);
     case.produce_targets(&target_records());
+    case.produce_courses(&courses);
+    case.produce_profiles(&profiles);
     case.produce_events(&events);
     let mut pulse = case.start();
     case.wait_caught_up(&mut pulse);
@@ -833,8 +875,10 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     // The v2 families through the rules: the recent activity's window, its
     // assessments, and the providers as the report sums them.
     assert_eq!(value("org_window:pulse_kpi_active_users_window:sum{org=\"national\",window=\"7d\"}"), 4.0);
-    assert_eq!(value("org:pulse_kpi_assessed:sum{org=\"national\"}"), 2.0);
-    assert_eq!(value("org:pulse_kpi_assessment_pass:ratio{org=\"national\"}"), 0.5);
+    let national = &report["nodes"]["national"];
+    assert_eq!(value("org:pulse_kpi_assessed:sum{org=\"national\"}"), national["assessed"].as_f64().unwrap());
+    let pass = value("org:pulse_kpi_assessment_pass:ratio{org=\"national\"}");
+    assert!((pass - national["assessment_pass_ratio"].as_f64().unwrap()).abs() < 1e-9);
     for (id, provider) in report["providers"].as_object().unwrap() {
         let enrolments = value(&format!("provider:pulse_provider_enrolments:sum{{provider=\"{id}\"}}"));
         assert_eq!(enrolments, provider["enrolments"].as_f64().unwrap(), "{id}");

@@ -4,9 +4,12 @@
 //! under those, with heavy-tailed sanctioned strength; users spread over the
 //! organisations by a Zipf law; courses with Zipf popularity. The stream
 //! interleaves many learner journeys (enrol, several progress sessions,
-//! completion for ~70% of enrolments, sometimes a rating), each user
-//! registering before their first journey, with event time advancing over two
-//! financial years. Everything follows from the seed.
+//! sometimes an assessment, completion for ~70% of enrolments, sometimes a
+//! rating), each user registering before their first journey, with event
+//! time advancing over two financial years (or up to a given time, for
+//! recent activity). The world also has a course catalogue with content
+//! providers and user profiles with designations. Everything follows from
+//! the seed.
 //!
 //! It owns no KPI rules and must not depend on the engine: it only writes
 //! messages in the contract's formats.
@@ -28,6 +31,8 @@ pub struct WorldSpec {
     pub courses: usize,
     /// The first of the two financial years the events span.
     pub first_fy: Fy,
+    /// The share of learner journeys with an assessment attempt.
+    pub assessments: f64,
 }
 
 impl Default for WorldSpec {
@@ -40,6 +45,7 @@ impl Default for WorldSpec {
             users: 1_000_000,
             courses: 4_000,
             first_fy: Fy(2024),
+            assessments: 0.0,
         }
     }
 }
@@ -154,6 +160,39 @@ impl World {
             .collect()
     }
 
+    /// The course catalogue as `pulse.courses` records, one JSON line each:
+    /// one content provider per 100 courses, and every tenth course without
+    /// one (it counts under `unlisted`).
+    pub fn course_lines(&self) -> Vec<(String, String)> {
+        let providers = (self.spec.courses / 100).max(1);
+        (0..self.spec.courses)
+            .map(|c| {
+                let id = format!("do_{c}");
+                let mut v = serde_json::json!({"v": 1, "course": id, "name": format!("Course {c}")});
+                if c % 10 != 9 {
+                    let p = c % providers;
+                    v["provider"] = format!("P_{p}").into();
+                    v["provider_name"] = PROVIDERS[p % PROVIDERS.len()].into();
+                }
+                (id, v.to_string())
+            })
+            .collect()
+    }
+
+    /// The user service's profile of a user: its org and a designation, as
+    /// of the start of the first year (so a later event that moves the user
+    /// wins).
+    pub fn profile_line(&self, user: u64, out: &mut String) {
+        out.clear();
+        let designation = DESIGNATIONS[(user.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize % DESIGNATIONS.len()];
+        let _ = write!(
+            out,
+            r#"{{"v":1,"user":"u-{user}","org":"{}","designation":"{designation}","ts":{}}}"#,
+            self.org_of(user),
+            self.spec.first_fy.start()
+        );
+    }
+
     /// The org a user belongs to: a Zipf draw seeded by the user, so no table
     /// of users is kept.
     pub fn org_of(&self, user: u64) -> &str {
@@ -167,6 +206,21 @@ impl World {
     }
 }
 
+/// Provider names, after some of iGOT's content providers.
+const PROVIDERS: [&str; 8] = ["ISTM", "LBSNAA", "NIC", "CBC", "IIPA", "NIFM", "SVPNPA", "Karmayogi Bharat"];
+
+/// Designations of the central services, for profiles.
+const DESIGNATIONS: [&str; 8] = [
+    "Section Officer",
+    "Assistant Section Officer",
+    "Under Secretary",
+    "Deputy Secretary",
+    "Director",
+    "Joint Secretary",
+    "Multi-Tasking Staff",
+    "Stenographer",
+];
+
 /// One event of the stream, before it is written in a format.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenEvent {
@@ -179,10 +233,26 @@ pub struct GenEvent {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GenKind {
     Registration,
-    Enrolment { course: usize },
-    Progress { course: usize, seconds: u32, percent: u8 },
-    Completion { course: usize },
-    Rating { course: usize, stars: u8 },
+    Enrolment {
+        course: usize,
+    },
+    Progress {
+        course: usize,
+        seconds: u32,
+        percent: u8,
+    },
+    Completion {
+        course: usize,
+    },
+    Rating {
+        course: usize,
+        stars: u8,
+    },
+    /// A pass needs a score of 60.
+    Assessment {
+        course: usize,
+        score: u8,
+    },
 }
 
 /// A learner working through one course.
@@ -193,6 +263,7 @@ struct Journey {
     sessions_left: u8,
     completes: bool,
     rates: bool,
+    assessed: bool,
     step: u8,
 }
 
@@ -233,6 +304,13 @@ impl<'w> EventStream<'w> {
         self
     }
 
+    /// Ends the events' time at `end` instead of the end of the second
+    /// year, so that the last of them are recent activity.
+    pub fn until(mut self, end: i64) -> Self {
+        self.span = (end - 3_600_000 - self.start).max(1);
+        self
+    }
+
     fn new_journey(&mut self) -> Journey {
         let completes = self.rng.gen_bool(0.7);
         Journey {
@@ -241,6 +319,7 @@ impl<'w> EventStream<'w> {
             sessions_left: self.rng.gen_range(1..=6),
             completes,
             rates: completes && self.rng.gen_bool(0.4),
+            assessed: !self.rng.gen_bool(1.0 - self.world.spec.assessments),
             step: 0,
         }
     }
@@ -277,6 +356,9 @@ impl Iterator for EventStream<'_> {
                 j.step += 1;
                 let percent = (u32::from(j.step) * 100 / 8).min(100) as u8;
                 GenKind::Progress { course, seconds: self.rng.gen_range(60..5400), percent }
+            } else if j.assessed {
+                j.assessed = false;
+                GenKind::Assessment { course, score: self.rng.gen_range(30..=100) }
             } else if j.completes {
                 j.completes = false;
                 GenKind::Completion { course }
@@ -310,6 +392,7 @@ impl World {
             GenKind::Progress { course, .. } => ("progress", Some(course)),
             GenKind::Completion { course } => ("completion", Some(course)),
             GenKind::Rating { course, .. } => ("rating", Some(course)),
+            GenKind::Assessment { course, .. } => ("assessment", Some(course)),
         };
         let _ = write!(
             out,
@@ -326,6 +409,9 @@ impl World {
             GenKind::Rating { stars, .. } => {
                 let _ = write!(out, r#","stars":{stars}"#);
             }
+            GenKind::Assessment { score, .. } => {
+                let _ = write!(out, r#","score":{score},"pass":{}"#, score >= 60);
+            }
             _ => {}
         }
         out.push('}');
@@ -334,11 +420,12 @@ impl World {
 
 impl World {
     /// Writes one event as a Sunbird telemetry v3 message (contract section
-    /// 3.1) from `org`; `false` for a registration, which only `pulse-v1` carries.
+    /// 3.1) from `org`; `false` for a registration or an assessment, which
+    /// only `pulse-v1` carries.
     pub fn sunbird(&self, e: &GenEvent, org: &str, out: &mut String) -> bool {
         out.clear();
         let (eid, course) = match e.kind {
-            GenKind::Registration => return false,
+            GenKind::Registration | GenKind::Assessment { .. } => return false,
             GenKind::Enrolment { course } | GenKind::Completion { course } => ("AUDIT", course),
             GenKind::Progress { course, .. } => ("END", course),
             GenKind::Rating { course, .. } => ("FEEDBACK", course),
@@ -355,7 +442,7 @@ impl World {
                 write!(out, r#"{{"type":"content","duration":{seconds},"summary":[{{"progress":{percent}}}]}}}}"#)
             }
             GenKind::Rating { stars, .. } => write!(out, r#"{{"type":"RATING","rating":{stars}}}}}"#),
-            GenKind::Registration => unreachable!("returned above"),
+            GenKind::Registration | GenKind::Assessment { .. } => unreachable!("returned above"),
         };
         true
     }
@@ -399,6 +486,28 @@ mod tests {
         let a: Vec<_> = w.events().take(1000).collect();
         let b: Vec<_> = small().events().take(1000).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn catalogue_and_profiles_parse_and_assessments_come_when_asked() {
+        let w = World::new(WorldSpec { users: 1000, assessments: 0.5, ..WorldSpec::default() });
+        let lines = w.course_lines();
+        assert_eq!(lines.len(), 4000);
+        let without = lines.iter().filter(|(_, l)| !l.contains("provider")).count();
+        assert_eq!(without, 400, "every tenth course has no provider");
+        for (key, line) in &lines {
+            assert!(pulse_model::parse_course(Some(key.as_bytes()), Some(line.as_bytes())).is_ok(), "{line}");
+        }
+        let mut line = String::new();
+        w.profile_line(7, &mut line);
+        let parsed = pulse_model::parse(pulse_model::InputFormat::UserProfile, Some(b"u-7"), line.as_bytes());
+        assert!(matches!(parsed, Ok(pulse_model::Parsed::Event(_))), "{line}");
+        let kinds: Vec<GenKind> = w.events().take(50_000).map(|e| e.kind).collect();
+        let assessed = kinds.iter().filter(|k| matches!(k, GenKind::Assessment { .. })).count();
+        let enrolled = kinds.iter().filter(|k| matches!(k, GenKind::Enrolment { .. })).count();
+        let share = assessed as f64 / enrolled as f64;
+        assert!((0.35..0.6).contains(&share), "assessments per enrolment {share}");
+        assert!(!small().events().take(50_000).any(|e| matches!(e.kind, GenKind::Assessment { .. })));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `pulse demo`: Pulse with no external services. The load generator's
 //! iGOT-shaped world feeds the same engine and RocksDB state as `pulse run`,
-//! in this process: first a backfill of the two financial years up to now,
+//! in this process: the course catalogue and a third of the users' profiles,
+//! then a backfill of the two financial years up to now (with assessments),
 //! then a live stream at `--rate` events/s stamped with the wall clock, while
 //! the page, `/metrics` and the API are served and a one-line summary is
 //! printed every few seconds.
@@ -51,7 +52,8 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
     };
     let now = wall_clock();
     let this_fy = Fy::of(now);
-    let world = World::new(WorldSpec { users: s.users, first_fy: Fy(this_fy.0 - 1), ..WorldSpec::default() });
+    let world =
+        World::new(WorldSpec { users: s.users, first_fy: Fy(this_fy.0 - 1), assessments: 0.3, ..WorldSpec::default() });
     // The backfill reaches back to the start of last year.
     let config = EngineConfig { time_rules: TimeRules { max_age_ms: 800 * 86_400_000 }, ..EngineConfig::default() };
     let engine = Engine::open(RocksStore::open(&dir, &StoreOptions::default())?, config)?;
@@ -77,6 +79,14 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
         for t in targets {
             e.apply_target_message(None, Some(t.to_string().as_bytes()));
         }
+        for (course, line) in world.course_lines() {
+            e.apply_course_message(Some(course.as_bytes()), Some(line.as_bytes()));
+        }
+        let mut line = String::new();
+        for user in (0..s.users).step_by(3) {
+            world.profile_line(user, &mut line);
+            e.ingest(InputFormat::UserProfile, Some(format!("u-{user}").as_bytes()), line.as_bytes(), now)?;
+        }
     }
     writeln!(
         out,
@@ -86,10 +96,8 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
         s.backfill,
         dir.display()
     )?;
-    // Event time advances linearly over the two years; end the backfill now.
-    let span = this_fy.end() - world.spec.first_fy.start();
-    let elapsed = (now - world.spec.first_fy.start()).max(1);
-    let mut events = world.events().spread_over(s.backfill * span as u64 / elapsed as u64);
+    // Event time advances linearly from the start of last year to now.
+    let mut events = world.events().spread_over(s.backfill).until(now);
     let mut stats = IngestStats::default();
     let mut line = String::new();
     let started = Instant::now();
@@ -119,9 +127,13 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
         exposition: Exposition { fys: 2, courses: false },
     })?;
     let base = format!("http://{}", s.listen);
-    writeln!(out, "\nPulse is live at {base}/  (the page: national KPIs, drill-down, targets behind)")?;
+    writeln!(
+        out,
+        "\nPulse is live at {base}/  (the page: national KPIs and windows, month by month, drill-down, providers, targets behind)"
+    )?;
     writeln!(out, "  metrics   {base}/metrics")?;
     writeln!(out, "  API       {base}/api/v1/nodes/national   {base}/api/v1/targets?status=behind")?;
+    writeln!(out, "            {base}/api/v1/nodes/national/months   {base}/api/v1/providers")?;
     writeln!(out, "  a user    curl -H 'Authorization: Bearer {token}' {base}/api/v1/users/u-1")?;
     writeln!(out, "streaming {} events/s with event time = now; Ctrl-C stops\n", s.rate)?;
 
@@ -167,7 +179,7 @@ fn summary(out: &mut dyn Write, snapshot: &pulse_http::SnapshotCell, live: u64, 
     let pct = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
     writeln!(
         out,
-        "national FY {}: {} users ({} onboarded), {} enrolments, {} completions, {:.0} learning hours, {} meeting 4h; {} of {} targets behind; {:.0} events/s live",
+        "national FY {}: {} users ({} onboarded), {} enrolments, {} completions, {:.0} learning hours, {} meeting 4h, {} assessments passed; active today {}, 7 days {}; {} of {} targets behind; {:.0} events/s live",
         Fy::of(now),
         k.registered_users,
         pct(k.onboarding_ratio),
@@ -175,6 +187,9 @@ fn summary(out: &mut dyn Write, snapshot: &pulse_http::SnapshotCell, live: u64, 
         k.completions_fy,
         k.learning_minutes_fy / 60.0,
         pct(k.users_meeting_hours_ratio),
+        pct(k.course_kpis.assessment_pass_ratio),
+        k.windows.active_users_1d.unwrap_or(0),
+        k.windows.active_users_7d.unwrap_or(0),
         behind,
         snap.targets.len(),
         live as f64 / over.as_secs_f64().max(0.001),

@@ -1,7 +1,8 @@
 //! `pulse-loadgen`: a deterministic (by `--seed`), iGOT-shaped load for
 //! Pulse. The world (ministries and states, departments, organisations with
 //! heavy-tailed sanctioned strength, Zipf-spread users and course popularity)
-//! and its event mix come from `pulse-loadgen`'s library; this binary adds
+//! and its event mix (with the course catalogue, profiles and assessments)
+//! come from `pulse-loadgen`'s library; this binary adds
 //! the formats, the perturbations (exact duplicates, out-of-order arrival,
 //! user migrations, malformed messages) and the sinks: NDJSON files in every
 //! input format, or Kafka topics keyed by user (Sunbird telemetry by message id), at a fixed rate or as fast as
@@ -54,6 +55,16 @@ struct Args {
     /// Event time = the wall clock when produced (live load), instead of spread over the two years.
     #[arg(long)]
     live: bool,
+    /// The events end at --now instead of the end of the second year, so the
+    /// last of them are recent activity (the 1, 7 and 30-day windows).
+    #[arg(long)]
+    recent: bool,
+    /// Share of learner journeys with an assessment attempt (pulse-v1 only).
+    #[arg(long, default_value_t = 0.0)]
+    assessments: f64,
+    /// Share of users with a profile on the user-profile topic (with a designation).
+    #[arg(long, default_value_t = 0.0)]
+    profiles: f64,
     /// Which formats carry the events.
     #[arg(long, value_enum, default_value_t = Mix::PulseV1)]
     mix: Mix,
@@ -69,7 +80,7 @@ struct Args {
     /// Share of messages replaced by a malformed one (a dead letter for Pulse).
     #[arg(long, default_value_t = 0.0)]
     malformed: f64,
-    /// Write NDJSON files here: orgs, targets and one file per input format.
+    /// Write NDJSON files here: orgs, targets, courses and one file per input format.
     #[arg(long, value_name = "DIR", conflicts_with = "brokers", required_unless_present = "brokers")]
     out: Option<PathBuf>,
     /// Produce to Kafka here instead (topics are created if missing).
@@ -91,6 +102,10 @@ struct Args {
     orgs_topic: String,
     #[arg(long, default_value = "pulse.targets")]
     targets_topic: String,
+    #[arg(long, default_value = "pulse.courses")]
+    courses_topic: String,
+    #[arg(long, default_value = "pulse.users")]
+    users_topic: String,
     /// Write the reference model's `pulse report --all` of what was produced
     /// (it keeps every message in memory: a few million at most).
     #[arg(long, value_name = "FILE")]
@@ -152,7 +167,7 @@ enum Sink {
 
 impl Sink {
     fn open(args: &Args) -> anyhow::Result<Sink> {
-        let names = ["orgs", "targets", "pulse-v1", "sunbird-telemetry", "igot-rating"];
+        let names = ["orgs", "targets", "courses", "pulse-v1", "sunbird-telemetry", "igot-rating", "user-profile"];
         if let Some(dir) = &args.out {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
             let mut files = BTreeMap::new();
@@ -166,11 +181,19 @@ impl Sink {
         let brokers = args.brokers.as_deref().context("give --out DIR or --brokers HOST:PORT")?;
         let topics: BTreeMap<&'static str, String> = names
             .into_iter()
-            .zip([&args.orgs_topic, &args.targets_topic, &args.events_topic, &args.sunbird_topic, &args.ratings_topic])
+            .zip([
+                &args.orgs_topic,
+                &args.targets_topic,
+                &args.courses_topic,
+                &args.events_topic,
+                &args.sunbird_topic,
+                &args.ratings_topic,
+                &args.users_topic,
+            ])
             .map(|(n, t)| (n, t.clone()))
             .collect();
         for (name, topic) in &topics {
-            let registry = matches!(*name, "orgs" | "targets");
+            let registry = matches!(*name, "orgs" | "targets" | "courses");
             // An existing topic is fine: this may be the second run against it.
             if let Err(e) = tools::create_topic(brokers, topic, if registry { 1 } else { args.partitions }, registry) {
                 if !e.to_string().contains("already exists") {
@@ -223,6 +246,7 @@ fn main() -> anyhow::Result<()> {
         users: args.users,
         courses: args.courses,
         first_fy,
+        assessments: args.assessments,
     });
     let mut sink = Sink::open(&args)?;
     let mut sent: Vec<Message> = Vec::new();
@@ -247,6 +271,25 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    for (id, line) in world.course_lines() {
+        sink.send("courses", id.as_bytes(), line.as_bytes())?;
+        if keep {
+            sent.push(Message::Course { key: Some(id.into_bytes()), value: Some(line.into_bytes()) });
+        }
+    }
+    // Profiles before the events: the user service knew these users first.
+    let mut line = String::new();
+    let mut profiles = SmallRng::seed_from_u64(args.seed ^ 0x9f0f);
+    for user in (0..args.users).filter(|_| args.profiles > 0.0 && profiles.gen_bool(args.profiles.min(1.0))) {
+        world.profile_line(user, &mut line);
+        let key = format!("u-{user}");
+        sink.send("user-profile", key.as_bytes(), line.as_bytes())?;
+        if keep {
+            let value = line.as_bytes().to_vec();
+            sent.push(Message::Event { format: InputFormat::UserProfile, key: Some(key.into_bytes()), value });
+        }
+    }
+
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::with_draw_target(Some(args.events), ProgressDrawTarget::stderr())
     } else {
@@ -259,10 +302,11 @@ fn main() -> anyhow::Result<()> {
     let mut rng = SmallRng::seed_from_u64(args.seed ^ 0x10ad);
     let mut moved: HashMap<u64, String> = HashMap::new();
     let mut held: BinaryHeap<Held> = BinaryHeap::new();
-    let mut line = String::new();
     let (mut messages, mut malformed) = (0u64, 0u64);
     let started = Instant::now();
-    let events = world.events().spread_over(args.events).take(args.events as usize);
+    let stream = world.events().spread_over(args.events);
+    let stream = if args.recent { stream.until(now) } else { stream };
+    let events = stream.take(args.events as usize);
     for (i, mut e) in events.enumerate() {
         let i = i as u64;
         if args.live {
@@ -354,7 +398,7 @@ fn main() -> anyhow::Result<()> {
 /// The format that carries an event under a mix.
 fn format_of(e: &GenEvent, mix: Mix, rng: &mut SmallRng) -> InputFormat {
     match (mix, e.kind) {
-        (Mix::PulseV1, _) | (Mix::Mixed, GenKind::Registration) => InputFormat::PulseV1,
+        (Mix::PulseV1, _) | (Mix::Mixed, GenKind::Registration | GenKind::Assessment { .. }) => InputFormat::PulseV1,
         (Mix::Mixed, GenKind::Rating { .. }) if rng.gen_bool(0.5) => InputFormat::IgotRating,
         (Mix::Mixed, GenKind::Rating { .. }) => InputFormat::PulseV1,
         (Mix::Mixed, _) if rng.gen_bool(0.5) => InputFormat::SunbirdTelemetry,
