@@ -76,6 +76,7 @@ fn main() {
             token: None,
             exposition: Exposition { fys: 1, courses: false },
             clock: now,
+            group: None,
         };
         let mut times = Vec::with_capacity(RENDERS);
         let mut body = String::new();

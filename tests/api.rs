@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use pulse_engine::{Engine, EngineConfig};
-use pulse_http::{router, AppState, Exposition, Lookup, SnapshotCell, UserLookup};
+use pulse_http::{router, AppState, Exposition, Group, Lookup, ShardOwner, SnapshotCell, UserLookup};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::Millis;
 use pulse_store::{RocksStore, StoreMetrics};
@@ -42,6 +42,11 @@ struct Api {
 
 impl Api {
     fn open(dir: &Path, ready: Result<(), String>) -> Api {
+        Api::open_in_group(dir, ready, None)
+    }
+
+    /// As one instance of a group whose members `group` describes.
+    fn open_in_group(dir: &Path, ready: Result<(), String>, group: Option<Arc<dyn Group>>) -> Api {
         let store = RocksStore::open_read_only(dir).unwrap();
         let engine = Engine::open(store, EngineConfig::default()).unwrap();
         let snapshot = Arc::new(SnapshotCell::default());
@@ -56,6 +61,7 @@ impl Api {
             token: Some(TOKEN.into()),
             exposition: Exposition { fys: 2, courses: true },
             clock: now,
+            group,
         };
         Api { state: Arc::new(state) }
     }
@@ -413,4 +419,41 @@ async fn a_user_another_instance_owns_is_redirected_there_and_an_unowned_one_is_
     let (status, body) = api.json("/api/v1/users/u2", &auth).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body["error"].as_str().unwrap().contains("retry"), "{body}");
+}
+
+/// A group as one instance sees it: fixed owners.
+struct Owners(Vec<ShardOwner>);
+
+impl Group for Owners {
+    fn owners(&self) -> Vec<ShardOwner> {
+        self.0.clone()
+    }
+}
+
+#[tokio::test]
+async fn reads_of_the_group_answer_503_with_the_reason_while_a_share_is_missing() {
+    let data = replayed();
+    let unowned = Owners(vec![ShardOwner::Here, ShardOwner::Unknown]);
+    let api = Api::open_in_group(data.path(), Ok(()), Some(Arc::new(unowned)));
+    let (status, body) = api.json("/api/v1/nodes/national", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"].as_str().unwrap().contains("partition 1 has no owner"), "{body}");
+    // /metrics stays this instance's own.
+    assert_eq!(api.call("/metrics", &[]).await.0, StatusCode::OK);
+
+    // A port nothing listens on: the OS picks it, the listener is dropped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let silent = format!("127.0.0.1:{port}");
+    let unreachable = Owners(vec![ShardOwner::Here, ShardOwner::At(silent.clone())]);
+    let api = Api::open_in_group(data.path(), Ok(()), Some(Arc::new(unreachable)));
+    let (status, body) = api.json("/api/v1/providers", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"].as_str().unwrap().contains(&format!("the instance at {silent} did not send")), "{body}");
+
+    // Every shard here: the instance's own snapshot is the group's.
+    let alone = Owners(vec![ShardOwner::Here, ShardOwner::Here]);
+    let api = Api::open_in_group(data.path(), Ok(()), Some(Arc::new(alone)));
+    let (status, body) = api.json("/api/v1/nodes/national?fy=2025-26", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["nodes"]["national"], expected("expected-report.json")["nodes"]["national"]);
 }

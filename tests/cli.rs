@@ -7,6 +7,8 @@
 
 #[path = "common/http.rs"]
 mod http;
+#[path = "common/page.rs"]
+mod page;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use http::{free_port, http_get, wait_for_ok};
+use page::{attributes, cells, rendered};
 use serde_json::Value;
 
 const NOW: &str = "2026-01-15T00:00:00+05:30";
@@ -47,51 +50,6 @@ fn serve_scenario(dir: &Path) -> (Child, String) {
         pulse().args(["serve", "--listen", &addr, "--data-dir"]).arg(dir).stderr(Stdio::null()).spawn().unwrap();
     wait_for_ok(&addr, "/healthz", Duration::from_secs(30));
     (child, addr)
-}
-
-/// The DOM after the page's scripts ran, from headless Chromium.
-fn rendered(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stderr(Stdio::null())
-        .output()
-        .expect("chromium not found: install Debian's `chromium` package (.ci/run does)");
-    assert!(out.status.success(), "chromium failed on {url}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Values of an attribute, in document order.
-fn attributes<'a>(dom: &'a str, name: &str) -> Vec<&'a str> {
-    let marker = format!("{name}=\"");
-    dom.match_indices(&marker)
-        .map(|(at, _)| {
-            let rest = &dom[at + marker.len()..];
-            &rest[..rest.find('"').unwrap()]
-        })
-        .collect()
-}
-
-/// The page's `data-cell="ORG/KPI=VALUE"` cells (VALUE is JSON).
-fn cells(dom: &str) -> BTreeMap<String, Value> {
-    attributes(dom, "data-cell")
-        .into_iter()
-        .map(|c| {
-            let (key, value) = c.split_once('=').unwrap();
-            (key.to_owned(), serde_json::from_str(&value.replace("&quot;", "\"")).unwrap())
-        })
-        .collect()
 }
 
 fn api(addr: &str, path: &str) -> Value {

@@ -23,6 +23,7 @@ mod changelog;
 pub mod codec;
 mod engine;
 mod filter;
+mod partial;
 mod registry;
 mod report;
 mod rollup;
@@ -33,6 +34,7 @@ mod vecmap;
 
 pub use changelog::{changes, restore_into, Change, ChangeLog};
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit, Stored};
+pub use partial::Partial;
 pub use registry::Registry;
 pub use report::{
     windows_today, CourseKpis, CourseReport, MonthKpis, MonthsReport, NodeKpis, ProviderKpis, Report, Snapshot,

@@ -82,4 +82,14 @@ impl OrgView {
     pub fn node(&self, id: &str) -> Option<&NodeView> {
         self.index.get(id).map(|&i| &self.nodes[i])
     }
+
+    /// Adds totals to the nodes they name (already rolled up); unknown
+    /// nodes are skipped.
+    pub(crate) fn add_totals<'a>(&mut self, totals: impl IntoIterator<Item = (&'a str, &'a Totals)>) {
+        for (id, t) in totals {
+            if let Some(&i) = self.index.get(id) {
+                self.nodes[i].totals.add(t, 1);
+            }
+        }
+    }
 }

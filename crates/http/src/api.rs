@@ -12,9 +12,10 @@ use pulse_metrics::{Encoder, Format};
 use pulse_model::Fy;
 use serde::{Deserialize, Serialize};
 
+use crate::group::group_snapshot;
 use crate::{encode_kpis, encode_service, AppState, Lookup};
 
-pub(crate) struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -128,7 +129,7 @@ pub(crate) async fn node(
     Query(q): Query<FyQuery>,
 ) -> ApiResult<Json<Report>> {
     let now = (state.clock)();
-    let report = state.snapshot.get().node_report(&org, fy(q.fy.as_deref(), now)?, now);
+    let report = group_snapshot(&state).await?.node_report(&org, fy(q.fy.as_deref(), now)?, now);
     report.map(Json).ok_or_else(|| no_node(&org))
 }
 
@@ -142,7 +143,7 @@ pub(crate) async fn children(
     Query(q): Query<FyQuery>,
 ) -> ApiResult<Json<Report>> {
     let now = (state.clock)();
-    let report = state.snapshot.get().children_report(&org, fy(q.fy.as_deref(), now)?, now);
+    let report = group_snapshot(&state).await?.children_report(&org, fy(q.fy.as_deref(), now)?, now);
     report.map(Json).ok_or_else(|| no_node(&org))
 }
 
@@ -153,13 +154,13 @@ pub(crate) async fn months(
     Query(q): Query<FyQuery>,
 ) -> ApiResult<Json<MonthsReport>> {
     let fy = fy(q.fy.as_deref(), (state.clock)())?;
-    state.snapshot.get().months_report(fy, Some(&org)).map(Json).ok_or_else(|| no_node(&org))
+    group_snapshot(&state).await?.months_report(fy, Some(&org)).map(Json).ok_or_else(|| no_node(&org))
 }
 
 /// Every provider the catalogue names, and `unlisted` (contract v2 section 11).
 pub(crate) async fn providers(State(state): State<Arc<AppState>>, Query(q): Query<FyQuery>) -> ApiResult<Json<Report>> {
     let now = (state.clock)();
-    let providers = state.snapshot.get().providers();
+    let providers = group_snapshot(&state).await?.providers();
     Ok(Json(Report { providers: Some(providers), ..Report::header(fy(q.fy.as_deref(), now)?, now) }))
 }
 
@@ -170,7 +171,7 @@ pub(crate) async fn provider(
 ) -> ApiResult<Json<Report>> {
     let now = (state.clock)();
     let fy = fy(q.fy.as_deref(), now)?;
-    let mut providers = state.snapshot.get().providers();
+    let mut providers = group_snapshot(&state).await?.providers();
     let one = providers.remove_entry(&id).ok_or_else(|| {
         not_found(format!("no provider `{id}`: no catalogue record names it (see /api/v1/providers)"))
     })?;
@@ -183,7 +184,7 @@ pub(crate) async fn course(
     Query(q): Query<FyQuery>,
 ) -> ApiResult<Json<Report>> {
     let now = (state.clock)();
-    let report = state.snapshot.get().course_report(&course, fy(q.fy.as_deref(), now)?, now);
+    let report = group_snapshot(&state).await?.course_report(&course, fy(q.fy.as_deref(), now)?, now);
     report.map(Json).ok_or_else(|| not_found(format!("no course `{course}` has any accepted event")))
 }
 
@@ -199,7 +200,7 @@ pub(crate) async fn targets(
             return Err(ApiError(StatusCode::BAD_REQUEST, format!("`status` = \"{other}\" is not `all` or `behind`")))
         }
     };
-    Ok(Json(state.snapshot.get().targets_report(behind_only, fy(q.fy.as_deref(), now)?, now)))
+    Ok(Json(group_snapshot(&state).await?.targets_report(behind_only, fy(q.fy.as_deref(), now)?, now)))
 }
 
 /// Checks `Authorization: Bearer TOKEN` against the configured token.

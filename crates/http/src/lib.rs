@@ -5,11 +5,15 @@
 //! This crate owns the routes, their JSON and error shapes, the bearer-token
 //! check of the user endpoints and the KPI metric families. It reads only
 //! what others publish: the latest [`Snapshot`] (org level, O(orgs)), the
-//! [`Collect`]ors of the other crates, a readiness check and a user lookup.
+//! [`Collect`]ors of the other crates, a readiness check, a user lookup and
+//! the group's membership ([`Group`]): with several instances, every KPI
+//! read answers the whole group, summing the owners' shares ([`pulse_engine::Partial`]s,
+//! served under `/internal/v1/partial`).
 //! [`router`] builds the routes without binding a socket, so tests drive it
 //! with `oneshot`. It must not depend on Kafka or RocksDB.
 
 mod api;
+mod group;
 mod metrics;
 
 use std::sync::{Arc, RwLock};
@@ -21,6 +25,7 @@ use pulse_metrics::Collect;
 use pulse_model::Millis;
 
 pub use api::render;
+pub use group::{Group, ShardOwner};
 pub use metrics::{encode_kpis, encode_service, Exposition};
 
 /// The latest published org-level snapshot, swapped whole at every commit.
@@ -75,6 +80,8 @@ pub struct AppState {
     pub token: Option<String>,
     pub exposition: Exposition,
     pub clock: fn() -> Millis,
+    /// The group's members; `None` when this instance holds every shard.
+    pub group: Option<Arc<dyn Group>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -100,6 +107,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
         ("/api/v1/providers/{provider}", get(api::provider)),
         ("/api/v1/targets", get(api::targets)),
         ("/api/v1/users/{user}", get(api::user)),
+        ("/internal/v1/partial", get(group::partial)),
     ]
 }
 

@@ -121,6 +121,7 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
         listen: s.listen,
         listen_key: "--listen",
         users: engine.clone(),
+        group: None,
         collectors: Vec::new(),
         readiness: Box::new(|| Ok(())),
         token: Some(token.clone()),

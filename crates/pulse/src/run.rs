@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pulse_engine::{Engine, EngineConfig};
-use pulse_http::{Lookup, UserLookup};
+use pulse_http::{Group, Lookup, ShardOwner, UserLookup};
 use pulse_kafka::{IngestMetrics, Owner, Ownership, Shared};
 use pulse_model::TimeRules;
 use pulse_store::{RocksStore, StoreOptions};
@@ -47,10 +47,12 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
         let (ingest, max_lag, max_stall) = (Arc::clone(&ingest), http.ready_max_lag, http.ready_max_stall);
         Box::new(move || ingest.readiness(max_lag, max_stall))
     };
+    let members = Arc::new(OwnedUsers { engine: engine.clone(), ownership: ownership.clone() });
     served.start(Serving {
         listen: http.listen,
         listen_key: "http.listen",
-        users: Arc::new(OwnedUsers { engine: engine.clone(), ownership: ownership.clone() }),
+        users: members.clone(),
+        group: Some(members),
         collectors: vec![ingest.clone()],
         readiness,
         token: http.token.clone(),
@@ -74,7 +76,8 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
 }
 
 /// User lookups of one instance among several: the user's partition is
-/// looked up here if this instance owns it, else pointed to its owner.
+/// looked up here if this instance owns it, else pointed to its owner; and
+/// the owners of every partition, for reads of the whole group's KPIs.
 struct OwnedUsers {
     engine: Arc<Mutex<Engine<RocksStore>>>,
     ownership: Arc<Ownership>,
@@ -88,6 +91,19 @@ impl UserLookup for OwnedUsers {
             Owner::At(address) => Ok(Lookup::Elsewhere(address)),
             Owner::Unknown => Ok(Lookup::Unowned),
         }
+    }
+}
+
+impl Group for OwnedUsers {
+    fn owners(&self) -> Vec<ShardOwner> {
+        let shards = self.engine.lock().unwrap_or_else(|p| p.into_inner()).shards();
+        (0..shards)
+            .map(|shard| match self.ownership.owner(shard) {
+                Owner::Here => ShardOwner::Here,
+                Owner::At(address) => ShardOwner::At(address),
+                Owner::Unknown => ShardOwner::Unknown,
+            })
+            .collect()
     }
 }
 
@@ -112,6 +128,7 @@ pub(crate) fn serve(s: &ServeSettings) -> anyhow::Result<()> {
         listen: s.listen,
         listen_key: "--listen",
         users: engine.clone(),
+        group: None,
         collectors: Vec::new(),
         readiness: Box::new(|| Ok(())),
         token: std::env::var("PULSE_HTTP__TOKEN").ok().filter(|t| !t.trim().is_empty()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use pulse_engine::{Engine, EngineConfig, Snapshot, Store};
-use pulse_http::{AppState, Exposition, Readiness, SnapshotCell, UserLookup};
+use pulse_http::{AppState, Exposition, Group, Readiness, SnapshotCell, UserLookup};
 use pulse_metrics::Collect;
 use pulse_model::Millis;
 use pulse_store::{RocksStore, StoreMetrics};
@@ -59,6 +59,8 @@ pub(crate) struct Serving {
     /// The setting `listen` came from, named when it cannot be bound.
     pub listen_key: &'static str,
     pub users: Arc<dyn UserLookup>,
+    /// The group's members, for cluster-wide reads (`None`: this process holds every shard).
+    pub group: Option<Arc<dyn Group>>,
     /// Service metrics besides the store's (the consumer loop's).
     pub collectors: Vec<Arc<dyn Collect>>,
     pub readiness: Readiness,
@@ -95,6 +97,7 @@ impl Served {
             token: s.token,
             exposition: s.exposition,
             clock: wall_clock,
+            group: s.group,
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(s.listen)).with_context(|| {
