@@ -1,16 +1,22 @@
 //! `/metrics` render time for the full iGOT-shaped registry (~3,200 nodes:
 //! 90 ministries and states, 600 departments, 2,500 organisations), every KPI
-//! of one financial year, at 100k and 1M users: rendering reads the org-level
-//! snapshot only, so its cost must not grow with the users.
+//! of one financial year with the contract v2 ones (windows, assessments,
+//! providers of a 4,000-course catalogue), at 100k and 1M users: rendering
+//! reads the org-level snapshot only, so its cost must not grow with the users.
 //!
 //! Run: `cargo bench --bench metrics`. Prints, per user count: the events
 //! applied, the nodes, the series and bytes of one scrape, the time to build
-//! the snapshot (paid at every commit) and the median and worst render time.
+//! the snapshot (paid at every commit) and the median and worst render time;
+//! then the stored bytes per user, in the v2 layout and in the layout before
+//! v2 (the same users, re-encoded without the v2 fields).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pulse_engine::{Engine, EngineConfig, MemStore};
+use std::collections::BTreeMap;
+
+use pulse_engine::codec::encode;
+use pulse_engine::{Engine, EngineConfig, MemStore, OrgStamp, RatingStamp, UserState};
 use pulse_http::{render, AppState, Exposition, SnapshotCell};
 use pulse_loadgen::{World, WorldSpec};
 use pulse_metrics::Format;
@@ -25,6 +31,49 @@ fn now() -> Millis {
     Fy(2025).end() - 86_400_000
 }
 
+/// A user's state as stored before contract v2 (minutes per FY and active
+/// FYs instead of months and days; no profile, assessments or last activity).
+#[derive(serde::Serialize)]
+struct BeforeV2<'a> {
+    org: &'a Option<OrgStamp>,
+    courses: BTreeMap<&'a str, CourseBeforeV2<'a>>,
+    fy_minutes_ms: BTreeMap<Fy, i64>,
+    active_fys: Vec<Fy>,
+}
+
+#[derive(serde::Serialize)]
+struct CourseBeforeV2<'a> {
+    enrolled_at: Option<i64>,
+    completed_at: Option<i64>,
+    minutes_ms: i64,
+    percent: Option<f64>,
+    rating: &'a Option<RatingStamp>,
+}
+
+fn before_v2(u: &UserState) -> Vec<u8> {
+    let mut fy_minutes_ms = BTreeMap::new();
+    for (m, ms) in u.months.iter().filter(|(_, ms)| **ms > 0) {
+        *fy_minutes_ms.entry(m.fy()).or_insert(0) += ms;
+    }
+    let mut active_fys: Vec<Fy> = u.months.iter().map(|(m, _)| m.fy()).collect();
+    active_fys.dedup();
+    let courses = u
+        .courses
+        .iter()
+        .map(|(id, c)| {
+            let c = CourseBeforeV2 {
+                enrolled_at: c.enrolled_at,
+                completed_at: c.completed_at,
+                minutes_ms: c.minutes_ms,
+                percent: c.percent,
+                rating: &c.rating,
+            };
+            (id.as_str(), c)
+        })
+        .collect();
+    encode(&BeforeV2 { org: &u.org, courses, fy_minutes_ms, active_fys })
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -35,8 +84,9 @@ fn main() {
         "{:>9} {:>9} {:>6} {:>8} {:>10} {:>12} {:>14} {:>11}",
         "users", "events", "nodes", "series", "bytes", "snapshot ms", "render ms p50", "render max"
     );
+    let mut state_sizes = Vec::new();
     for users in [100_000u64, 1_000_000] {
-        let world = World::new(WorldSpec { users, ..WorldSpec::default() });
+        let world = World::new(WorldSpec { users, assessments: 0.3, ..WorldSpec::default() });
         let config =
             EngineConfig { time_rules: TimeRules { max_age_ms: 1000 * 86_400_000 }, ..EngineConfig::default() };
         let mut engine = Engine::open(MemStore::new(16), config).expect("fresh store");
@@ -51,10 +101,19 @@ fn main() {
             );
             engine.apply_target_message(None, Some(t.as_bytes()));
         }
+        for (course, line) in world.course_lines() {
+            engine.apply_course_message(Some(course.as_bytes()), Some(line.as_bytes()));
+        }
+        // A third of the users have a profile.
+        let mut line = String::new();
+        for user in (0..users).step_by(3) {
+            world.profile_line(user, &mut line);
+            engine.ingest(InputFormat::UserProfile, Some(format!("u-{user}").as_bytes()), line.as_bytes(), now()).expect("apply");
+        }
         // Three events per user on average, over the two years.
         let n = users * 3;
-        let mut line = String::new();
-        for (i, e) in world.events().spread_over(n).take(n as usize).enumerate() {
+        // Up to `now`, so that the windows hold the last days' activity.
+        for (i, e) in world.events().spread_over(n).until(now()).take(n as usize).enumerate() {
             world.pulse_v1(&e, &mut line);
             engine.ingest(InputFormat::PulseV1, None, line.as_bytes(), now()).expect("apply");
             if i % 100_000 == 0 {
@@ -62,6 +121,16 @@ fn main() {
             }
         }
         engine.commit().expect("commit");
+        let (mut registered, mut bytes, mut bytes_before) = (0u64, 0usize, 0usize);
+        for user in 0..users {
+            if let Some(state) = engine.user(&format!("u-{user}")).expect("read") {
+                registered += 1;
+                bytes += encode(&state).len();
+                bytes_before += before_v2(&state).len();
+            }
+        }
+        let per_user = |b: usize| b as f64 / registered.max(1) as f64;
+        state_sizes.push((users, per_user(bytes_before), per_user(bytes)));
 
         let t = Instant::now();
         let snapshot = engine.snapshot();
@@ -95,5 +164,9 @@ fn main() {
             median(times).as_secs_f64() * 1e3,
             worst.as_secs_f64() * 1e3,
         );
+    }
+    println!("\n{:>9} {:>22} {:>16} {:>8}", "users", "bytes/user before v2", "bytes/user v2", "growth");
+    for (users, before, after) in state_sizes {
+        println!("{users:>9} {before:>22.1} {after:>16.1} {:>8.1}", after - before);
     }
 }
