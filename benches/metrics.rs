@@ -7,8 +7,9 @@
 //! Run: `cargo bench --bench metrics`. Prints, per user count: the events
 //! applied, the nodes, the series and bytes of one scrape, the time to build
 //! the snapshot (paid at every commit) and the median and worst render time;
-//! then the stored bytes per user, in the v2 layout and in the layout before
-//! v2 (the same users, re-encoded without the v2 fields).
+//! then the stored bytes per user: before v2 (the same users re-encoded
+//! without the v2 fields, with the fixed-width integers stored then), the v2
+//! layout with those integers (what the new rules add), and as stored now.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use pulse_engine::codec::encode;
-use pulse_engine::{Engine, EngineConfig, MemStore, OrgStamp, RatingStamp, UserState};
+use pulse_engine::{Engine, EngineConfig, MemStore, UserState};
 use pulse_http::{render, AppState, Exposition, SnapshotCell};
 use pulse_loadgen::{World, WorldSpec};
 use pulse_metrics::Format;
@@ -31,47 +32,30 @@ fn now() -> Millis {
     Fy(2025).end() - 86_400_000
 }
 
-/// A user's state as stored before contract v2 (minutes per FY and active
-/// FYs instead of months and days; no profile, assessments or last activity).
-#[derive(serde::Serialize)]
-struct BeforeV2<'a> {
-    org: &'a Option<OrgStamp>,
-    courses: BTreeMap<&'a str, CourseBeforeV2<'a>>,
-    fy_minutes_ms: BTreeMap<Fy, i64>,
-    active_fys: Vec<Fy>,
+/// The bytes of a value stored with the fixed-width integers of the value
+/// format before v2: a version byte, then plain bincode.
+macro_rules! fixed_width {
+    ($v:expr) => {
+        1 + bincode::serialized_size($v).expect("plain data") as usize
+    };
 }
 
-#[derive(serde::Serialize)]
-struct CourseBeforeV2<'a> {
-    enrolled_at: Option<i64>,
-    completed_at: Option<i64>,
-    minutes_ms: i64,
-    percent: Option<f64>,
-    rating: &'a Option<RatingStamp>,
-}
-
-fn before_v2(u: &UserState) -> Vec<u8> {
-    let mut fy_minutes_ms = BTreeMap::new();
+/// A user's state as stored before contract v2 (bincode encodes a struct as
+/// the tuple of its fields): minutes per FY and active FYs instead of
+/// months and days, and no profile, assessments or latest activity.
+fn before_v2(u: &UserState) -> usize {
+    let mut fy_minutes_ms: BTreeMap<Fy, i64> = BTreeMap::new();
     for (m, ms) in u.months.iter().filter(|(_, ms)| **ms > 0) {
         *fy_minutes_ms.entry(m.fy()).or_insert(0) += ms;
     }
     let mut active_fys: Vec<Fy> = u.months.iter().map(|(m, _)| m.fy()).collect();
     active_fys.dedup();
-    let courses = u
+    let courses: BTreeMap<&str, _> = u
         .courses
         .iter()
-        .map(|(id, c)| {
-            let c = CourseBeforeV2 {
-                enrolled_at: c.enrolled_at,
-                completed_at: c.completed_at,
-                minutes_ms: c.minutes_ms,
-                percent: c.percent,
-                rating: &c.rating,
-            };
-            (id.as_str(), c)
-        })
+        .map(|(id, c)| (id.as_str(), (c.enrolled_at, c.completed_at, c.minutes_ms, c.percent, &c.rating)))
         .collect();
-    encode(&BeforeV2 { org: &u.org, courses, fy_minutes_ms, active_fys })
+    fixed_width!(&(&u.org, courses, fy_minutes_ms, active_fys))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -108,7 +92,9 @@ fn main() {
         let mut line = String::new();
         for user in (0..users).step_by(3) {
             world.profile_line(user, &mut line);
-            engine.ingest(InputFormat::UserProfile, Some(format!("u-{user}").as_bytes()), line.as_bytes(), now()).expect("apply");
+            engine
+                .ingest(InputFormat::UserProfile, Some(format!("u-{user}").as_bytes()), line.as_bytes(), now())
+                .expect("apply");
         }
         // Three events per user on average, over the two years.
         let n = users * 3;
@@ -121,16 +107,17 @@ fn main() {
             }
         }
         engine.commit().expect("commit");
-        let (mut registered, mut bytes, mut bytes_before) = (0u64, 0usize, 0usize);
+        let (mut registered, mut sizes) = (0u64, [0usize; 3]);
         for user in 0..users {
             if let Some(state) = engine.user(&format!("u-{user}")).expect("read") {
                 registered += 1;
-                bytes += encode(&state).len();
-                bytes_before += before_v2(&state).len();
+                for (sum, size) in sizes.iter_mut().zip([before_v2(&state), fixed_width!(&state), encode(&state).len()])
+                {
+                    *sum += size;
+                }
             }
         }
-        let per_user = |b: usize| b as f64 / registered.max(1) as f64;
-        state_sizes.push((users, per_user(bytes_before), per_user(bytes)));
+        state_sizes.push((users, sizes.map(|b| b as f64 / registered.max(1) as f64)));
 
         let t = Instant::now();
         let snapshot = engine.snapshot();
@@ -165,8 +152,11 @@ fn main() {
             worst.as_secs_f64() * 1e3,
         );
     }
-    println!("\n{:>9} {:>22} {:>16} {:>8}", "users", "bytes/user before v2", "bytes/user v2", "growth");
-    for (users, before, after) in state_sizes {
-        println!("{users:>9} {before:>22.1} {after:>16.1} {:>8.1}", after - before);
+    println!(
+        "\n{:>9} {:>21} {:>22} {:>8} {:>21}",
+        "users", "bytes/user before v2", "v2 rules, same codec", "growth", "v2 as stored (varint)"
+    );
+    for (users, [before, rules, stored]) in state_sizes {
+        println!("{users:>9} {before:>21.1} {rules:>22.1} {:>8.1} {stored:>21.1}", rules - before);
     }
 }

@@ -1,20 +1,27 @@
 //! The one encoding of persisted values, shared by the RocksDB store and
 //! the changelog (a changelog record is restored straight into the store):
-//! a version byte, so the format can evolve, then bincode.
+//! a version byte, so the format can evolve, then bincode with variable-length
+//! integers (lengths and small counts take one byte, event times six).
 
+use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::store::StoreError;
 
 /// First byte of every persisted value. 2: contract v2 (profiles,
-/// assessments, months and days in user state and totals).
+/// assessments, months and days in user state and totals), and
+/// variable-length integers.
 const VERSION: u8 = 2;
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+}
 
 /// Encodes a value (plain data: serializing into a `Vec` cannot fail).
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![VERSION];
-    bincode::serialize_into(&mut out, v).expect("plain data serializes into a Vec");
+    options().serialize_into(&mut out, v).expect("plain data serializes into a Vec");
     out
 }
 
@@ -22,7 +29,7 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&VERSION, rest)) => {
-            bincode::deserialize(rest).map_err(|e| StoreError::new(format!("failed to decode {what}"), e))
+            options().deserialize(rest).map_err(|e| StoreError::new(format!("failed to decode {what}"), e))
         }
         other => Err(StoreError::new(
             format!("failed to decode {what}"),

@@ -41,21 +41,6 @@ fn horizon(max_ts: Millis) -> Day {
     Day(Day::of(max_ts).0 - (WINDOW_DAYS_KEPT - 1))
 }
 
-/// Drops the days before a shard's new horizon from its org totals, when
-/// the horizon moved (once a day of event time).
-fn forget_days(orgs: &mut Table<Totals>, old: Day, new: Day) {
-    if new == old {
-        return;
-    }
-    let stale: Vec<u32> =
-        orgs.iter().filter(|(_, t)| t.days.first().is_some_and(|(d, _)| *d < new)).map(|(k, _)| k).collect();
-    for k in stale {
-        orgs.update(k, |t| {
-            t.forget_days(new);
-        });
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// Event ids are remembered at least until the newest event time of their
@@ -457,7 +442,6 @@ impl<S: Store> Engine<S> {
             shard.seen_keys.push(key);
             if ev.ts > shard.max_ts {
                 shard.max_ts = ev.ts;
-                forget_days(&mut shard.orgs, shard.horizon, horizon(ev.ts));
                 shard.horizon = horizon(ev.ts);
             }
         }
@@ -467,10 +451,35 @@ impl<S: Store> Engine<S> {
         let before = (!is_new).then(|| (org_keys.id(user.org_key()), user.totals(*meeting_ms, shard.horizon)));
         let course_change = user.apply(ev, shard.horizon);
         let after = (org_keys.id(user.org_key()), user.totals(*meeting_ms, shard.horizon));
-        if let Some((org, totals)) = before {
-            shard.orgs.update(org, |t| t.add(&totals, -1));
+        // Days before the horizon are left out of every share from the
+        // moment it passes them, and dropped from an org's totals when the
+        // org next changes (no scan of every org each day); until then no
+        // window can ask for them (docs/ARCHITECTURE.md, "State").
+        let horizon = shard.horizon;
+        match before {
+            // Usually the user stays: one update by the difference.
+            Some((org, totals)) if org == after.0 => {
+                let change = after.1.minus(&totals);
+                shard.orgs.update(org, |t| {
+                    t.add(&change, 1);
+                    t.forget_days(horizon);
+                });
+            }
+            Some((org, totals)) => {
+                shard.orgs.update(org, |t| {
+                    t.add(&totals, -1);
+                    t.forget_days(horizon);
+                });
+                shard.orgs.update(after.0, |t| {
+                    t.add(&after.1, 1);
+                    t.forget_days(horizon);
+                });
+            }
+            None => shard.orgs.update(after.0, |t| {
+                t.add(&after.1, 1);
+                t.forget_days(horizon);
+            }),
         }
-        shard.orgs.update(after.0, |t| t.add(&after.1, 1));
         if let (Some(c), Some((before, after))) = (ev.kind.course(), course_change) {
             shard.courses.update(course_keys.id(c), |t| {
                 t.add(&before, -1);
@@ -626,14 +635,25 @@ impl<S: Store> Engine<S> {
         let mut courses = vec![CourseTotals::default(); self.course_keys.names().len()];
         for shard in &self.shards {
             for (k, t) in shard.orgs.iter() {
-                orgs[k as usize].get_or_insert_with(Totals::default).add(t, 1);
+                let sum = orgs[k as usize].get_or_insert_with(Totals::default);
+                if t.days.first().is_some_and(|(d, _)| *d < shard.horizon) {
+                    // Days the org has not shed yet (it sheds them when it next changes).
+                    let mut t = t.clone();
+                    t.forget_days(shard.horizon);
+                    sum.add(&t, 1);
+                } else {
+                    sum.add(t, 1);
+                }
             }
             for (k, t) in shard.courses.iter() {
                 courses[k as usize].add(t, 1);
             }
         }
-        let leaves: Vec<(&str, &Totals)> =
-            self.org_keys.names().filter_map(|(k, name)| Some((name, orgs[k as usize].as_ref()?))).collect();
+        let leaves: Vec<(&str, &Totals)> = self
+            .org_keys
+            .names()
+            .filter_map(|(k, name)| Some((name, orgs[k as usize].as_ref().filter(|t| !t.is_zero())?)))
+            .collect();
         let unknown = leaves.iter().filter(|(o, _)| *o != crate::UNASSIGNED && self.registry.get(o).is_none());
         Snapshot {
             unknown_orgs: unknown.count(),

@@ -276,8 +276,11 @@ where
     &mut map[at].1
 }
 
-/// Adds `sign` times every entry of `from` into `into`, then drops the
-/// entries that reached zero, so that state does not grow with history.
+/// Adds `sign` times every entry of `from` into `into`, dropping the entries
+/// that reach zero, so that state does not grow with history. Both are
+/// sorted. An org's totals hold ~80 months and days; a user's share or a
+/// change to it a few: those are found by binary search, and only the
+/// entries touched are checked for zero.
 fn add_each<K: Ord + Copy, V: Summable, const N: usize>(
     into: &mut SmallVec<[(K, V); N]>,
     from: &SmallVec<[(K, V); N]>,
@@ -285,10 +288,27 @@ fn add_each<K: Ord + Copy, V: Summable, const N: usize>(
 ) where
     [(K, V); N]: smallvec::Array<Item = (K, V)>,
 {
+    let mut start = 0;
     for (k, v) in from {
-        slot(into, *k).add(v, sign);
+        let at = start + into[start..].partition_point(|(key, _)| key < k);
+        if at < into.len() && into[at].0 == *k {
+            into[at].1.add(v, sign);
+            if into[at].1 == V::default() {
+                into.remove(at);
+                start = at;
+                continue;
+            }
+        } else {
+            let mut value = V::default();
+            value.add(v, sign);
+            if value == V::default() {
+                start = at;
+                continue;
+            }
+            into.insert(at, (*k, value));
+        }
+        start = at + 1;
     }
-    into.retain(|(_, v)| *v != V::default());
 }
 
 /// A total that can be added to and subtracted from another.
@@ -380,11 +400,18 @@ impl Totals {
         add_each(&mut self.days, &o.days, sign);
     }
 
-    /// Drops the days before `horizon`; whether any were dropped.
-    pub(crate) fn forget_days(&mut self, horizon: Day) -> bool {
-        let before = self.days.len();
-        self.days.retain(|(d, _)| *d >= horizon);
-        self.days.len() != before
+    /// `self - other`: what to add to a total that holds `other` so that it
+    /// holds `self` instead (one update of an org's totals per event, not two).
+    pub fn minus(mut self, other: &Totals) -> Totals {
+        self.add(other, -1);
+        self
+    }
+
+    /// Drops the days before `horizon` (sorted: usually one comparison).
+    pub(crate) fn forget_days(&mut self, horizon: Day) {
+        if self.days.first().is_some_and(|(d, _)| *d < horizon) {
+            self.days.retain(|(d, _)| *d >= horizon);
+        }
     }
 
     pub fn is_zero(&self) -> bool {
