@@ -446,40 +446,42 @@ impl<S: Store> Engine<S> {
             }
         }
 
-        // The user's share moves: out of the totals it counted in before the
-        // event, into those it counts in after (a different org if it moved).
-        let before = (!is_new).then(|| (org_keys.id(user.org_key()), user.totals(*meeting_ms, shard.horizon)));
-        let course_change = user.apply(ev, shard.horizon);
-        let after = (org_keys.id(user.org_key()), user.totals(*meeting_ms, shard.horizon));
+        // The user's share changes; usually in its org, by the change the
+        // event made. When the user moves (or a profile changes), its whole
+        // share moves: out of the old org's totals, into the new one's.
         // Days before the horizon are left out of every share from the
         // moment it passes them, and dropped from an org's totals when the
         // org next changes (no scan of every org each day); until then no
         // window can ask for them (docs/ARCHITECTURE.md, "State").
         let horizon = shard.horizon;
-        match before {
-            // Usually the user stays: one update by the difference.
-            Some((org, totals)) if org == after.0 => {
-                let change = after.1.minus(&totals);
-                shard.orgs.update(org, |t| {
-                    t.add(&change, 1);
-                    t.forget_days(horizon);
-                });
-            }
-            Some((org, totals)) => {
-                shard.orgs.update(org, |t| {
-                    t.add(&totals, -1);
-                    t.forget_days(horizon);
-                });
-                shard.orgs.update(after.0, |t| {
-                    t.add(&after.1, 1);
-                    t.forget_days(horizon);
-                });
-            }
-            None => shard.orgs.update(after.0, |t| {
-                t.add(&after.1, 1);
+        let org_before = (!is_new).then(|| org_keys.id(user.org_key()));
+        let profile_before = profile.then(|| user.totals(*meeting_ms, horizon));
+        let applied = user.apply(ev, horizon, *meeting_ms);
+        let org_after = org_keys.id(user.org_key());
+        match (applied.change, org_before) {
+            (Some(change), org) if org.is_none_or(|o| o == org_after) => shard.orgs.update(org_after, |t| {
+                t.add(&change, 1);
                 t.forget_days(horizon);
             }),
+            (change, org) => {
+                let after = user.totals(*meeting_ms, horizon);
+                let before = match change {
+                    Some(change) => after.clone().minus(&change),
+                    None => profile_before.unwrap_or_default(),
+                };
+                if let Some(org) = org {
+                    shard.orgs.update(org, |t| {
+                        t.add(&before, -1);
+                        t.forget_days(horizon);
+                    });
+                }
+                shard.orgs.update(org_after, |t| {
+                    t.add(&after, 1);
+                    t.forget_days(horizon);
+                });
+            }
         }
+        let course_change = applied.course;
         if let (Some(c), Some((before, after))) = (ev.kind.course(), course_change) {
             shard.courses.update(course_keys.id(c), |t| {
                 t.add(&before, -1);

@@ -87,6 +87,31 @@ fn earliest(cur: Option<Millis>, ts: Millis) -> Option<Millis> {
     Some(cur.map_or(ts, |t| t.min(ts)))
 }
 
+/// What [`UserState::apply`] changed.
+#[derive(Debug)]
+pub(crate) struct Applied {
+    /// The (user, course)'s share of the course totals, before and after.
+    pub(crate) course: Option<(CourseTotals, CourseTotals)>,
+    /// The change of the user's share of its org's totals; `None` for a profile.
+    pub(crate) change: Option<Totals>,
+}
+
+/// Moves one count of a (user, course) from the month and day of `old` to
+/// those of `new` (either may be absent); days before `horizon` are not kept.
+fn moved(d: &mut Totals, old: Option<Millis>, new: Option<Millis>, horizon: Day, field: fn(&mut PeriodTotals) -> &mut i64) {
+    if old == new {
+        return;
+    }
+    for (at, sign) in [(old, -1), (new, 1)] {
+        let Some(at) = at else { continue };
+        *field(slot(&mut d.months, Month::of(at))) += sign;
+        let day = Day::of(at);
+        if day >= horizon {
+            *field(slot(&mut d.days, day)) += sign;
+        }
+    }
+}
+
 impl UserState {
     /// The current org: of the latest of the org-carrying events and the
     /// profile by (`ts`, id), where the profile's id is the empty string
@@ -111,22 +136,29 @@ impl UserState {
     }
 
     /// Applies one accepted (not duplicate) event or profile. Days before
-    /// `horizon` are no longer kept. For an event on a course, returns that
-    /// (user, course)'s share of the course totals before and after.
-    pub(crate) fn apply(&mut self, ev: &Event<'_>, horizon: Day) -> Option<(CourseTotals, CourseTotals)> {
+    /// `horizon` are no longer kept.
+    ///
+    /// Returns what the event changed: for an event on a course, that
+    /// (user, course)'s share of the course totals before and after; and the
+    /// change of [`UserState::totals`] (so that the hot path need not build
+    /// the user's whole share twice per event), `None` for a profile, whose
+    /// change the caller finds by comparing whole shares.
+    pub(crate) fn apply(&mut self, ev: &Event<'_>, horizon: Day, meeting_ms: i64) -> Applied {
         match &ev.kind {
             EventKind::Profile { designation } => {
                 let org = ev.org.as_deref().unwrap_or_default().to_owned();
                 let designation = designation.as_deref().map(str::to_owned);
                 self.profile = Some(Profile { ts: ev.ts, org, designation });
-                return None;
+                return Applied { course: None, change: None };
             }
             EventKind::ProfileRemoved => {
                 self.profile = None;
-                return None;
+                return Applied { course: None, change: None };
             }
             _ => {}
         }
+        // Every event registers its user (it leaves an org or a course).
+        let mut d = Totals { registered_users: i64::from(!self.is_registered()), ..Totals::default() };
         if let Some(org) = &ev.org {
             match &mut self.org {
                 Some(cur) if !later(ev.ts, &ev.id, cur.ts, &cur.id) => {}
@@ -139,11 +171,37 @@ impl UserState {
             }
         }
         self.days.retain(|d, _| *d >= horizon);
-        let course = ev.kind.course()?;
-        self.last_active = self.last_active.max(Some(ev.ts));
-        let month = self.months.get_or_default(&Month::of(ev.ts), || Month::of(ev.ts));
+        let Some(course) = ev.kind.course() else { return Applied { course: None, change: Some(d) } };
+        let recent = |at: Millis| Some(Day::of(at)).filter(|day| *day >= horizon);
+
+        // The latest activity moves to this event's day.
+        if self.last_active.is_none_or(|last| ev.ts > last) {
+            if let Some(day) = self.last_active.and_then(recent) {
+                slot(&mut d.days, day).active_users -= 1;
+            }
+            if let Some(day) = recent(ev.ts) {
+                slot(&mut d.days, day).active_users += 1;
+            }
+            self.last_active = Some(ev.ts);
+        }
+        // A month (and a year) of activity.
+        let month = Month::of(ev.ts);
+        let fy = month.fy();
+        let fy_was_active = self.months.iter().any(|(m, _)| m.fy() == fy);
+        let fy_minutes = self.fy_minutes_ms(fy);
+        if self.months.get(&month).is_none() {
+            slot(&mut d.months, month).active_users += 1;
+            if !fy_was_active {
+                slot(&mut d.fys, fy).active_users += 1;
+            }
+        }
+        let month_ms = self.months.get_or_default(&month, || month);
+        let was_learner = self.courses.values().any(|c| c.enrolled_at.is_some());
         let c = self.courses.get_or_default(course, || course.to_owned());
         let before = c.totals();
+        let (enrolled, completed) = (c.enrolled_at, c.completed_at);
+        let passed = c.assessment.as_ref().and_then(|a| a.passed_at);
+        let mut progress_ms = 0;
         match &ev.kind {
             EventKind::Registration | EventKind::Profile { .. } | EventKind::ProfileRemoved => {}
             EventKind::Enrolment { .. } => c.enrolled_at = earliest(c.enrolled_at, ev.ts),
@@ -152,11 +210,13 @@ impl UserState {
                 c.completed_at = earliest(c.completed_at, ev.ts);
             }
             EventKind::Progress { minutes: Minutes(ms), percent, .. } => {
+                progress_ms = *ms;
                 c.minutes_ms += ms;
-                *month += ms;
-                let day = Day::of(ev.ts);
-                if day >= horizon {
+                *month_ms += ms;
+                slot(&mut d.months, month).minutes_ms += ms;
+                if let Some(day) = recent(ev.ts) {
                     *self.days.get_or_default(&day, || day) += ms;
+                    slot(&mut d.days, day).minutes_ms += ms;
                 }
                 if let Some(p) = percent {
                     c.percent = Some(c.percent.map_or(*p, |cur| cur.max(*p)));
@@ -179,7 +239,35 @@ impl UserState {
                 }
             }
         }
-        Some((before, c.totals()))
+        let after = c.totals();
+        let mut share = after;
+        share.add(&before, -1);
+        d.enrolments = share.enrolments;
+        d.completions = share.completions;
+        d.minutes_ms = share.minutes_ms;
+        d.ratings = share.ratings;
+        d.rating_milli_sum = share.rating_milli_sum;
+        d.assessed = share.assessed;
+        d.assessments_passed = share.assessments_passed;
+        d.learners = i64::from(!was_learner && c.enrolled_at.is_some());
+        moved(&mut d, enrolled, c.enrolled_at, horizon, |p| &mut p.enrolments);
+        moved(&mut d, completed, c.completed_at, horizon, |p| &mut p.completions);
+        let passed_now = c.assessment.as_ref().and_then(|a| a.passed_at);
+        if passed != passed_now {
+            if let Some(at) = passed {
+                slot(&mut d.fys, Fy::of(at)).assessments_passed -= 1;
+            }
+            if let Some(at) = passed_now {
+                slot(&mut d.fys, Fy::of(at)).assessments_passed += 1;
+            }
+        }
+        // The year's hours goal, over the year's minutes.
+        let met_before = fy_was_active && fy_minutes >= meeting_ms;
+        let met_after = fy_minutes + progress_ms >= meeting_ms;
+        if met_before != met_after {
+            slot(&mut d.fys, fy).users_meeting_hours += i64::from(met_after) - i64::from(met_before);
+        }
+        Applied { course: Some((before, after)), change: Some(d) }
     }
 
     /// Learning milliseconds in one financial year.
