@@ -62,15 +62,18 @@ impl OrgView {
                 nodes[index[node]].employees += rec.employees;
             }
         }
-        // Merge the shards per leaf first: one walk up the tree per leaf.
-        let mut merged: HashMap<&str, Totals> = HashMap::new();
+        // Each leaf into its node, then every node into its parent, deepest
+        // first: one addition per node, whatever the depth of the tree.
         for (leaf, totals) in leaves {
-            merged.entry(registry.node_of(leaf)).or_default().add(totals, 1);
+            nodes[index[registry.node_of(leaf)]].totals.add(totals, 1);
         }
-        for (node, totals) in &merged {
-            for n in registry.ancestry(node) {
-                nodes[index[n]].totals.add(totals, 1);
-            }
+        let mut order: Vec<usize> = (0..nodes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(nodes[i].depth));
+        for i in order {
+            let Some(parent) = nodes[i].parent.as_deref().map(|p| index[p]) else { continue };
+            let totals = std::mem::take(&mut nodes[i].totals);
+            nodes[parent].totals.add(&totals, 1);
+            nodes[i].totals = totals;
         }
         OrgView { nodes, index }
     }

@@ -98,7 +98,13 @@ pub(crate) struct Applied {
 
 /// Moves one count of a (user, course) from the month and day of `old` to
 /// those of `new` (either may be absent); days before `horizon` are not kept.
-fn moved(d: &mut Totals, old: Option<Millis>, new: Option<Millis>, horizon: Day, field: fn(&mut PeriodTotals) -> &mut i64) {
+fn moved(
+    d: &mut Totals,
+    old: Option<Millis>,
+    new: Option<Millis>,
+    horizon: Day,
+    field: fn(&mut PeriodTotals) -> &mut i64,
+) {
     if old == new {
         return;
     }
@@ -176,11 +182,14 @@ impl UserState {
 
         // The latest activity moves to this event's day.
         if self.last_active.is_none_or(|last| ev.ts > last) {
-            if let Some(day) = self.last_active.and_then(recent) {
-                slot(&mut d.days, day).active_users -= 1;
-            }
-            if let Some(day) = recent(ev.ts) {
-                slot(&mut d.days, day).active_users += 1;
+            let (old, new) = (self.last_active.and_then(recent), recent(ev.ts));
+            if old != new {
+                if let Some(day) = old {
+                    slot(&mut d.days, day).active_users -= 1;
+                }
+                if let Some(day) = new {
+                    slot(&mut d.days, day).active_users += 1;
+                }
             }
             self.last_active = Some(ev.ts);
         }
@@ -366,9 +375,9 @@ where
 
 /// Adds `sign` times every entry of `from` into `into`, dropping the entries
 /// that reach zero, so that state does not grow with history. Both are
-/// sorted. An org's totals hold ~80 months and days; a user's share or a
-/// change to it a few: those are found by binary search, and only the
-/// entries touched are checked for zero.
+/// sorted and the entries are added in place: a change to a user's share
+/// has a few, each found by binary search; a whole share (a snapshot sums
+/// every shard's months and days of every org) is merged in one walk.
 fn add_each<K: Ord + Copy, V: Summable, const N: usize>(
     into: &mut SmallVec<[(K, V); N]>,
     from: &SmallVec<[(K, V); N]>,
@@ -376,9 +385,25 @@ fn add_each<K: Ord + Copy, V: Summable, const N: usize>(
 ) where
     [(K, V); N]: smallvec::Array<Item = (K, V)>,
 {
+    let signed = |v: &V| {
+        let mut out = V::default();
+        out.add(v, sign);
+        out
+    };
+    let large = from.len() > 4;
     let mut start = 0;
     for (k, v) in from {
-        let at = start + into[start..].partition_point(|(key, _)| key < k);
+        // A change holds zero entries where a count moved within one period.
+        if *v == V::default() {
+            continue;
+        }
+        // Sorted both: a large addition walks on from the last entry, a
+        // small one searches.
+        let at = if large {
+            start + into[start..].iter().take_while(|(key, _)| key < k).count()
+        } else {
+            start + into[start..].partition_point(|(key, _)| key < k)
+        };
         if at < into.len() && into[at].0 == *k {
             into[at].1.add(v, sign);
             if into[at].1 == V::default() {
@@ -387,13 +412,7 @@ fn add_each<K: Ord + Copy, V: Summable, const N: usize>(
                 continue;
             }
         } else {
-            let mut value = V::default();
-            value.add(v, sign);
-            if value == V::default() {
-                start = at;
-                continue;
-            }
-            into.insert(at, (*k, value));
+            into.insert(at, (*k, signed(v)));
         }
         start = at + 1;
     }
