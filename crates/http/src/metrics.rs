@@ -180,121 +180,104 @@ const FY_FAMILIES: &[NodeFamily] = &[
     },
 ];
 
-struct CourseFamily {
+/// One gauge family over the courses (`K` = [`CourseKpis`]) or the
+/// providers (`K` = [`ProviderKpis`]), labelled by their id.
+struct Family<K> {
     name: &'static str,
     help: &'static str,
-    value: fn(&CourseKpis) -> Option<f64>,
+    value: fn(&K) -> Option<f64>,
 }
 
-const COURSE_FAMILIES: &[CourseFamily] = &[
-    CourseFamily {
-        name: "pulse_course_enrolments",
-        help: "Enrolments in the course.",
-        value: |k| Some(k.enrolments as f64),
-    },
-    CourseFamily {
+const COURSE_FAMILIES: &[Family<CourseKpis>] = &[
+    Family { name: "pulse_course_enrolments", help: "Enrolments in the course.", value: |k| Some(k.enrolments as f64) },
+    Family {
         name: "pulse_course_completions",
         help: "Completions of the course.",
         value: |k| Some(k.completions as f64),
     },
-    CourseFamily {
+    Family {
         name: "pulse_course_in_progress",
         help: "Enrolled but not completed.",
         value: |k| Some(k.in_progress as f64),
     },
-    CourseFamily {
-        name: "pulse_course_completion_ratio",
-        help: "completions / enrolments.",
-        value: |k| k.completion_ratio,
-    },
-    CourseFamily {
+    Family { name: "pulse_course_completion_ratio", help: "completions / enrolments.", value: |k| k.completion_ratio },
+    Family {
         name: "pulse_course_learning_seconds",
         help: "Progress time on the course, in seconds.",
         value: |k| Some(k.learning_minutes * 60.0),
     },
-    CourseFamily {
-        name: "pulse_course_ratings",
-        help: "Current ratings of the course.",
-        value: |k| Some(k.ratings as f64),
-    },
-    CourseFamily {
+    Family { name: "pulse_course_ratings", help: "Current ratings of the course.", value: |k| Some(k.ratings as f64) },
+    Family {
         name: "pulse_course_average_rating_stars",
         help: "Mean current rating of the course, in stars.",
         value: |k| k.average_rating,
     },
-    CourseFamily {
+    Family {
         name: "pulse_course_assessed",
         help: "(user, course) pairs with an assessment attempt.",
         value: |k| Some(k.assessed as f64),
     },
-    CourseFamily {
+    Family {
         name: "pulse_course_assessments_passed",
         help: "(user, course) pairs with a passing attempt.",
         value: |k| Some(k.assessments_passed as f64),
     },
 ];
 
-/// One gauge family over the providers.
-struct ProviderFamily {
-    name: &'static str,
-    help: &'static str,
-    value: fn(&ProviderKpis) -> Option<f64>,
-}
-
 /// A provider's KPIs are sums over its courses, so the summable parts of
 /// each ratio are exported too (the recording rules sum them over instances).
-const PROVIDER_FAMILIES: &[ProviderFamily] = &[
-    ProviderFamily {
+const PROVIDER_FAMILIES: &[Family<ProviderKpis>] = &[
+    Family {
         name: "pulse_provider_courses",
         help: "Catalogue records naming the provider (0 for unlisted).",
         value: |p| Some(p.courses as f64),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_enrolments",
         help: "(user, course) pairs enrolled in the provider's courses.",
         value: |p| Some(p.kpis.enrolments as f64),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_completions",
         help: "(user, course) pairs completed.",
         value: |p| Some(p.kpis.completions as f64),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_completion_ratio",
         help: "completions / enrolments.",
         value: |p| p.kpis.completion_ratio,
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_learning_seconds",
         help: "Progress time on the provider's courses, in seconds.",
         value: |p| Some(p.kpis.learning_minutes * 60.0),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_ratings",
         help: "Current ratings of the provider's courses.",
         value: |p| Some(p.kpis.ratings as f64),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_rated_stars",
         help: "Sum of those ratings, in stars (average = this / ratings).",
         value: |p| Some(p.rated_stars),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_average_rating_stars",
         help: "Mean current rating of the provider's courses, in stars.",
         value: |p| p.kpis.average_rating,
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_assessed",
         help: "(user, course) pairs with an assessment attempt.",
         value: |p| Some(p.kpis.assessed as f64),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_assessments_passed",
         help: "(user, course) pairs with a passing attempt.",
         value: |p| Some(p.kpis.assessments_passed as f64),
     },
-    ProviderFamily {
+    Family {
         name: "pulse_provider_assessment_pass_ratio",
         help: "assessments_passed / assessed.",
         value: |p| p.kpis.assessment_pass_ratio,
@@ -362,14 +345,7 @@ pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, expositi
     encode_providers(enc, snapshot);
     if exposition.courses {
         let kpis: Vec<(&String, CourseKpis)> = snapshot.courses.iter().map(|(c, t)| (c, CourseKpis::of(t))).collect();
-        for fam in COURSE_FAMILIES {
-            let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
-            for (course, k) in &kpis {
-                if let Some(v) = (fam.value)(k) {
-                    f.sample(&[("course", course)], v);
-                }
-            }
-        }
+        encode_families(enc, COURSE_FAMILIES, "course", &kpis);
         let mut f = enc.family(
             "pulse_course_info",
             "One series per course with activity, carrying its catalogue name and provider (empty when unknown).",
@@ -396,17 +372,28 @@ fn encode_windows(enc: &mut Encoder, nodes: &[NodeView], kpis: &[NodeKpis]) {
     }
 }
 
-/// Providers are few (those the catalogue names), so they are always exported.
-fn encode_providers(enc: &mut Encoder, snapshot: &Snapshot) {
-    let providers = snapshot.providers();
-    for fam in PROVIDER_FAMILIES {
+/// Families over items labelled by their id.
+fn encode_families<K, I: std::borrow::Borrow<K>>(
+    enc: &mut Encoder,
+    families: &[Family<K>],
+    label: &str,
+    items: &[(&String, I)],
+) {
+    for fam in families {
         let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
-        for (id, p) in &providers {
-            if let Some(v) = (fam.value)(p) {
-                f.sample(&[("provider", id)], v);
+        for (id, item) in items {
+            if let Some(v) = (fam.value)(item.borrow()) {
+                f.sample(&[(label, id)], v);
             }
         }
     }
+}
+
+/// Providers are few (those the catalogue names), so they are always exported.
+fn encode_providers(enc: &mut Encoder, snapshot: &Snapshot) {
+    let providers = snapshot.providers();
+    let items: Vec<(&String, &ProviderKpis)> = providers.iter().collect();
+    encode_families(enc, PROVIDER_FAMILIES, "provider", &items);
     let mut f = enc.family("pulse_provider_info", "One series per provider, carrying its name.", Kind::Gauge);
     for (id, p) in &providers {
         f.sample(&[("provider", id), ("name", &p.name)], 1.0);
