@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::{
-    parse, parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, Day, Event, InputFormat, Millis,
-    OrgRecord, OrgUpdate, Parsed, Rejection, TargetRecord, TargetUpdate, TimeRules,
+    parse, CourseRecord, Day, Event, InputFormat, Millis, OrgRecord, Parsed, Rejection, TargetRecord, TimeRules,
 };
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
 mod commit;
+mod offsets;
+mod records;
 
 pub use commit::{PendingCommit, Stored};
 
@@ -490,131 +491,6 @@ impl<S: Store> Engine<S> {
         }
         self.uncommitted += 1;
         Ok(Disposition::Applied)
-    }
-
-    /// Applies one message of the org registry topic (`None` value: tombstone).
-    pub fn apply_org_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
-        let outcome = parse_org(key, value).and_then(|update| match update {
-            OrgUpdate::Upsert(rec) => {
-                self.registry.upsert(rec.clone())?;
-                self.pending_orgs.insert(rec.org.clone(), Some(rec));
-                Ok(())
-            }
-            OrgUpdate::Remove(org) => {
-                self.registry.remove(&org);
-                self.pending_orgs.insert(org, None);
-                Ok(())
-            }
-        });
-        self.registry_outcome(outcome)
-    }
-
-    /// Applies one message of the targets topic (`None` value: tombstone).
-    pub fn apply_target_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
-        let outcome = parse_target(key, value).map(|update| match update {
-            TargetUpdate::Upsert(rec) => {
-                self.targets.insert(rec.id.clone(), rec.clone());
-                self.pending_targets.insert(rec.id.clone(), Some(rec));
-            }
-            TargetUpdate::Remove(id) => {
-                self.targets.remove(&id);
-                self.pending_targets.insert(id, None);
-            }
-        });
-        self.registry_outcome(outcome)
-    }
-
-    /// Applies one message of the course catalogue topic (`None` value: tombstone).
-    pub fn apply_course_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
-        let outcome = parse_course(key, value).map(|update| match update {
-            CourseUpdate::Upsert(rec) => {
-                self.catalogue.insert(rec.course.clone(), rec.clone());
-                self.pending_catalogue.insert(rec.course.clone(), Some(rec));
-            }
-            CourseUpdate::Remove(id) => {
-                self.catalogue.remove(&id);
-                self.pending_catalogue.insert(id, None);
-            }
-        });
-        self.registry_outcome(outcome)
-    }
-
-    fn registry_outcome(&mut self, outcome: Result<(), Rejection>) -> Disposition {
-        match outcome {
-            Ok(()) => {
-                self.uncommitted += 1;
-                Disposition::Applied
-            }
-            Err(rejection) => Disposition::Dead(rejection),
-        }
-    }
-
-    /// The next offset to consume from a partition, including messages
-    /// applied but not yet committed; `None` if nothing was ever consumed.
-    pub fn next_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.position(&(topic.to_owned(), partition)).map(|p| p.next)
-    }
-
-    fn position(&self, key: &(String, i32)) -> Option<StreamPosition> {
-        let pending = self.pending_offsets.get(key).or_else(|| self.committing_offsets.get(key));
-        pending.or_else(|| self.offsets.get(key)).copied()
-    }
-
-    /// The next offset of a partition as stored (a commit in flight not included).
-    pub fn stored_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.offsets.get(&(topic.to_owned(), partition)).map(|p| p.next)
-    }
-
-    /// Records that every message of a partition before `next` has been
-    /// applied (the event times since the last call included); the next
-    /// commit writes it together with their effect.
-    pub fn set_next_offset(&mut self, topic: &str, partition: i32, next: i64) {
-        let key = (topic.to_owned(), partition);
-        let newest = self.position(&key).and_then(|p| p.newest_event).max(self.last_event.take());
-        self.pending_offsets.insert(key, StreamPosition { next, newest_event: newest });
-    }
-
-    /// Records that the dead letters of a registry partition (read whole
-    /// by every instance) are written up to `next`, by this shard's owner;
-    /// stored like an input partition's position, without event time.
-    pub fn set_letters_written(&mut self, topic: &str, partition: i32, next: i64) {
-        self.pending_offsets.insert((topic.to_owned(), partition), StreamPosition { next, newest_event: None });
-    }
-
-    /// The event-time watermark of consumed partitions: the oldest of their
-    /// newest event times. Partitions are consumed at different speeds (a
-    /// backlog, a rebalance), so an id is forgotten only once every partition
-    /// is past its horizon: a duplicate arrives in its original's partition,
-    /// which may lag far behind the others. `None` outside Kafka (replay).
-    fn watermark(&self) -> Option<Millis> {
-        let keys: BTreeSet<&(String, i32)> =
-            self.offsets.keys().chain(self.committing_offsets.keys()).chain(self.pending_offsets.keys()).collect();
-        keys.into_iter().filter(|k| !self.at_end.contains(*k)).filter_map(|k| self.position(k)?.newest_event).min()
-    }
-
-    /// The partitions now read to their end (the caller knows their ends):
-    /// a partition that receives nothing more must not keep every shard's
-    /// ids remembered forever.
-    pub fn set_at_end(&mut self, partitions: BTreeSet<(String, i32)>) {
-        self.at_end = partitions;
-    }
-
-    /// Forgets the registry, the targets and the catalogue (in memory and, at the next
-    /// commit, in the store), before they are read again from the start of
-    /// their compacted topics: replaying the topic onto an empty registry
-    /// gives exactly the registry the topic describes.
-    pub fn clear_registry(&mut self) {
-        let orgs: Vec<String> = self.registry.orgs().map(|o| o.org.clone()).collect();
-        for org in orgs {
-            self.registry.remove(&org);
-            self.pending_orgs.insert(org, None);
-        }
-        for id in std::mem::take(&mut self.targets).into_keys() {
-            self.pending_targets.insert(id, None);
-        }
-        for id in std::mem::take(&mut self.catalogue).into_keys() {
-            self.pending_catalogue.insert(id, None);
-        }
     }
 
     /// One user's state, including changes not yet committed; `None` for

@@ -10,14 +10,17 @@
 //! rollups are written again here on purpose. It must not depend on the
 //! engine.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::{Datelike, Days, NaiveDate};
-use pulse_model::{
-    parse, parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, Event, EventKind, InputFormat, OrgRecord,
-    OrgUpdate, Parsed, TargetKpi, TargetRecord, TargetUpdate, TimeRules,
-};
+use pulse_model::{InputFormat, TargetKpi, TimeRules};
 use serde_json::{json, Map, Value};
+
+mod facts;
+mod world;
+
+use facts::{users, CourseFacts};
+use world::{chain, world, World};
 
 /// One message as it arrives on a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,201 +96,6 @@ fn ratio(a: f64, b: f64) -> Value {
     } else {
         json!(a / b)
     }
-}
-
-/// A user's profile as the topic leaves it: (ts, org, designation).
-type ProfileFacts = (i64, String, Option<String>);
-
-/// Accepted events, the final profiles, registry, targets and catalogue.
-struct World {
-    events: Vec<Event<'static>>,
-    profiles: BTreeMap<String, ProfileFacts>,
-    orgs: BTreeMap<String, OrgRecord>,
-    targets: BTreeMap<String, TargetRecord>,
-    catalogue: BTreeMap<String, CourseRecord>,
-}
-
-fn world(messages: &[Message], s: &Settings) -> World {
-    let mut w = World {
-        events: vec![],
-        profiles: BTreeMap::new(),
-        orgs: BTreeMap::new(),
-        targets: BTreeMap::new(),
-        catalogue: BTreeMap::new(),
-    };
-    let mut ids = HashSet::new();
-    for m in messages {
-        match m {
-            Message::Event { format, key, value } => {
-                let Ok(Parsed::Event(ev)) = parse(*format, key.as_deref(), value) else { continue };
-                if s.time_rules.check_event(&ev, s.ingest_now).is_err() {
-                    continue;
-                }
-                match ev.kind {
-                    // The latest record on the topic wins; a tombstone removes it.
-                    EventKind::Profile { designation } => {
-                        let profile =
-                            (ev.ts, ev.org.unwrap_or_default().to_string(), designation.map(|d| d.to_string()));
-                        w.profiles.insert(ev.user.to_string(), profile);
-                    }
-                    EventKind::ProfileRemoved => {
-                        w.profiles.remove(&*ev.user);
-                    }
-                    _ => {
-                        if ids.insert(ev.id.to_string()) {
-                            w.events.push(ev.into_owned());
-                        }
-                    }
-                }
-            }
-            Message::Course { key, value } => match parse_course(key.as_deref(), value.as_deref()) {
-                Ok(CourseUpdate::Upsert(rec)) => {
-                    w.catalogue.insert(rec.course.clone(), rec);
-                }
-                Ok(CourseUpdate::Remove(id)) => {
-                    w.catalogue.remove(&id);
-                }
-                Err(_) => {}
-            },
-            Message::Org { key, value } => match parse_org(key.as_deref(), value.as_deref()) {
-                Ok(OrgUpdate::Upsert(rec)) => {
-                    if !closes_cycle(&w.orgs, &rec) {
-                        w.orgs.insert(rec.org.clone(), rec);
-                    }
-                }
-                Ok(OrgUpdate::Remove(org)) => {
-                    w.orgs.remove(&org);
-                }
-                Err(_) => {}
-            },
-            Message::Target { key, value } => match parse_target(key.as_deref(), value.as_deref()) {
-                Ok(TargetUpdate::Upsert(t)) => {
-                    w.targets.insert(t.id.clone(), t);
-                }
-                Ok(TargetUpdate::Remove(id)) => {
-                    w.targets.remove(&id);
-                }
-                Err(_) => {}
-            },
-        }
-    }
-    w
-}
-
-/// Would `rec` make its org its own ancestor?
-fn closes_cycle(orgs: &BTreeMap<String, OrgRecord>, rec: &OrgRecord) -> bool {
-    let mut seen = BTreeSet::new();
-    let mut at = rec.parent.clone();
-    while let Some(p) = at {
-        if p == rec.org {
-            return true;
-        }
-        if !seen.insert(p.clone()) {
-            return false;
-        }
-        at = orgs.get(&p).and_then(|o| o.parent.clone());
-    }
-    false
-}
-
-/// The chain of nodes from `node` up to `national`, both included.
-fn chain(orgs: &BTreeMap<String, OrgRecord>, node: &str) -> Vec<String> {
-    let mut out = vec![node.to_string()];
-    let mut at = node.to_string();
-    while at != "national" {
-        at = match orgs.get(&at) {
-            None => "national".to_string(), // `unassigned`
-            Some(rec) => match &rec.parent {
-                None => "national".to_string(),
-                Some(p) if orgs.contains_key(p) => p.clone(),
-                Some(_) => "unassigned".to_string(),
-            },
-        };
-        out.push(at.clone());
-    }
-    out
-}
-
-/// Everything about one user, recomputed from the user's events and profile.
-#[derive(Default)]
-struct UserFacts {
-    org: Option<String>,
-    designation: Option<String>,
-    courses: BTreeMap<String, CourseFacts>,
-    /// Progress minutes (ms) with their event times.
-    sessions: Vec<(i64, i64)>,
-    /// Times of every activity (every event but a registration).
-    activity: Vec<i64>,
-}
-
-#[derive(Default)]
-struct CourseFacts {
-    enrolled: Option<i64>,
-    completed: Option<i64>,
-    minutes: i64,
-    percent: Option<f64>,
-    rating: Option<(i64, String, i64)>,
-    /// Every attempt: (ts, score, pass).
-    attempts: Vec<(i64, f64, bool)>,
-}
-
-impl CourseFacts {
-    fn best_score(&self) -> Option<f64> {
-        self.attempts.iter().map(|a| a.1).reduce(f64::max)
-    }
-
-    /// The earliest passing attempt's time.
-    fn passed(&self) -> Option<i64> {
-        self.attempts.iter().filter(|a| a.2).map(|a| a.0).min()
-    }
-}
-
-impl UserFacts {
-    fn minutes_in_fy(&self, fy: i32) -> i64 {
-        self.sessions.iter().filter(|(ts, _)| fy_of(*ts) == fy).map(|(_, ms)| ms).sum()
-    }
-}
-
-fn user_facts(events: &[&Event<'static>], profile: Option<&ProfileFacts>) -> UserFacts {
-    // Every org-carrying item as (ts, id, org); the profile's id is "".
-    let mut items: Vec<(i64, String, String)> =
-        events.iter().filter_map(|e| Some((e.ts, e.id.to_string(), e.org.as_ref()?.to_string()))).collect();
-    if let Some((ts, org, _)) = profile {
-        items.push((*ts, String::new(), org.clone()));
-    }
-    let org = items.into_iter().max_by(|a, b| (a.0, a.1.as_bytes()).cmp(&(b.0, b.1.as_bytes()))).map(|i| i.2);
-    let designation = profile.and_then(|p| p.2.clone());
-    let mut f = UserFacts { org, designation, ..UserFacts::default() };
-    for e in events {
-        let Some(course) = e.kind.course() else {
-            continue;
-        };
-        f.activity.push(e.ts);
-        let c = f.courses.entry(course.to_string()).or_default();
-        match &e.kind {
-            EventKind::Enrolment { .. } => c.enrolled = Some(c.enrolled.map_or(e.ts, |t| t.min(e.ts))),
-            EventKind::Completion { .. } => {
-                c.enrolled = Some(c.enrolled.map_or(e.ts, |t| t.min(e.ts)));
-                c.completed = Some(c.completed.map_or(e.ts, |t| t.min(e.ts)));
-            }
-            EventKind::Progress { minutes, percent, .. } => {
-                c.minutes += minutes.0;
-                f.sessions.push((e.ts, minutes.0));
-                if let Some(p) = percent {
-                    c.percent = Some(c.percent.map_or(*p, |q| q.max(*p)));
-                }
-            }
-            EventKind::Rating { stars, .. } => {
-                let newer = c.rating.as_ref().is_none_or(|(ts, id, _)| (e.ts, e.id.as_bytes()) > (*ts, id.as_bytes()));
-                if newer {
-                    c.rating = Some((e.ts, e.id.to_string(), stars.0));
-                }
-            }
-            EventKind::Assessment { score, pass, .. } => c.attempts.push((e.ts, *score, *pass)),
-            EventKind::Registration | EventKind::Profile { .. } | EventKind::ProfileRemoved => {}
-        }
-    }
-    f
 }
 
 #[derive(Default, Clone)]
@@ -373,18 +181,6 @@ fn node_json(s: &Sums, employees: u64, windows: bool) -> Value {
         );
     }
     node
-}
-
-/// Every registered user (an accepted event or a profile) with its facts.
-fn users(w: &World) -> BTreeMap<String, UserFacts> {
-    let mut by_user: BTreeMap<String, Vec<&Event<'static>>> = BTreeMap::new();
-    for e in &w.events {
-        by_user.entry(e.user.to_string()).or_default().push(e);
-    }
-    for user in w.profiles.keys() {
-        by_user.entry(user.clone()).or_default();
-    }
-    by_user.into_iter().map(|(u, events)| (u.clone(), user_facts(&events, w.profiles.get(&u)))).collect()
 }
 
 /// The first instant of the window of `days` days at `now`: the start of

@@ -1,0 +1,84 @@
+//! The records of the topics every instance reads whole: the org registry,
+//! the targets and the course catalogue.
+
+use pulse_model::{parse_course, parse_org, parse_target, CourseUpdate, OrgUpdate, Rejection, TargetUpdate};
+
+use super::{Disposition, Engine};
+use crate::store::Store;
+
+impl<S: Store> Engine<S> {
+    /// Applies one message of the org registry topic (`None` value: tombstone).
+    pub fn apply_org_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
+        let outcome = parse_org(key, value).and_then(|update| match update {
+            OrgUpdate::Upsert(rec) => {
+                self.registry.upsert(rec.clone())?;
+                self.pending_orgs.insert(rec.org.clone(), Some(rec));
+                Ok(())
+            }
+            OrgUpdate::Remove(org) => {
+                self.registry.remove(&org);
+                self.pending_orgs.insert(org, None);
+                Ok(())
+            }
+        });
+        self.registry_outcome(outcome)
+    }
+
+    /// Applies one message of the targets topic (`None` value: tombstone).
+    pub fn apply_target_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
+        let outcome = parse_target(key, value).map(|update| match update {
+            TargetUpdate::Upsert(rec) => {
+                self.targets.insert(rec.id.clone(), rec.clone());
+                self.pending_targets.insert(rec.id.clone(), Some(rec));
+            }
+            TargetUpdate::Remove(id) => {
+                self.targets.remove(&id);
+                self.pending_targets.insert(id, None);
+            }
+        });
+        self.registry_outcome(outcome)
+    }
+
+    /// Applies one message of the course catalogue topic (`None` value: tombstone).
+    pub fn apply_course_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
+        let outcome = parse_course(key, value).map(|update| match update {
+            CourseUpdate::Upsert(rec) => {
+                self.catalogue.insert(rec.course.clone(), rec.clone());
+                self.pending_catalogue.insert(rec.course.clone(), Some(rec));
+            }
+            CourseUpdate::Remove(id) => {
+                self.catalogue.remove(&id);
+                self.pending_catalogue.insert(id, None);
+            }
+        });
+        self.registry_outcome(outcome)
+    }
+
+    fn registry_outcome(&mut self, outcome: Result<(), Rejection>) -> Disposition {
+        match outcome {
+            Ok(()) => {
+                self.uncommitted += 1;
+                Disposition::Applied
+            }
+            Err(rejection) => Disposition::Dead(rejection),
+        }
+    }
+
+    /// Forgets the registry, the targets and the catalogue (in memory and, at the next
+    /// commit, in the store), before they are read again from the start of
+    /// their compacted topics: replaying the topic onto an empty registry
+    /// gives exactly the registry the topic describes.
+    pub fn clear_registry(&mut self) {
+        let orgs: Vec<String> = self.registry.orgs().map(|o| o.org.clone()).collect();
+        for org in orgs {
+            self.registry.remove(&org);
+            self.pending_orgs.insert(org, None);
+        }
+        for id in std::mem::take(&mut self.targets).into_keys() {
+            self.pending_targets.insert(id, None);
+        }
+        for id in std::mem::take(&mut self.catalogue).into_keys() {
+            self.pending_catalogue.insert(id, None);
+        }
+    }
+}
