@@ -103,9 +103,33 @@ pub fn delete_topics_with_prefix(brokers: &str, prefix: &str) -> Result<(), Erro
 }
 
 /// A producer for tools and tests: keys pick partitions as Kafka's Java
-/// client does; `send` waits only when the local queue is full.
+/// client does; `send` waits only when the local queue is full. A message
+/// whose delivery fails (a broker restart can fail one) is sent again at
+/// `flush`, so that what a test or the load generator says it produced is
+/// what the topic holds.
 pub struct Producer {
-    inner: BaseProducer,
+    inner: BaseProducer<Undelivered>,
+}
+
+/// Keeps the messages whose delivery failed, to be sent again.
+#[derive(Default)]
+struct Undelivered(std::sync::Mutex<Vec<Resend>>);
+
+/// A message to send again: (topic, key, value).
+type Resend = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+
+impl rdkafka::ClientContext for Undelivered {}
+
+impl rdkafka::producer::ProducerContext for Undelivered {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            tracing::warn!(error = %e, topic = m.topic(), "a message was not delivered; it is sent again at flush");
+            let resend = (m.topic().to_owned(), m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(resend);
+        }
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -131,7 +155,7 @@ impl Producer {
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
             .set("compression.type", codec)
-            .create()
+            .create_with_context(Undelivered::default())
             .map_err(kafka_err("failed to create a producer"))?;
         Ok(Producer { inner })
     }
@@ -160,9 +184,20 @@ impl Producer {
         }
     }
 
-    /// Waits for every queued message's acknowledgement.
+    /// Waits for every queued message's acknowledgement, sending again
+    /// those whose delivery failed (a few times, then it says how many).
     pub fn flush(&self) -> Result<(), Error> {
-        self.inner.flush(Duration::from_secs(120)).map_err(kafka_err("failed to flush the producer"))
+        for _ in 0..5 {
+            self.inner.flush(Duration::from_secs(120)).map_err(kafka_err("failed to flush the producer"))?;
+            let failed = std::mem::take(&mut *self.inner.context().0.lock().unwrap_or_else(|p| p.into_inner()));
+            if failed.is_empty() {
+                return Ok(());
+            }
+            for (topic, key, value) in &failed {
+                self.send(topic, key.as_deref(), value.as_deref())?;
+            }
+        }
+        Err(Error::Setup("messages were still not delivered after 5 attempts; is the broker up?".into()))
     }
 }
 
