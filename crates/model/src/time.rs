@@ -68,11 +68,6 @@ impl Day {
     pub fn of(ms: Millis) -> Day {
         Day((ms + IST_OFFSET_MS).div_euclid(DAY_MS) as i32)
     }
-
-    /// The first instant of the day, epoch ms.
-    pub fn start(self) -> Millis {
-        i64::from(self.0) * DAY_MS - IST_OFFSET_MS
-    }
 }
 
 /// An IST calendar month, as `year * 12 + month - 1` (`2025-04` is
@@ -196,7 +191,7 @@ mod tests {
     fn days_and_months_are_ist() {
         // 1 April 2025 00:00 IST is 31 March 2025 18:30 UTC.
         let boundary = parse_rfc3339("2025-03-31T18:30:00Z").unwrap();
-        assert_eq!(Day::of(boundary).start(), boundary);
+        assert_eq!(Day::of(boundary + DAY_MS - 1), Day::of(boundary));
         assert_eq!(Day::of(boundary - 1), Day(Day::of(boundary).0 - 1));
         assert_eq!(Month::of(boundary).to_string(), "2025-04");
         assert_eq!(Month::of(boundary - 1).to_string(), "2025-03");

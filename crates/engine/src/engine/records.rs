@@ -1,6 +1,8 @@
 //! The records of the topics every instance reads whole: the org registry,
 //! the targets and the course catalogue.
 
+use std::collections::BTreeMap;
+
 use pulse_model::{parse_course, parse_org, parse_target, CourseUpdate, OrgUpdate, Rejection, TargetUpdate};
 
 use super::{Disposition, Engine};
@@ -27,14 +29,8 @@ impl<S: Store> Engine<S> {
     /// Applies one message of the targets topic (`None` value: tombstone).
     pub fn apply_target_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
         let outcome = parse_target(key, value).map(|update| match update {
-            TargetUpdate::Upsert(rec) => {
-                self.targets.insert(rec.id.clone(), rec.clone());
-                self.pending_targets.insert(rec.id.clone(), Some(rec));
-            }
-            TargetUpdate::Remove(id) => {
-                self.targets.remove(&id);
-                self.pending_targets.insert(id, None);
-            }
+            TargetUpdate::Upsert(rec) => keep(&mut self.targets, &mut self.pending_targets, rec.id.clone(), Some(rec)),
+            TargetUpdate::Remove(id) => keep(&mut self.targets, &mut self.pending_targets, id, None),
         });
         self.registry_outcome(outcome)
     }
@@ -43,13 +39,9 @@ impl<S: Store> Engine<S> {
     pub fn apply_course_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
         let outcome = parse_course(key, value).map(|update| match update {
             CourseUpdate::Upsert(rec) => {
-                self.catalogue.insert(rec.course.clone(), rec.clone());
-                self.pending_catalogue.insert(rec.course.clone(), Some(rec));
+                keep(&mut self.catalogue, &mut self.pending_catalogue, rec.course.clone(), Some(rec))
             }
-            CourseUpdate::Remove(id) => {
-                self.catalogue.remove(&id);
-                self.pending_catalogue.insert(id, None);
-            }
+            CourseUpdate::Remove(id) => keep(&mut self.catalogue, &mut self.pending_catalogue, id, None),
         });
         self.registry_outcome(outcome)
     }
@@ -81,4 +73,19 @@ impl<S: Store> Engine<S> {
             self.pending_catalogue.insert(id, None);
         }
     }
+}
+
+/// Sets (`Some`) or removes (`None`) a record read whole by every instance,
+/// and notes it for the next commit.
+fn keep<T: Clone>(
+    live: &mut BTreeMap<String, T>,
+    pending: &mut BTreeMap<String, Option<T>>,
+    id: String,
+    record: Option<T>,
+) {
+    match &record {
+        Some(r) => live.insert(id.clone(), r.clone()),
+        None => live.remove(&id),
+    };
+    pending.insert(id, record);
 }
