@@ -452,17 +452,20 @@ impl<S: Store> Engine<S> {
         // share moves: out of the old org's totals, into the new one's.
         // Days before the horizon are left out of every share from the
         // moment it passes them, and dropped from an org's totals when the
-        // org next changes (no scan of every org each day); until then no
-        // window can ask for them (docs/ARCHITECTURE.md, "State").
+        // org next gains a day (no scan of every org each day); until then
+        // no window can ask for them (docs/ARCHITECTURE.md, "State").
         let horizon = shard.horizon;
         let org_before = (!is_new).then(|| org_keys.id(user.org_key()));
         let profile_before = profile.then(|| user.totals(*meeting_ms, horizon));
         let applied = user.apply(ev, horizon, *meeting_ms);
-        let org_after = org_keys.id(user.org_key());
+        // Most events leave the user where it was: a comparison, not a lookup.
+        let org_after = match org_before {
+            Some(id) if org_keys.name(id) == user.org_key() => id,
+            _ => org_keys.id(user.org_key()),
+        };
         match (applied.change, org_before) {
             (Some(change), org) if org.is_none_or(|o| o == org_after) => shard.orgs.update(org_after, |t| {
-                t.add(&change, 1);
-                t.forget_days(horizon);
+                t.add_kept(&change, 1, horizon);
             }),
             (change, org) => {
                 let after = user.totals(*meeting_ms, horizon);
@@ -472,13 +475,11 @@ impl<S: Store> Engine<S> {
                 };
                 if let Some(org) = org {
                     shard.orgs.update(org, |t| {
-                        t.add(&before, -1);
-                        t.forget_days(horizon);
+                        t.add_kept(&before, -1, horizon);
                     });
                 }
                 shard.orgs.update(org_after, |t| {
-                    t.add(&after, 1);
-                    t.forget_days(horizon);
+                    t.add_kept(&after, 1, horizon);
                 });
             }
         }
@@ -515,7 +516,7 @@ impl<S: Store> Engine<S> {
             for (k, t) in shard.orgs.iter() {
                 let sum = orgs[k as usize].get_or_insert_with(Totals::default);
                 if t.days.first().is_some_and(|(d, _)| *d < shard.horizon) {
-                    // Days the org has not shed yet (it sheds them when it next changes).
+                    // Days the org has not shed yet (it sheds them when it next gains a day).
                     let mut t = t.clone();
                     t.forget_days(shard.horizon);
                     sum.add(&t, 1);

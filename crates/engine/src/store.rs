@@ -156,7 +156,9 @@ pub struct MemStore {
 #[derive(Debug, Clone, Default)]
 struct MemState {
     state: LoadedState,
-    users: Vec<FastMap<String, UserState>>,
+    /// Users encoded, as a store on disk holds them: decoded when read, so
+    /// that a commit costs a copy of bytes, not a rebuild of every user.
+    users: Vec<FastMap<String, Vec<u8>>>,
     /// Per shard: id hash -> bucket, and bucket -> id hashes (for forgetting).
     seen: Vec<FastMap<u128, i64>>,
     seen_buckets: Vec<BTreeMap<i64, Vec<u128>>>,
@@ -223,7 +225,8 @@ impl Store for MemStore {
     }
 
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
-        Ok(self.state().users[usize::from(shard)].get(user).cloned())
+        let state = self.state();
+        state.users[usize::from(shard)].get(user).map(|bytes| crate::codec::decode("a user", bytes)).transpose()
     }
 
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
@@ -274,7 +277,7 @@ impl MemState {
             self.state.meeting_minutes = batch.meeting_minutes;
         }
         for (shard, user, state) in batch.users {
-            self.users[usize::from(shard)].insert(user, crate::codec::decode("a user", &state)?);
+            self.users[usize::from(shard)].insert(user, state);
         }
         for (shard, SeenIds { log, ids }) in batch.seen {
             let s = usize::from(shard);

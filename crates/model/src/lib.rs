@@ -11,6 +11,7 @@
 //! clocks (callers pass `now` in).
 
 mod event;
+mod flat;
 mod igot;
 mod partition;
 mod profile;

@@ -3,11 +3,12 @@
 use serde::Deserialize;
 
 use crate::event::{percent, Event, EventKind, Minutes, Parsed, Stars};
+use crate::flat::read_flat;
 use crate::reject::Rejection;
 use crate::scalar::{json_object, number, text, version_1, Scalar};
 use crate::time::{parse_rfc3339, Millis};
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct Raw<'a> {
     #[serde(borrow)]
     v: Option<Scalar<'a>>,
@@ -35,8 +36,41 @@ struct Raw<'a> {
     pass: Option<Scalar<'a>>,
 }
 
+/// Reads the fields, flat messages without serde (`crate::flat`).
+fn read(value: &[u8]) -> Result<Raw<'_>, Rejection> {
+    let mut raw = Raw::default();
+    let mut seen = 0u16;
+    let flat = read_flat(value, |key, v| {
+        let (bit, slot) = match key {
+            "v" => (0, &mut raw.v),
+            "id" => (1, &mut raw.id),
+            "type" => (2, &mut raw.kind),
+            "ts" => (3, &mut raw.ts),
+            "user" => (4, &mut raw.user),
+            "org" => (5, &mut raw.org),
+            "course" => (6, &mut raw.course),
+            "minutes" => (7, &mut raw.minutes),
+            "percent" => (8, &mut raw.percent),
+            "stars" => (9, &mut raw.stars),
+            "score" => (10, &mut raw.score),
+            "pass" => (11, &mut raw.pass),
+            // Serde skips unknown fields too.
+            _ => return true,
+        };
+        // A repeated field is serde's to refuse.
+        let first = seen & (1 << bit) == 0;
+        seen |= 1 << bit;
+        *slot = v;
+        first
+    });
+    match flat {
+        Some(()) => Ok(raw),
+        None => json_object(value),
+    }
+}
+
 pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
-    let raw: Raw<'_> = json_object(value)?;
+    let raw = read(value)?;
     version_1("v", raw.v)?;
     let id = text("id", raw.id)?;
     let kind_name = text("type", raw.kind)?;
