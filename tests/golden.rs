@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use pulse_model::time::format_ist;
 use pulse_model::{
-    parse, parse_course, parse_org, parse_target, CourseUpdate, EventKind, InputFormat, OrgUpdate, Parsed, TargetUpdate,
+    parse, parse_course, parse_org, parse_plan, parse_target, Assign, CourseUpdate, EventKind, InputFormat, OrgUpdate,
+    Parsed, PlanUpdate, TargetUpdate,
 };
 use pulse_oracle::json_diff;
 use pulse_tests::{pulse_json as pulse, replay_scenario, scenario_dir, SCENARIO_NOW};
@@ -117,6 +118,27 @@ fn registry_records_parse_as_golden() {
         })
         .collect();
     check_golden(&dir.join("courses.golden.json"), &Value::Array(courses));
+    let plans: Vec<Value> = lines(&dir.join("plans.ndjson"))
+        .iter()
+        .map(|line| {
+            let result = match parse_plan(None, Some(line.as_bytes())) {
+                Ok(PlanUpdate::Upsert(p)) => {
+                    let assign = match &p.assign {
+                        Assign::All => json!({"to": "all"}),
+                        Assign::Designations(d) => json!({"to": "designations", "designations": d}),
+                        Assign::Users(u) => json!({"to": "users", "users": u}),
+                    };
+                    json!({"id": p.id, "org": p.org, "courses": p.courses, "assign": assign,
+                        "start": format_ist(p.start), "due": format_ist(p.due), "min_share": p.min_share,
+                        "courses_to_comply": p.courses_to_comply()})
+                }
+                Ok(PlanUpdate::Remove(id)) => json!({"remove": id}),
+                Err(r) => json!({"dead_letter": {"reason": r.reason.code(), "detail": r.detail}}),
+            };
+            json!({"input": line, "result": result})
+        })
+        .collect();
+    check_golden(&dir.join("plans.golden.json"), &Value::Array(plans));
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod event;
 mod flat;
 mod igot;
 mod partition;
+mod plan;
 mod profile;
 mod records;
 mod reject;
@@ -24,6 +25,7 @@ mod v1;
 
 pub use event::{Event, EventKind, InputFormat, Minutes, Parsed, Stars, TimeRules, MAX_MESSAGE_BYTES};
 pub use partition::partition_of;
+pub use plan::{parse_plan, Assign, PlanRecord, PlanUpdate, MAX_PLAN_BYTES};
 pub use records::{
     parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, OrgRecord, OrgUpdate, ProviderRef, TargetKpi,
     TargetRecord, TargetUpdate, RESERVED_NODES,
@@ -33,13 +35,19 @@ pub use time::{Day, Fy, Millis, Month};
 
 /// Parses one message value of the given input format into a normalized event.
 ///
-/// Every message, events and registry records alike, is at most
+/// Every message, events and registry records alike (plans apart: up to
+/// [`MAX_PLAN_BYTES`]), is at most
 /// [`MAX_MESSAGE_BYTES`] (contract section 2): `too_large` otherwise.
 pub(crate) fn check_size(value: &[u8]) -> Result<(), Rejection> {
-    if value.len() > MAX_MESSAGE_BYTES {
+    check_size_at_most(value, MAX_MESSAGE_BYTES)
+}
+
+/// [`check_size`] for records with a limit of their own.
+pub(crate) fn check_size_at_most(value: &[u8], limit: usize) -> Result<(), Rejection> {
+    if value.len() > limit {
         return Err(Rejection::new(
             Reason::TooLarge,
-            format!("message is {} bytes, the limit is {MAX_MESSAGE_BYTES}", value.len()),
+            format!("message is {} bytes, the limit is {limit}", value.len()),
         ));
     }
     Ok(())

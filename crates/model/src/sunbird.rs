@@ -39,7 +39,7 @@ struct Context<'a> {
     #[serde(borrow)]
     channel: Option<Scalar<'a>>,
     #[serde(borrow)]
-    cdata: Option<Vec<Cdata<'a>>>,
+    cdata: Option<First<Cdata<'a>>>,
 }
 
 #[derive(Deserialize)]
@@ -71,7 +71,7 @@ struct Edata<'a> {
     #[serde(borrow)]
     duration: Option<Scalar<'a>>,
     #[serde(borrow)]
-    summary: Option<Vec<SummaryEntry<'a>>>,
+    summary: Option<First<SummaryEntry<'a>>>,
     #[serde(borrow)]
     rating: Option<Scalar<'a>>,
 }
@@ -80,6 +80,51 @@ struct Edata<'a> {
 struct SummaryEntry<'a> {
     #[serde(borrow)]
     progress: Option<Scalar<'a>>,
+}
+
+/// The first entry of an array that [`Wanted`] picks, read without
+/// collecting the array (this is the hot path of the platform's own format).
+struct First<T>(Option<T>);
+
+trait Wanted {
+    fn wanted(&self) -> bool;
+}
+
+/// The course entry of `context.cdata`.
+impl Wanted for Cdata<'_> {
+    fn wanted(&self) -> bool {
+        matches!(&self.kind, Some(Scalar::Str(k)) if k == "Course")
+    }
+}
+
+/// The first `edata.summary` entry with a progress.
+impl Wanted for SummaryEntry<'_> {
+    fn wanted(&self) -> bool {
+        self.progress.is_some()
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Wanted> Deserialize<'de> for First<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Wanted> serde::de::Visitor<'de> for Entries<T> {
+            type Value = First<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // As serde's own reader of a `Vec` says it.
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<First<T>, A::Error> {
+                let mut first = None;
+                while let Some(entry) = seq.next_element::<T>()? {
+                    if first.is_none() && entry.wanted() {
+                        first = Some(entry);
+                    }
+                }
+                Ok(First(first))
+            }
+        }
+        d.deserialize_seq(Entries(std::marker::PhantomData))
+    }
 }
 
 /// What an envelope maps to, before its fields are checked.
@@ -157,7 +202,7 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
         Mapping::Completion => EventKind::Completion { course: audit_course(cdata, rollup_l1)? },
         Mapping::Progress => {
             let seconds = number("edata.duration", edata.duration)?;
-            let progress = edata.summary.into_iter().flatten().find_map(|s| s.progress);
+            let progress = edata.summary.and_then(|s| s.0).and_then(|s| s.progress);
             EventKind::Progress {
                 course: match rollup_l1 {
                     Some(l1) => text("object.rollup.l1", Some(l1))?,
@@ -179,9 +224,8 @@ pub(crate) fn parse(value: &[u8]) -> Result<Parsed<'_>, Rejection> {
 
 /// An AUDIT event's course: the `context.cdata` entry of type `Course`, else
 /// `object.rollup.l1`.
-fn audit_course<'a>(cdata: Option<Vec<Cdata<'a>>>, rollup_l1: Option<Scalar<'a>>) -> Result<Cow<'a, str>, Rejection> {
-    let from_cdata = cdata.into_iter().flatten().find(|c| matches!(&c.kind, Some(Scalar::Str(k)) if k == "Course"));
-    match (from_cdata, rollup_l1) {
+fn audit_course<'a>(cdata: Option<First<Cdata<'a>>>, rollup_l1: Option<Scalar<'a>>) -> Result<Cow<'a, str>, Rejection> {
+    match (cdata.and_then(|c| c.0), rollup_l1) {
         (Some(c), _) => text("context.cdata[type=Course].id", c.id),
         (None, Some(l1)) => text("object.rollup.l1", Some(l1)),
         (None, None) => Err(Rejection::missing("context.cdata[type=Course].id or object.rollup.l1")),

@@ -124,13 +124,18 @@ fn score(v: Option<Scalar<'_>>) -> Result<f64, Rejection> {
 
 /// `ts`: an RFC 3339 string with an offset, or integer epoch milliseconds.
 pub(crate) fn event_time(v: Option<Scalar<'_>>) -> Result<Millis, Rejection> {
+    time_field("ts", v)
+}
+
+/// A time written as `ts` is, in the field `field`.
+pub(crate) fn time_field(field: &str, v: Option<Scalar<'_>>) -> Result<Millis, Rejection> {
     match v {
-        None => Err(Rejection::missing("ts")),
+        None => Err(Rejection::missing(field)),
         Some(Scalar::Str(s)) => parse_rfc3339(&s)
-            .ok_or_else(|| Rejection::invalid("ts", format_args!("`{s}` is not an RFC 3339 time with an offset"))),
+            .ok_or_else(|| Rejection::invalid(field, format_args!("`{s}` is not an RFC 3339 time with an offset"))),
         Some(other) => other.as_integer().ok_or_else(|| {
             Rejection::invalid(
-                "ts",
+                field,
                 format_args!("must be an RFC 3339 string or integer epoch milliseconds, not {}", other.kind()),
             )
         }),

@@ -14,7 +14,7 @@ use crate::changelog::{changes, Change, ChangeLog};
 use crate::codec;
 use crate::state::UserState;
 use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter};
-use crate::table::{FastMap, FastSet};
+use crate::table::FastMap;
 
 /// Remembered ids per changelog record (24 bytes each: under half of
 /// Kafka's default 1 MB message limit). One record per shard and commit,
@@ -122,13 +122,7 @@ impl<S: Store> Engine<S> {
             }
             let newest = shard.max_ts.min(watermark);
             let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
-            // The next commit's users start at this one's size: growing a
-            // map of large values from empty rehashes them several times.
-            let (users_now, seen_now) = (shard.users.len(), shard.seen.len());
-            shard.committing = Arc::new(std::mem::replace(
-                &mut shard.users,
-                FastMap::with_capacity_and_hasher(users_now, Default::default()),
-            ));
+            shard.committing = Arc::new(std::mem::take(&mut shard.users));
             users.push((id, Arc::clone(&shard.committing)));
             // An id already past the horizon is not kept (nor logged).
             let kept: Vec<SeenKey> = shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).collect();
@@ -137,8 +131,7 @@ impl<S: Store> Engine<S> {
                 let log = SeenLog { bucket, first: ids[0].hash };
                 batch.seen.push((id, SeenIds { log, ids: ids.to_vec() }));
             }
-            shard.seen_committing =
-                std::mem::replace(&mut shard.seen, FastSet::with_capacity_and_hasher(seen_now, Default::default()));
+            shard.seen_committing = std::mem::take(&mut shard.seen);
             // The range delete (and its changelog record) only when the bound moves.
             if shard.forgotten_before.is_none_or(|f| forget > f) {
                 shard.forgotten_before = Some(forget);
