@@ -67,7 +67,8 @@ pub struct UserState {
     /// sessions in it (0 for a month of other activity only).
     pub months: VecMap<Month, i64>,
     /// Learning milliseconds per IST day, for the days the shard's window
-    /// horizon still covers (older ones are dropped when the user changes).
+    /// horizon still covers (older ones count nowhere, and are dropped when
+    /// the user next learns on a new day).
     pub days: VecMap<Day, i64>,
     /// The time of the latest activity (any event but a registration).
     pub last_active: Option<Millis>,
@@ -176,7 +177,6 @@ impl UserState {
                 None => self.org = Some(OrgStamp { ts: ev.ts, id: ev.id.to_string(), org: org.to_string() }),
             }
         }
-        self.days.retain(|d, _| *d >= horizon);
         let Some(course) = ev.kind.course() else { return Applied { course: None, change: Some(d) } };
         let recent = |at: Millis| Some(Day::of(at)).filter(|day| *day >= horizon);
 
@@ -223,6 +223,9 @@ impl UserState {
                 *month_ms += ms;
                 slot(&mut d.months, month).minutes_ms += ms;
                 if let Some(day) = recent(ev.ts) {
+                    // Days the horizon passed are dropped here, where the
+                    // days are read anyway; no share counts them meanwhile.
+                    self.days.retain(|d, _| *d >= horizon);
                     *self.days.get_or_default(&day, || day) += ms;
                     slot(&mut d.days, day).minutes_ms += ms;
                 }
