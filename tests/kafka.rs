@@ -321,7 +321,7 @@ fn stop(child: &mut Child, case: &Case) {
             assert!(status.success(), "{}: pulse exited with {status} on SIGTERM:\n{}", case.name, case.log());
             return;
         }
-        assert!(Instant::now() < deadline, "{}: pulse did not stop within 60s of SIGTERM", case.name);
+        assert!(Instant::now() < deadline, "{}: pulse did not stop within 60s of SIGTERM:\n{}", case.name, case.log());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
