@@ -574,8 +574,15 @@ fn a_broker_restart_under_a_running_pulse_is_waited_out() {
     case.produce_events(first);
     let mut pulse = case.start();
     case.wait_caught_up(&mut pulse);
+    // Another instance, starting while the broker is down, waits for it;
+    // a SIGTERM meanwhile is a prompt and clean stop.
+    let idle = Case::new(1);
     kafka_script("stop");
+    let mut waiting = idle.start();
     std::thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    stop(&mut waiting, &idle);
+    assert!(asked.elapsed() < Duration::from_secs(15), "a SIGTERM while waiting for Kafka took {:?}", asked.elapsed());
     kafka_script("start");
     case.produce_events(second);
     case.wait_caught_up(&mut pulse);

@@ -103,6 +103,13 @@ pub fn run<S: Store + Send + 'static>(
                 ownership.set_mine(BTreeSet::new());
                 std::thread::sleep(Duration::from_secs(1));
             }
+            // A SIGTERM while waiting (on the brokers, a restore, the
+            // registry) is a clean stop: the last commit stands, and a
+            // restart goes on from it, as after any stop.
+            Err(Error::Stopped(what)) => {
+                info!("stopped while {what}; the last commit stands");
+                return Ok(RunStats::default());
+            }
             other => return other,
         }
     }
@@ -414,7 +421,7 @@ pub(crate) fn read_registry<S: Store + Send + 'static>(
     let context = consumer.context();
     // Read from the start again: the letters of its records come again too.
     context.registry_letters.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    registry.catch_up(engine, &context.registry_letters, stats)?;
+    registry.catch_up(engine, &context.registry_letters, stats, &context.stop)?;
     let mut engine = lock(engine);
     engine.commit()?;
     info!(

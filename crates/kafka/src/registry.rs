@@ -3,6 +3,7 @@
 //! instance holds the whole registry.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -130,12 +131,15 @@ impl RegistryReader {
         Ok(read)
     }
 
-    /// Reads until every partition reached the end it had when this started.
+    /// Reads until every partition reached the end it had when this started,
+    /// or until `stop` is set (a SIGTERM during a slow read must not wait
+    /// out [`REGISTRY_TIMEOUT`]).
     pub(crate) fn catch_up<S: Store>(
         &mut self,
         engine: &Mutex<Engine<S>>,
         letters: &Mutex<Vec<Letter>>,
         stats: &mut IngestStats,
+        stop: &AtomicBool,
     ) -> Result<(), Error> {
         let mut ends = Vec::new();
         for (topic, p) in &self.partitions {
@@ -156,6 +160,9 @@ impl RegistryReader {
             });
             if !behind {
                 return Ok(());
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Stopped("reading the registry topics"));
             }
             if Instant::now() > deadline {
                 return Err(Error::Timeout(format!(
