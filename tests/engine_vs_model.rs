@@ -132,6 +132,18 @@ enum RegistryOp {
         provider: Option<u8>,
     },
     RemoveCourse(u8),
+    /// Plan `p{id}` of org `ORGS[org]` (6: `national`) over the courses of
+    /// the bits of `courses`, assigned to all (0), a designation (1) or two
+    /// users (2), due at a day of [`DAYS`].
+    Plan {
+        id: u8,
+        org: u8,
+        courses: u8,
+        assign: u8,
+        due: u8,
+        min_share: u8,
+    },
+    RemovePlan(u8),
 }
 
 fn registry_op() -> impl Strategy<Value = RegistryOp> {
@@ -144,6 +156,9 @@ fn registry_op() -> impl Strategy<Value = RegistryOp> {
         1 => (0u8..3).prop_map(RegistryOp::RemoveTarget),
         3 => (0u8..4, prop::option::of(0u8..2)).prop_map(|(course, provider)| RegistryOp::Course { course, provider }),
         1 => (0u8..4).prop_map(RegistryOp::RemoveCourse),
+        3 => (0u8..2, 0u8..7, 1u8..16, 0u8..3, 0..DAYS.len() as u8, 0u8..3)
+            .prop_map(|(id, org, courses, assign, due, min_share)| RegistryOp::Plan { id, org, courses, assign, due, min_share }),
+        1 => (0u8..2).prop_map(RegistryOp::RemovePlan),
     ]
 }
 
@@ -255,6 +270,23 @@ fn render_registry(op: &RegistryOp) -> Message {
             .to_string()),
         },
         RegistryOp::RemoveCourse(course) => Message::Course { key: b(format!("c{course}")), value: None },
+        RegistryOp::Plan { id, org, courses, assign, due, min_share } => {
+            let org = if *org == 6 { "national" } else { ORGS[usize::from(*org)] };
+            let courses: Vec<String> = (0..4).filter(|c| courses & (1 << c) != 0).map(|c| format!("c{c}")).collect();
+            let assign = match assign {
+                0 => json!({"to": "all"}),
+                1 => json!({"to": "designations", "designations": ["Section Officer"]}),
+                _ => json!({"to": "users", "users": ["u0", "u3"]}),
+            };
+            let min_share = [0.3, 0.5, 1.0][usize::from(*min_share)];
+            Message::Plan {
+                key: b(format!("p{id}")),
+                value: b(json!({"v": 1, "id": format!("p{id}"), "org": org, "courses": courses, "assign": assign,
+                    "due": ts(*due, 1), "min_share": min_share})
+                .to_string()),
+            }
+        }
+        RegistryOp::RemovePlan(id) => Message::Plan { key: b(format!("p{id}")), value: None },
     }
 }
 
@@ -403,6 +435,7 @@ impl Backend for Moved {
             orgs: registry.orgs.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             targets: registry.targets.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             catalogue: registry.catalogue.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            plans: registry.plans.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             meeting_minutes: registry.meeting_minutes,
             ..Batch::default()
         };
@@ -527,6 +560,8 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
     if let Some((flight, _)) = in_flight.take() {
         finish(&mut engine, backend, flight);
     }
+    // As the loop does between batches: plans converge before a read.
+    engine.reevaluate_plans().unwrap();
     if rng.gen_bool(0.5) {
         engine.commit_logged(backend.log()).unwrap();
         engine = Engine::open(backend.crash(engine.into_store()), config).unwrap();

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::{
-    parse, CourseRecord, Day, Event, InputFormat, Millis, OrgRecord, Parsed, Rejection, TargetRecord, TimeRules,
+    parse, CourseRecord, Day, Event, EventKind, InputFormat, Millis, OrgRecord, Parsed, PlanRecord, Rejection,
+    TargetRecord, TimeRules,
 };
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
@@ -13,6 +14,7 @@ use xxhash_rust::xxh3::xxh3_128;
 mod commit;
 mod offsets;
 mod records;
+mod reevaluate;
 
 pub use commit::{PendingCommit, Stored};
 
@@ -152,6 +154,10 @@ pub struct Engine<S> {
     pending_targets: BTreeMap<String, Option<TargetRecord>>,
     catalogue: BTreeMap<String, CourseRecord>,
     pending_catalogue: BTreeMap<String, Option<CourseRecord>>,
+    plans: BTreeMap<String, PlanRecord>,
+    pending_plans: BTreeMap<String, Option<PlanRecord>>,
+    /// A plan or the registry changed since the users' plans were evaluated.
+    plans_stale: bool,
     /// Partition positions, committed and pending, by (topic, partition).
     offsets: BTreeMap<(String, i32), StreamPosition>,
     pending_offsets: BTreeMap<(String, i32), StreamPosition>,
@@ -191,6 +197,9 @@ impl<S: Store> Engine<S> {
             pending_targets: BTreeMap::new(),
             catalogue: BTreeMap::new(),
             pending_catalogue: BTreeMap::new(),
+            plans: BTreeMap::new(),
+            pending_plans: BTreeMap::new(),
+            plans_stale: false,
             offsets: BTreeMap::new(),
             pending_offsets: BTreeMap::new(),
             committing_offsets: BTreeMap::new(),
@@ -234,10 +243,12 @@ impl<S: Store> Engine<S> {
         self.registry = Registry::new(loaded.orgs);
         self.targets = loaded.targets;
         self.catalogue = loaded.catalogue;
+        self.plans = loaded.plans;
         (self.shards, self.org_keys, self.course_keys) = (shards, org_keys, course_keys);
         self.pending_orgs.clear();
         self.pending_targets.clear();
         self.pending_catalogue.clear();
+        self.pending_plans.clear();
         self.offsets = loaded.offsets;
         self.pending_offsets.clear();
         self.committing_offsets.clear();
@@ -414,7 +425,7 @@ impl<S: Store> Engine<S> {
         if !profile {
             self.last_event = self.last_event.max(Some(ev.ts));
         }
-        let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
+        let Engine { store, shards, org_keys, course_keys, meeting_ms, plans, registry, .. } = self;
         let shard = &mut shards[usize::from(shard_id)];
         let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
         if !profile
@@ -457,12 +468,24 @@ impl<S: Store> Engine<S> {
         let horizon = shard.horizon;
         let org_before = (!is_new).then(|| org_keys.id(user.org_key()));
         let profile_before = profile.then(|| user.totals(*meeting_ms, horizon));
-        let applied = user.apply(ev, horizon, *meeting_ms);
+        let mut applied = user.apply(ev, horizon, *meeting_ms);
         // Most events leave the user where it was: a comparison, not a lookup.
         let org_after = match org_before {
             Some(id) if org_keys.name(id) == user.org_key() => id,
             _ => org_keys.id(user.org_key()),
         };
+        // The plans assigned to the user, and its standing in them, change
+        // only with a completion, a move, a profile, or a new user.
+        if is_new || profile || org_before != Some(org_after) || matches!(ev.kind, EventKind::Completion { .. }) {
+            let fresh = crate::plans::standings(&ev.user, user, plans, registry);
+            if fresh != user.plans {
+                let moved = crate::plans::change(&user.plans, &fresh);
+                user.plans = fresh;
+                if let Some(change) = &mut applied.change {
+                    change.plans = moved;
+                }
+            }
+        }
         match (applied.change, org_before) {
             (Some(change), org) if org.is_none_or(|o| o == org_after) => shard.orgs.update(org_after, |t| {
                 t.add_kept(&change, 1, horizon);
@@ -545,6 +568,7 @@ impl<S: Store> Engine<S> {
                 .collect(),
             targets: self.targets.clone(),
             catalogue: self.catalogue.clone(),
+            plans: self.plans.clone(),
             newest: self.newest_event(),
         }
     }

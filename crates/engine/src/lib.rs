@@ -24,6 +24,7 @@ pub mod codec;
 mod engine;
 mod filter;
 mod partial;
+pub(crate) mod plans;
 mod registry;
 mod report;
 mod rollup;
@@ -35,6 +36,7 @@ mod vecmap;
 pub use changelog::{changes, restore_into, Change, ChangeLog};
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit, Stored};
 pub use partial::Partial;
+pub use plans::{PlanKpis, PlanReport};
 pub use registry::Registry;
 pub use report::{
     windows_today, CourseKpis, CourseReport, MonthKpis, MonthsReport, NodeKpis, ProviderKpis, Report, Snapshot,
@@ -42,8 +44,8 @@ pub use report::{
 };
 pub use rollup::{NodeView, OrgView};
 pub use state::{
-    Assessment, CourseState, CourseTotals, FyCounts, FyTotals, OrgStamp, PeriodTotals, Profile, RatingStamp, Totals,
-    UserState,
+    Assessment, CourseState, CourseTotals, FyCounts, FyTotals, OrgStamp, PeriodTotals, PlanCounts, Profile,
+    RatingStamp, Totals, UserState,
 };
 pub use store::{
     Batch, LoadedState, MemStore, MemWriter, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter,

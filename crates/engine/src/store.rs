@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pulse_model::{CourseRecord, Millis, OrgRecord, TargetRecord};
+use pulse_model::{CourseRecord, Millis, OrgRecord, PlanRecord, TargetRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{CourseTotals, Totals, UserState};
@@ -66,6 +66,8 @@ pub struct LoadedState {
     pub targets: BTreeMap<String, TargetRecord>,
     /// The course catalogue.
     pub catalogue: BTreeMap<String, CourseRecord>,
+    /// The capacity-building plans.
+    pub plans: BTreeMap<String, PlanRecord>,
     /// Per shard: totals by leaf org key, totals by course, newest event time.
     pub org_totals: Vec<HashMap<String, Totals>>,
     pub course_totals: Vec<HashMap<String, CourseTotals>>,
@@ -107,6 +109,7 @@ pub struct Batch {
     pub orgs: Vec<(String, Option<OrgRecord>)>,
     pub targets: Vec<(String, Option<TargetRecord>)>,
     pub catalogue: Vec<(String, Option<CourseRecord>)>,
+    pub plans: Vec<(String, Option<PlanRecord>)>,
     /// The position of every (topic, partition) this batch covers.
     pub offsets: Vec<((String, i32), StreamPosition)>,
     /// Per shard: the changelog offset after this batch's records.
@@ -124,6 +127,8 @@ pub trait Store {
     fn shards(&self) -> ShardId;
     fn load(&self) -> Result<LoadedState, StoreError>;
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError>;
+    /// The ids of every user the store holds in a shard.
+    fn user_ids(&self, shard: ShardId) -> Result<Vec<String>, StoreError>;
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError>;
     /// The newest hour bucket among a shard's remembered ids (`None`: none).
     fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError>;
@@ -224,6 +229,10 @@ impl Store for MemStore {
         Ok(self.state().state.clone())
     }
 
+    fn user_ids(&self, shard: ShardId) -> Result<Vec<String>, StoreError> {
+        Ok(self.state().users[usize::from(shard)].keys().cloned().collect())
+    }
+
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
         let state = self.state();
         state.users[usize::from(shard)].get(user).map(|bytes| crate::codec::decode("a user", bytes)).transpose()
@@ -249,8 +258,13 @@ impl Store for MemStore {
         let mut state = self.state();
         let kept = std::mem::take(&mut state.state);
         *state = MemState::new(shards);
-        (state.state.meeting_minutes, state.state.orgs, state.state.targets, state.state.catalogue) =
-            (kept.meeting_minutes, kept.orgs, kept.targets, kept.catalogue);
+        (
+            state.state.meeting_minutes,
+            state.state.orgs,
+            state.state.targets,
+            state.state.catalogue,
+            state.state.plans,
+        ) = (kept.meeting_minutes, kept.orgs, kept.targets, kept.catalogue, kept.plans);
         Ok(())
     }
 
@@ -322,6 +336,12 @@ impl MemState {
             match rec {
                 Some(r) => self.state.catalogue.insert(id, r),
                 None => self.state.catalogue.remove(&id),
+            };
+        }
+        for (id, rec) in batch.plans {
+            match rec {
+                Some(r) => self.state.plans.insert(id, r),
+                None => self.state.plans.remove(&id),
             };
         }
         self.state.offsets.extend(batch.offsets);

@@ -18,6 +18,8 @@ pub const ORG: u8 = b'r';
 pub const TARGET: u8 = b't';
 /// A course record of the catalogue.
 pub const COURSE: u8 = b'k';
+/// A capacity-building plan record.
+pub const PLAN: u8 = b'p';
 pub const OFFSET: u8 = b'x';
 pub const MAX_TS: u8 = b'w';
 /// A shard's changelog position.

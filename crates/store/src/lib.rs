@@ -257,6 +257,10 @@ impl Store for RocksStore {
                     let id = keys::decode_text(keys::COURSE, &k).map_err(key_err)?.to_owned();
                     state.catalogue.insert(id, decode("a catalogue course", &v)?);
                 }
+                Some(keys::PLAN) => {
+                    let id = keys::decode_text(keys::PLAN, &k).map_err(key_err)?.to_owned();
+                    state.plans.insert(id, decode("a plan", &v)?);
+                }
                 Some(keys::OFFSET) => {
                     let (topic, partition) = keys::decode_offset(&k).map_err(key_err)?;
                     state.offsets.insert((topic.to_owned(), partition), decode("a partition position", &v)?);
@@ -283,6 +287,19 @@ impl Store for RocksStore {
             Some(v) => Ok(Some(decode("a user", &v)?)),
             None => Ok(None),
         }
+    }
+
+    fn user_ids(&self, shard: ShardId) -> Result<Vec<String>, StoreError> {
+        let (start, end) = keys::shard_range(keys::USER, shard);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(end);
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(CF_USERS), opts, mode) {
+            let (k, _) = item.map_err(err("failed to list the users of a shard"))?;
+            out.push(keys::decode_sharded_text(keys::USER, &k).map_err(key_err)?.1.to_owned());
+        }
+        Ok(out)
     }
 
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
@@ -470,6 +487,12 @@ impl StoreWriter for RocksWriter {
             match rec {
                 Some(r) => wb.put_cf(meta, keys::text(keys::COURSE, id), encode(r)),
                 None => wb.delete_cf(meta, keys::text(keys::COURSE, id)),
+            }
+        }
+        for (id, rec) in &batch.plans {
+            match rec {
+                Some(r) => wb.put_cf(meta, keys::text(keys::PLAN, id), encode(r)),
+                None => wb.delete_cf(meta, keys::text(keys::PLAN, id)),
             }
         }
         for ((topic, partition), position) in &batch.offsets {

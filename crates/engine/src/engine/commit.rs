@@ -104,11 +104,13 @@ impl<S: Store> Engine<S> {
         if self.in_flight.is_some() {
             return Err(EngineError::CommitInFlight);
         }
+        self.reevaluate_plans()?;
         let mut batch = Batch {
             meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
             orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
             targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
             catalogue: std::mem::take(&mut self.pending_catalogue).into_iter().collect(),
+            plans: std::mem::take(&mut self.pending_plans).into_iter().collect(),
             offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             ..Batch::default()
         };

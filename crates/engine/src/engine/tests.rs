@@ -152,6 +152,9 @@ impl Store for Refusing {
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
         self.inner.user(shard, user)
     }
+    fn user_ids(&self, shard: ShardId) -> Result<Vec<String>, StoreError> {
+        self.inner.user_ids(shard)
+    }
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
         self.inner.is_seen(shard, key)
     }
