@@ -12,7 +12,7 @@ use pulse_engine::{
     Batch, CourseTotals, LoadedState, MemStore, OrgStamp, Profile, SeenIds, SeenKey, SeenLog, Store, StoreWriter,
     StreamPosition, Totals, UserState,
 };
-use pulse_model::{CourseRecord, Day, Fy, Month, OrgRecord, ProviderRef, TargetKpi, TargetRecord};
+use pulse_model::{Assign, CourseRecord, Day, Fy, Month, OrgRecord, PlanRecord, ProviderRef, TargetKpi, TargetRecord};
 use pulse_store::{RocksStore, StoreOptions};
 
 fn pos(next: i64, newest_event: Option<i64>) -> StreamPosition {
@@ -43,6 +43,18 @@ fn catalogued(id: &str) -> CourseRecord {
         course: id.into(),
         name: format!("{id} name"),
         provider: Some(ProviderRef { id: "P".into(), name: "ISTM".into() }),
+    }
+}
+
+fn plan(id: &str) -> PlanRecord {
+    PlanRecord {
+        id: id.into(),
+        org: "A".into(),
+        courses: vec!["k1".into()],
+        assign: Assign::Designations(["Section Officer".to_owned()].into()),
+        start: 0,
+        due: 1_000,
+        min_share: 0.5,
     }
 }
 
@@ -87,6 +99,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             orgs: vec![("A".into(), Some(org("A"))), ("B".into(), Some(org("B")))],
             targets: vec![("t1".into(), Some(target("t1"))), ("t2".into(), Some(target("t2")))],
             catalogue: vec![("k1".into(), Some(catalogued("k1"))), ("k2".into(), Some(catalogued("k2")))],
+            plans: vec![("p1".into(), Some(plan("p1"))), ("p2".into(), Some(plan("p2")))],
             offsets: vec![
                 (("events".into(), 0), pos(10, Some(900))),
                 (("events".into(), -1), pos(1, None)),
@@ -115,6 +128,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             orgs: vec![("B".into(), None)],
             targets: vec![("t2".into(), None)],
             catalogue: vec![("k2".into(), None)],
+            plans: vec![("p2".into(), None)],
             offsets: vec![(("events".into(), 0), pos(12, Some(1_000)))],
             changelog: vec![(0, 40), (1, 7)],
             ..Batch::default()
@@ -139,6 +153,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
         orgs: [("A".to_owned(), org("A"))].into(),
         targets: [("t1".to_owned(), target("t1"))].into(),
         catalogue: [("k1".to_owned(), catalogued("k1"))].into(),
+        plans: [("p1".to_owned(), plan("p1"))].into(),
         org_totals: vec![HashMap::from([("C".to_owned(), totals(1))]), HashMap::from([("B".to_owned(), totals(2))])],
         course_totals: vec![HashMap::new(), HashMap::from([("c2".to_owned(), course(2))])],
         max_ts: vec![2_000, -5],
