@@ -67,6 +67,7 @@ impl Setup {
         tools::create_topic(&b, &self_topic(&prefix, "orgs"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "targets"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "courses"), 1, true).expect("create topic");
+        tools::create_topic(&b, &self_topic(&prefix, "plans"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "dlq"), 1, false).expect("create topic");
         let config = format!(
             r#"
@@ -78,6 +79,7 @@ impl Setup {
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
             courses_topic = "{courses}"
+            plans_topic = "{plans}"
             dlq_topic = "{dlq}"
             [store]
             data_dir = "{data}"
@@ -90,6 +92,7 @@ impl Setup {
             orgs = self_topic(&prefix, "orgs"),
             targets = self_topic(&prefix, "targets"),
             courses = self_topic(&prefix, "courses"),
+            plans = self_topic(&prefix, "plans"),
             dlq = self_topic(&prefix, "dlq"),
             data = dir.path().join("data").display(),
         );

@@ -52,6 +52,7 @@ struct Case {
     orgs: String,
     targets: String,
     courses: String,
+    plans: String,
     dlq: String,
     group: String,
     dir: tempfile::TempDir,
@@ -75,6 +76,7 @@ impl Case {
         let name = |t: &str| format!("test.{t}.{id}");
         let (events, orgs, targets, dlq) = (name("events"), name("orgs"), name("targets"), name("dlq"));
         let courses = name("courses");
+        let plans = name("plans");
         let (sunbird, ratings, users) = (name("sunbird"), name("ratings"), name("users"));
         let b = brokers();
         for (input, partitions) in [&events, &sunbird, &ratings].into_iter().zip(counts) {
@@ -85,6 +87,7 @@ impl Case {
         tools::create_topic(&b, &orgs, 1, true).unwrap();
         tools::create_topic(&b, &targets, 1, true).unwrap();
         tools::create_topic(&b, &courses, 1, true).unwrap();
+        tools::create_topic(&b, &plans, 1, true).unwrap();
         tools::create_topic(&b, &dlq, 1, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("pulse.toml");
@@ -103,6 +106,7 @@ impl Case {
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
             courses_topic = "{courses}"
+            plans_topic = "{plans}"
             dlq_topic = "{dlq}"
             commit_interval = "50ms"
             session_timeout = "10s"
@@ -135,6 +139,7 @@ impl Case {
             orgs,
             targets,
             courses,
+            plans,
             dlq,
             group,
             dir,
@@ -269,6 +274,7 @@ impl Case {
             .args(["--brokers", &brokers()])
             .args(["--events-topic", &self.events, "--sunbird-topic", &self.sunbird, "--ratings-topic", &self.ratings])
             .args(["--orgs-topic", &self.orgs, "--targets-topic", &self.targets, "--courses-topic", &self.courses])
+            .args(["--plans-topic", &self.plans])
             .args(["--users-topic", &self.users, "--expected"])
             .arg(self.dir.path().join("expected.json"));
         c

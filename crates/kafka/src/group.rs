@@ -176,7 +176,13 @@ fn consume<S: Store + Send + 'static>(
         .create_with_context(context)
         .map_err(kafka_err("failed to create the consumer"))?;
     let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
-    let topics = [&settings.orgs_topic, &settings.targets_topic, &settings.courses_topic, &settings.dlq_topic];
+    let topics = [
+        &settings.orgs_topic,
+        &settings.targets_topic,
+        &settings.courses_topic,
+        &settings.plans_topic,
+        &settings.dlq_topic,
+    ];
     retry_while_transient(stop, || {
         formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
     })?;

@@ -42,6 +42,8 @@ pub struct RawKafka {
     pub targets_topic: String,
     #[serde(default = "default_courses_topic")]
     pub courses_topic: String,
+    #[serde(default = "default_plans_topic")]
+    pub plans_topic: String,
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
     /// Compacted topic of every partition's state changes, from which an
@@ -186,6 +188,9 @@ fn default_targets_topic() -> String {
 }
 fn default_courses_topic() -> String {
     "pulse.courses".into()
+}
+fn default_plans_topic() -> String {
+    "pulse.plans".into()
 }
 fn default_dlq_topic() -> String {
     "pulse.dlq".into()
@@ -388,6 +393,7 @@ impl RawConfig {
                 orgs_topic: non_empty("kafka.orgs_topic", &k.orgs_topic)?.to_owned(),
                 targets_topic: non_empty("kafka.targets_topic", &k.targets_topic)?.to_owned(),
                 courses_topic: non_empty("kafka.courses_topic", &k.courses_topic)?.to_owned(),
+                plans_topic: non_empty("kafka.plans_topic", &k.plans_topic)?.to_owned(),
                 dlq_topic: non_empty("kafka.dlq_topic", &k.dlq_topic)?.to_owned(),
                 changelog_topic,
                 repartition_topic,

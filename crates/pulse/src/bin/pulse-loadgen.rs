@@ -104,6 +104,8 @@ struct Args {
     targets_topic: String,
     #[arg(long, default_value = "pulse.courses")]
     courses_topic: String,
+    #[arg(long, default_value = "pulse.plans")]
+    plans_topic: String,
     #[arg(long, default_value = "pulse.users")]
     users_topic: String,
     /// Write the reference model's `pulse report --all` of what was produced
@@ -167,7 +169,8 @@ enum Sink {
 
 impl Sink {
     fn open(args: &Args) -> anyhow::Result<Sink> {
-        let names = ["orgs", "targets", "courses", "pulse-v1", "sunbird-telemetry", "igot-rating", "user-profile"];
+        let names =
+            ["orgs", "targets", "courses", "plans", "pulse-v1", "sunbird-telemetry", "igot-rating", "user-profile"];
         if let Some(dir) = &args.out {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
             let mut files = BTreeMap::new();
@@ -185,6 +188,7 @@ impl Sink {
                 &args.orgs_topic,
                 &args.targets_topic,
                 &args.courses_topic,
+                &args.plans_topic,
                 &args.events_topic,
                 &args.sunbird_topic,
                 &args.ratings_topic,
@@ -193,7 +197,7 @@ impl Sink {
             .map(|(n, t)| (n, t.clone()))
             .collect();
         for (name, topic) in &topics {
-            let registry = matches!(*name, "orgs" | "targets" | "courses");
+            let registry = matches!(*name, "orgs" | "targets" | "courses" | "plans");
             // An existing topic is fine: this may be the second run against it.
             if let Err(e) = tools::create_topic(brokers, topic, if registry { 1 } else { args.partitions }, registry) {
                 if !e.to_string().contains("already exists") {
