@@ -43,6 +43,8 @@ pub fn replay_scenario(data_dir: &std::path::Path) -> serde_json::Value {
         &file("targets.ndjson"),
         "--courses",
         &file("courses.ndjson"),
+        "--plans",
+        &file("plans.ndjson"),
         &format!("--input=pulse-v1={}", file("events.ndjson")),
         &format!("--input=user-profile={}", file("profiles.ndjson")),
         &format!("--input=igot-rating={}", file("igot.ndjson")),
