@@ -18,6 +18,12 @@ impl<S: Store> Engine<S> {
         if !std::mem::take(&mut self.plans_stale) {
             return Ok(());
         }
+        // Org totals sum every user's standings: with no plan and none
+        // counted anywhere, no user holds one, and there is nothing to scan
+        // (a registry re-read at start, in a deployment without plans).
+        if self.plans.is_empty() && self.shards.iter().all(|s| s.orgs.iter().all(|(_, t)| t.plans.is_empty())) {
+            return Ok(());
+        }
         for i in 0..self.shards.len() {
             let shard_id = i as ShardId;
             let mut ids: BTreeSet<String> = self.store.user_ids(shard_id)?.into_iter().collect();
