@@ -507,9 +507,11 @@ fn write<B: Backend>(engine: &Engine<B::S>, backend: &mut B, mut pending: Pendin
 /// commit point. A crash before it is written loses it; after, the store
 /// holds it.
 fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, backend: &mut B) -> Engine<B::S> {
+    // Slices of a few users, so that re-evaluation spans commits and crashes.
+    let plan_slice_users = rng.gen_range(1..=4);
     // The model remembers every id; histories span three months of event
     // time, past the default 7-day horizon (forgetting is the engine's own tests').
-    let config = EngineConfig { dedup_horizon_ms: 400 * DAY, ..EngineConfig::default() };
+    let config = EngineConfig { dedup_horizon_ms: 400 * DAY, plan_slice_users, ..EngineConfig::default() };
     let now = settings().ingest_now;
     let mut engine = Engine::open(backend.fresh(h.shards), config.clone()).unwrap();
     let mut committed = 0;
@@ -560,11 +562,20 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
     if let Some((flight, _)) = in_flight.take() {
         finish(&mut engine, backend, flight);
     }
-    // As the loop does between batches: plans converge before a read.
-    engine.reevaluate_plans().unwrap();
-    if rng.gen_bool(0.5) {
+    // As the loop does between batches: commits drain the plans'
+    // re-evaluation, slice by slice; a crash on the way resumes it.
+    loop {
         engine.commit_logged(backend.log()).unwrap();
-        engine = Engine::open(backend.crash(engine.into_store()), config).unwrap();
+        if !engine.plans_converging() {
+            break;
+        }
+        if rng.gen_bool(0.3) {
+            engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
+        }
+    }
+    if rng.gen_bool(0.5) {
+        engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
+        engine.converge_plans().unwrap();
     }
     engine
 }

@@ -19,6 +19,7 @@ mod reevaluate;
 pub use commit::{PendingCommit, Stored};
 
 use crate::filter::SeenFilter;
+use crate::plan_work::PlanWork;
 use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
@@ -53,11 +54,19 @@ pub struct EngineConfig {
     /// minutes in the year (default 240).
     pub meeting_minutes: u32,
     pub time_rules: TimeRules,
+    /// Users re-evaluated per commit after a plan or registry change
+    /// (default 20000): bounds the time a commit holds the loop.
+    pub plan_slice_users: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { dedup_horizon_ms: 7 * 24 * HOUR_MS, meeting_minutes: 240, time_rules: TimeRules::default() }
+        EngineConfig {
+            dedup_horizon_ms: 7 * 24 * HOUR_MS,
+            meeting_minutes: 240,
+            time_rules: TimeRules::default(),
+            plan_slice_users: 20_000,
+        }
     }
 }
 
@@ -138,6 +147,22 @@ struct Shard {
     /// The forget bound (an hour bucket) last written for this shard:
     /// the store's range delete is written only when it moves.
     forgotten_before: Option<i64>,
+    /// Changes to the index of users by leaf org since the last commit:
+    /// (interned org key, user, present).
+    org_users: Vec<(u32, String, bool)>,
+    /// The re-evaluation of the users' plans, and whether it changed since
+    /// it was last written.
+    plan_work: PlanWork,
+    plan_work_dirty: bool,
+}
+
+/// The plans and registry the shards' work was last brought up to date
+/// with, and their [`crate::plan_work::view`].
+#[derive(Debug, Default)]
+struct Evaluated {
+    plans: BTreeMap<String, PlanRecord>,
+    registry: Registry,
+    view: u64,
 }
 
 #[derive(Debug)]
@@ -156,8 +181,10 @@ pub struct Engine<S> {
     pending_catalogue: BTreeMap<String, Option<CourseRecord>>,
     plans: BTreeMap<String, PlanRecord>,
     pending_plans: BTreeMap<String, Option<PlanRecord>>,
-    /// A plan or the registry changed since the users' plans were evaluated.
+    /// A plan or the registry changed since the shards' work was brought
+    /// up to date with them (or the work was loaded).
     plans_stale: bool,
+    evaluated: Evaluated,
     /// Partition positions, committed and pending, by (topic, partition).
     offsets: BTreeMap<(String, i32), StreamPosition>,
     pending_offsets: BTreeMap<(String, i32), StreamPosition>,
@@ -200,6 +227,7 @@ impl<S: Store> Engine<S> {
             plans: BTreeMap::new(),
             pending_plans: BTreeMap::new(),
             plans_stale: false,
+            evaluated: Evaluated::default(),
             offsets: BTreeMap::new(),
             pending_offsets: BTreeMap::new(),
             committing_offsets: BTreeMap::new(),
@@ -238,12 +266,20 @@ impl<S: Store> Engine<S> {
             shard.max_ts = loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN);
             shard.horizon = horizon(shard.max_ts);
             shard.filter = SeenFilter::new(self.store.newest_seen_bucket(i as ShardId)?);
+            shard.plan_work = loaded.plan_work.get(&(i as ShardId)).cloned().unwrap_or_default();
         }
         self.record_meeting_minutes = loaded.meeting_minutes.is_none();
         self.registry = Registry::new(loaded.orgs);
         self.targets = loaded.targets;
         self.catalogue = loaded.catalogue;
         self.plans = loaded.plans;
+        self.evaluated = Evaluated {
+            view: crate::plan_work::view(&self.plans, &self.registry),
+            plans: self.plans.clone(),
+            registry: self.registry.clone(),
+        };
+        // Shards restored from a changelog may hold another view.
+        self.plans_stale = true;
         (self.shards, self.org_keys, self.course_keys) = (shards, org_keys, course_keys);
         self.pending_orgs.clear();
         self.pending_targets.clear();
@@ -474,6 +510,11 @@ impl<S: Store> Engine<S> {
             Some(id) if org_keys.name(id) == user.org_key() => id,
             _ => org_keys.id(user.org_key()),
         };
+        if org_before != Some(org_after) {
+            let user = ev.user.to_string();
+            shard.org_users.extend(org_before.map(|o| (o, user.clone(), false)));
+            shard.org_users.push((org_after, user, true));
+        }
         // The plans assigned to the user, and its standing in them, change
         // only with a completion, a move, a profile, or a new user.
         if is_new || profile || org_before != Some(org_after) || matches!(ev.kind, EventKind::Completion { .. }) {

@@ -24,6 +24,7 @@ pub mod codec;
 mod engine;
 mod filter;
 mod partial;
+mod plan_work;
 pub(crate) mod plans;
 mod registry;
 mod report;
@@ -36,6 +37,7 @@ mod vecmap;
 pub use changelog::{changes, restore_into, Change, ChangeLog};
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit, Stored};
 pub use partial::Partial;
+pub use plan_work::PlanWork;
 pub use plans::{PlanKpis, PlanReport};
 pub use registry::Registry;
 pub use report::{
@@ -48,8 +50,8 @@ pub use state::{
     RatingStamp, Totals, UserState,
 };
 pub use store::{
-    Batch, LoadedState, MemStore, MemWriter, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter,
-    StreamPosition,
+    Batch, LoadedState, MemStore, MemWriter, OrgUser, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError,
+    StoreWriter, StreamPosition,
 };
 pub use vecmap::VecMap;
 

@@ -256,7 +256,7 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         replay_file(&mut engine, Source::Input(*format), path, now, &mut summary.events, &mut dead)?;
     }
     dead.flush().with_context(|| format!("failed to write {}", dead_path.display()))?;
-    engine.commit()?;
+    engine.converge_plans()?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let n: u64 = [&summary.events, &summary.orgs, &summary.targets, &summary.courses, &summary.plans]
             .iter()

@@ -35,7 +35,7 @@ const FAMILIES: [&str; 4] = [CF_USERS, CF_SEEN, CF_TOTALS, CF_META];
 /// Version of the directory layout, stored under [`keys::FORMAT`]. 2: a
 /// partition's offset is stored with its newest event time. 3: users are
 /// sharded by their Kafka partition (murmur2), with changelog positions.
-const LAYOUT_VERSION: u8 = 3;
+const LAYOUT_VERSION: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -269,6 +269,10 @@ impl Store for RocksStore {
                     let shard = shard_index(keys::decode_shard(keys::MAX_TS, &k).map_err(key_err)?, n)?;
                     state.max_ts[shard] = keys::decode_i64(&v).map_err(key_err)?;
                 }
+                Some(keys::PLAN_WORK) => {
+                    let shard = keys::decode_shard(keys::PLAN_WORK, &k).map_err(key_err)?;
+                    state.plan_work.insert(shard, decode("a shard's plan re-evaluation", &v)?);
+                }
                 Some(keys::CHANGELOG) => {
                     let shard = keys::decode_shard(keys::CHANGELOG, &k).map_err(key_err)?;
                     state.changelog.insert(shard, keys::decode_i64(&v).map_err(key_err)?);
@@ -289,15 +293,29 @@ impl Store for RocksStore {
         }
     }
 
-    fn user_ids(&self, shard: ShardId) -> Result<Vec<String>, StoreError> {
-        let (start, end) = keys::shard_range(keys::USER, shard);
+    fn users_of(
+        &self,
+        shard: ShardId,
+        org: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::org_users(shard, org);
+        // The smallest key above `after`'s: that key and a zero byte.
+        let start = match after {
+            Some(user) => [keys::org_user(shard, org, user).as_slice(), &[0]].concat(),
+            None => prefix.clone(),
+        };
         let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(end);
+        opts.set_iterate_upper_bound(keys::shard_range(keys::ORG_USER, shard).1);
         let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
         let mut out = Vec::new();
         for item in self.db.iterator_cf_opt(self.cf(CF_USERS), opts, mode) {
-            let (k, _) = item.map_err(err("failed to list the users of a shard"))?;
-            out.push(keys::decode_sharded_text(keys::USER, &k).map_err(key_err)?.1.to_owned());
+            let (k, _) = item.map_err(err("failed to list the users of an org"))?;
+            if !k.starts_with(&prefix) || out.len() == limit {
+                break;
+            }
+            out.push(keys::decode_org_user(&prefix, &k).map_err(key_err)?.to_owned());
         }
         Ok(out)
     }
@@ -396,6 +414,7 @@ impl StoreWriter for RocksWriter {
         for &shard in &batch.drop_shards {
             for (cf, space) in [
                 (users, keys::USER),
+                (users, keys::ORG_USER),
                 (seen, keys::SEEN),
                 (seen, keys::SEEN_LOG),
                 (totals, keys::ORG_TOTALS),
@@ -406,6 +425,7 @@ impl StoreWriter for RocksWriter {
             }
             wb.delete_cf(meta, keys::shard(keys::MAX_TS, shard));
             wb.delete_cf(meta, keys::shard(keys::CHANGELOG, shard));
+            wb.delete_cf(meta, keys::shard(keys::PLAN_WORK, shard));
             for item in self.db.prefix_iterator_cf(meta, [keys::OFFSET]) {
                 let (k, _) = item.map_err(err("failed to list the partition positions"))?;
                 // Without a prefix extractor the iterator runs on past its prefix.
@@ -432,6 +452,14 @@ impl StoreWriter for RocksWriter {
         user_rows.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, state) in user_rows {
             wb.put_cf(users, key, state);
+        }
+        // In order: a user who moves away and back within a batch is indexed once.
+        for e in &batch.org_users {
+            let key = keys::org_user(e.shard, &e.org, &e.user);
+            match e.present {
+                true => wb.put_cf(users, key, []),
+                false => wb.delete_cf(users, key),
+            }
         }
         let mut seen_keys: Vec<[u8; keys::SEEN_KEY_LEN]> = Vec::new();
         for (shard, SeenIds { log, ids }) in &batch.seen {
@@ -467,6 +495,9 @@ impl StoreWriter for RocksWriter {
         }
         for (shard, ts) in &batch.max_ts {
             wb.put_cf(meta, keys::shard(keys::MAX_TS, *shard), keys::encode_i64(*ts));
+        }
+        for (shard, work) in &batch.plan_work {
+            wb.put_cf(meta, keys::shard(keys::PLAN_WORK, *shard), encode(work));
         }
         for (shard, position) in &batch.changelog {
             wb.put_cf(meta, keys::shard(keys::CHANGELOG, *shard), keys::encode_i64(*position));
