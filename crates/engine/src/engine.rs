@@ -278,8 +278,10 @@ impl<S: Store> Engine<S> {
             plans: self.plans.clone(),
             registry: self.registry.clone(),
         };
-        // Shards restored from a changelog may hold another view.
-        self.plans_stale = true;
+        // A shard restored from a changelog may hold another view (one
+        // with no state has nothing to redo).
+        let view = self.evaluated.view;
+        self.plans_stale = shards.iter().any(|s| s.orgs.iter().next().is_some() && s.plan_work.view != view);
         (self.shards, self.org_keys, self.course_keys) = (shards, org_keys, course_keys);
         self.pending_orgs.clear();
         self.pending_targets.clear();
@@ -611,6 +613,8 @@ impl<S: Store> Engine<S> {
             catalogue: self.catalogue.clone(),
             plans: self.plans.clone(),
             newest: self.newest_event(),
+            plans_converging: self.plans_converging(),
+            plan_users_pending: self.plan_users_pending(),
         }
     }
 }

@@ -101,6 +101,11 @@ fn ratio(a: i64, b: i64) -> Option<f64> {
 }
 
 impl PlanKpis {
+    /// Behind its plan: completion below the pace, or courses overdue.
+    pub fn is_behind(&self) -> bool {
+        self.courses_overdue > 0 || self.progress.is_some_and(|p| p < 1.0)
+    }
+
     /// From the rolled-up counts of a node; overdue, expected and progress at `now`.
     pub fn of(plan: &PlanRecord, c: &PlanCounts, now: Millis) -> PlanKpis {
         let completion_ratio = ratio(c.completed, c.courses);

@@ -442,6 +442,11 @@ pub struct Snapshot {
     /// Org ids that events name but the registry does not know (their users
     /// count under `unassigned`).
     pub unknown_orgs: usize,
+    /// A plan or registry change is still being applied to the users it
+    /// affects: the plan KPIs are converging.
+    pub plans_converging: bool,
+    /// The users that re-evaluation still has to visit, at most.
+    pub plan_users_pending: i64,
 }
 
 impl Snapshot {
@@ -512,6 +517,11 @@ impl Snapshot {
         TargetStatus::of(target, &self.view, now)
     }
 
+    /// Every plan, with its KPIs at its org and every node under it.
+    pub fn plans_report(&self, now: Millis) -> BTreeMap<String, PlanReport> {
+        crate::plans::plans_report(&self.plans, &self.view, now)
+    }
+
     /// `pulse report --all`: every node, course and target.
     pub fn report(&self, fy: Fy, now: Millis) -> Report {
         Report {
@@ -519,7 +529,7 @@ impl Snapshot {
             courses: Some(self.courses.iter().map(|(c, t)| (c.clone(), self.course(c, t))).collect()),
             providers: Some(self.providers()),
             targets: Some(self.targets.iter().map(|(id, t)| (id.clone(), self.target_status(t, now))).collect()),
-            plans: Some(crate::plans::plans_report(&self.plans, &self.view, now)),
+            plans: Some(self.plans_report(now)),
             ..Report::header(fy, now)
         }
     }

@@ -288,9 +288,11 @@ fn consume<S: Store + Send + 'static>(
             failed = Some(e);
         }
         let interval_passed = last_commit.elapsed() >= settings.commit_interval;
+        // Plan re-evaluation drains a slice per commit, traffic or not.
         let due = since_commit >= settings.commit_messages
             || (since_commit > 0 && interval_passed)
-            || (interval_passed && consumer.context().registry_letters_due(&lock(cell)));
+            || (interval_passed && consumer.context().registry_letters_due(&lock(cell)))
+            || (interval_passed && lock(cell).plans_converging());
         // Far behind the ends, commits are spaced out.
         let due = due
             && (!catching_up(&consumer, &lock(cell))

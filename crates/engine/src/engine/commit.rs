@@ -120,7 +120,10 @@ impl<S: Store> Engine<S> {
         for (i, shard) in self.shards.iter_mut().enumerate() {
             let id = i as ShardId;
             // Profiles change users without an id to remember.
-            if shard.seen_keys.is_empty() && shard.users.is_empty() && !shard.plan_work_dirty {
+            // A shard with no state is not this instance's to write (its
+            // owner logs it): its work is written with its first users.
+            let work_due = shard.plan_work_dirty && shard.orgs.iter().next().is_some();
+            if shard.seen_keys.is_empty() && shard.users.is_empty() && !work_due {
                 continue;
             }
             let names = shard.org_users.drain(..).map(|(org, user, present)| OrgUser {
@@ -130,7 +133,8 @@ impl<S: Store> Engine<S> {
                 present,
             });
             batch.org_users.extend(names);
-            if std::mem::take(&mut shard.plan_work_dirty) {
+            if work_due {
+                shard.plan_work_dirty = false;
                 batch.plan_work.push((id, shard.plan_work.clone()));
             }
             let newest = shard.max_ts.min(watermark);

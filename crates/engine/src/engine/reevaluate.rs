@@ -32,10 +32,7 @@ impl<S: Store> Engine<S> {
                 .collect();
             shard.plan_work.add(reached);
             shard.plan_work.view = now;
-            // A shard with no state is not this instance's to write (its
-            // owner logs it); should it become so, a later mismatch of views
-            // redoes it whole.
-            shard.plan_work_dirty |= shard.orgs.iter().next().is_some();
+            shard.plan_work_dirty = true;
         }
         self.evaluated.plans = self.plans.clone();
         self.evaluated.registry = self.registry.clone();
