@@ -196,7 +196,7 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
         .args(["--organisations", "60", "--courses", "80", "--first-fy", "2024-25", "--mix", "mixed"])
         .args(["--duplicates", "0.02", "--out-of-order", "0.05", "--migrations", "0.01", "--malformed", "0.01"])
         // Contract v2: assessments, profiles, and events up to `now` (recent activity for the windows).
-        .args(["--assessments", "0.3", "--profiles", "0.4", "--recent"])
+        .args(["--assessments", "0.3", "--profiles", "0.4", "--recent", "--plans"])
         .args(["--now", now, "--fy", "2025-26", "--max-age-days", "800", "--out"])
         .arg(&files)
         .arg("--expected")
@@ -210,6 +210,7 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
         .args(["replay", "--now", now, "--max-age-days", "800", "--data-dir"])
         .arg(&data)
         .args(["--orgs", &file("orgs"), "--targets", &file("targets"), "--courses", &file("courses")])
+        .args(["--plans", &file("plans")])
         .arg(format!("--input=pulse-v1={}", file("pulse-v1")))
         .arg(format!("--input=user-profile={}", file("user-profile")))
         .arg(format!("--input=sunbird-telemetry={}", file("sunbird-telemetry")))
@@ -234,6 +235,16 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
     assert!(national["active_users_7d"].as_i64().unwrap() > 0, "{national}");
     assert!(national["assessed"].as_i64().unwrap() > 100, "{national}");
     assert!(actual["providers"].as_object().unwrap().len() > 1);
+    // Plans of every assignment type (everyone; designations, per
+    // ministry; users, per department), with users assigned and completions.
+    let plans = actual["plans"].as_object().unwrap();
+    assert_eq!(plans.len(), 1 + 8 + 5);
+    let busy = |id: &String| {
+        let root = &plans[id]["nodes"][plans[id]["org"].as_str().unwrap()];
+        root["users"].as_i64().unwrap() > 0 && root["courses_completed"].as_i64().unwrap() > 0
+    };
+    assert!(busy(&"acbp-national".to_owned()) && busy(&"acbp-M_0".to_owned()));
+    assert!(plans.keys().filter(|id| id.contains("_D_")).any(busy), "a plan by user ids");
 }
 
 /// With the brokers unreachable, `pulse run` stays up and says so: it

@@ -62,6 +62,10 @@ struct Args {
     /// Share of learner journeys with an assessment attempt (pulse-v1 only).
     #[arg(long, default_value_t = 0.0)]
     assessments: f64,
+    /// Write capacity-building plans of every assignment type (the world's
+    /// `plan_lines`) to the plans topic.
+    #[arg(long)]
+    plans: bool,
     /// Share of users with a profile on the user-profile topic (with a designation).
     #[arg(long, default_value_t = 0.0)]
     profiles: f64,
@@ -279,6 +283,12 @@ fn main() -> anyhow::Result<()> {
         sink.send("courses", id.as_bytes(), line.as_bytes())?;
         if keep {
             sent.push(Message::Course { key: Some(id.into_bytes()), value: Some(line.into_bytes()) });
+        }
+    }
+    for (id, line) in world.plan_lines().into_iter().filter(|_| args.plans) {
+        sink.send("plans", id.as_bytes(), line.as_bytes())?;
+        if keep {
+            sent.push(Message::Plan { key: Some(id.into_bytes()), value: Some(line.into_bytes()) });
         }
     }
     // Profiles before the events: the user service knew these users first.
