@@ -173,6 +173,8 @@ fn pulse_demo_runs_with_no_external_services() {
     assert!(providers["providers"].as_object().unwrap().len() > 2, "{providers}");
     let (status, _) = http_get(&addr, "/api/v1/nodes/national/months").unwrap();
     assert_eq!(status, 200);
+    let plans: Value = serde_json::from_str(&http_get(&addr, "/api/v1/plans").unwrap().1).unwrap();
+    assert!(plans["plans"]["acbp-national"]["nodes"]["national"]["users"].as_i64().unwrap() > 0, "{plans}");
     let (status, page) = http_get(&addr, "/").unwrap();
     assert!(status == 200 && page.contains("<title>Pulse"));
     let (_, metrics) = http_get(&addr, "/metrics").unwrap();
@@ -182,7 +184,7 @@ fn pulse_demo_runs_with_no_external_services() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains(&format!("Pulse is live at http://{addr}/")), "{stdout}");
     let summary = stdout.lines().rfind(|l| l.starts_with("national FY")).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(summary.contains("events/s live"), "{summary}");
+    assert!(summary.contains("events/s live") && summary.contains("plans behind pace"), "{summary}");
 }
 
 #[test]
