@@ -37,6 +37,8 @@ fn serve_scenario(dir: &Path) -> (Child, String) {
         .arg(s.join("targets.ndjson"))
         .arg("--courses")
         .arg(s.join("courses.ndjson"))
+        .arg("--plans")
+        .arg(s.join("plans.ndjson"))
         .arg(format!("--input=pulse-v1={}", s.join("events.ndjson").display()))
         .arg(format!("--input=user-profile={}", s.join("profiles.ndjson").display()))
         .arg(format!("--input=igot-rating={}", s.join("igot.ndjson").display()))
@@ -125,6 +127,11 @@ fn the_page_shows_the_api_numbers_and_drills_down() {
         assert_eq!(assert_cells_match(&shown, id, status), 3, "{id}");
     }
 
+    // The one plan covering national, with its numbers there.
+    let plans = api(&addr, "/api/v1/plans");
+    assert_eq!(attributes(&dom, "data-plan"), ["acbp-so"]);
+    assert_eq!(assert_cells_match(&shown, "plan:acbp-so@national", &plans["plans"]["acbp-so"]["nodes"]["national"]), 6);
+
     // Drill-down: the ministry's page lists its department.
     let dom = rendered(&format!("http://{addr}/?fy=2025-26#/node/M_12"));
     assert_eq!(attributes(&dom, "data-shown"), ["M_12"]);
@@ -136,6 +143,13 @@ fn the_page_shows_the_api_numbers_and_drills_down() {
     let d3 = api(&addr, "/api/v1/nodes/M_12_D_3?fy=2025-26");
     assert_eq!(assert_cells_match(&shown, "M_12_D_3", &d3["nodes"]["M_12_D_3"]), 6);
     assert!(dom.contains("Ministry of Personnel"), "the breadcrumb names the ministry");
+    // Both plans cover M_12, furthest behind first: progress 0 (acbp-so),
+    // then 1/6 (acbp-m12).
+    assert_eq!(attributes(&dom, "data-plan"), ["acbp-so", "acbp-m12"]);
+    for id in ["acbp-so", "acbp-m12"] {
+        let kpis = &plans["plans"][id]["nodes"]["M_12"];
+        assert_eq!(assert_cells_match(&shown, &format!("plan:{id}@M_12"), kpis), 6, "{id}");
+    }
 
     serve.kill().unwrap();
     serve.wait().unwrap();
