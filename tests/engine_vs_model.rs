@@ -381,8 +381,11 @@ fn arrival(h: &History, events: &[Message], ordered: &[Message], rng: &mut impl 
 trait Backend {
     type S: Store;
     fn fresh(&mut self, shards: u16) -> Self::S;
-    /// The process dies: everything not committed is gone; the store reopens.
-    fn crash(&mut self, store: Self::S) -> Self::S;
+    /// The process dies: everything not committed is gone; the store
+    /// reopens. `ahead`: the registry, target, catalogue and plan records
+    /// past the last commit, which an instance taking over has already read
+    /// (the stream replays them from the last commit anyway).
+    fn crash(&mut self, store: Self::S, ahead: &[Message]) -> Self::S;
     /// Where commits log their changes, if anywhere.
     fn log(&mut self) -> Option<&mut dyn ChangeLog> {
         None
@@ -396,15 +399,16 @@ impl Backend for Memory {
     fn fresh(&mut self, shards: u16) -> MemStore {
         MemStore::new(shards)
     }
-    fn crash(&mut self, store: MemStore) -> MemStore {
+    fn crash(&mut self, store: MemStore, _ahead: &[Message]) -> MemStore {
         store
     }
 }
 
 /// Every commit also goes to a changelog; a crash moves the state to a new
-/// instance, which restores each shard from the changelog as Kafka's
-/// compaction may have left it (the last record of each key), and reads
-/// the registry whole (here: the dead instance's committed registry).
+/// instance, which has read the registry whole, `ahead` of what the dead
+/// one committed, and restores each shard from the changelog as Kafka's
+/// compaction may have left it (the last record of each key): the shards'
+/// plans were evaluated against an older registry than the new instance's.
 #[derive(Default)]
 struct Moved {
     log: BTreeMap<ShardId, Vec<Change>>,
@@ -428,10 +432,10 @@ impl Backend for Moved {
         self.log.clear();
         MemStore::new(shards)
     }
-    fn crash(&mut self, dead: MemStore) -> MemStore {
+    fn crash(&mut self, dead: MemStore, ahead: &[Message]) -> MemStore {
         let store = MemStore::new(dead.shards());
         let registry = dead.load().unwrap();
-        let mut batch = Batch {
+        let records = Batch {
             orgs: registry.orgs.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             targets: registry.targets.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             catalogue: registry.catalogue.into_iter().map(|(k, v)| (k, Some(v))).collect(),
@@ -439,6 +443,15 @@ impl Backend for Moved {
             meeting_minutes: registry.meeting_minutes,
             ..Batch::default()
         };
+        store.writer().commit(records).unwrap();
+        // The new instance reads the registry before it owns any shard.
+        let mut reader = Engine::open(store, EngineConfig::default()).unwrap();
+        for m in ahead {
+            deliver(&mut reader, m, settings().ingest_now).unwrap();
+        }
+        reader.commit().unwrap();
+        let store = reader.into_store();
+        let mut batch = Batch::default();
         for (&shard, log) in &self.log {
             let mut last: BTreeMap<&[u8], usize> = BTreeMap::new();
             for (i, c) in log.iter().enumerate() {
@@ -478,10 +491,15 @@ impl Backend for Rocks {
         )
         .unwrap()
     }
-    fn crash(&mut self, store: RocksStore) -> RocksStore {
+    fn crash(&mut self, store: RocksStore, _ahead: &[Message]) -> RocksStore {
         drop(store);
         RocksStore::open(&self.path(), &StoreOptions::default()).unwrap()
     }
+}
+
+/// A record of a topic every instance reads whole (not an event).
+fn is_record(m: &Message) -> bool {
+    !matches!(m, Message::Event { .. })
 }
 
 /// A pipelined commit: prepared, then written (changelog and store, on
@@ -547,7 +565,8 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
                 if let Some((Flight::Stored(_), end)) = in_flight.take() {
                     committed = end;
                 }
-                engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
+                let ahead: Vec<Message> = stream[committed..i].iter().filter(|m| is_record(m)).cloned().collect();
+                engine = Engine::open(backend.crash(engine.into_store(), &ahead), config.clone()).unwrap();
                 i = committed;
             }
             2 => {
@@ -570,11 +589,11 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
             break;
         }
         if rng.gen_bool(0.3) {
-            engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
+            engine = Engine::open(backend.crash(engine.into_store(), &[]), config.clone()).unwrap();
         }
     }
     if rng.gen_bool(0.5) {
-        engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
+        engine = Engine::open(backend.crash(engine.into_store(), &[]), config.clone()).unwrap();
         engine.converge_plans().unwrap();
     }
     engine

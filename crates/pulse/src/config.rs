@@ -119,6 +119,10 @@ pub struct RawEngine {
     /// Learning minutes a user needs in a year for `users_meeting_hours_fy` (default 240).
     #[serde(default = "default_meeting_minutes")]
     pub meeting_minutes: u32,
+    /// Users re-evaluated per commit after a plan or registry change
+    /// (default 20000): bounds how long a commit holds the loop.
+    #[serde(default = "default_plan_slice_users")]
+    pub plan_slice_users: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,6 +228,9 @@ fn default_max_age() -> String {
 fn default_meeting_minutes() -> u32 {
     240
 }
+fn default_plan_slice_users() -> usize {
+    pulse_engine::EngineConfig::default().plan_slice_users
+}
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
 }
@@ -259,6 +266,7 @@ pub struct Config {
     pub dedup_horizon: Duration,
     pub max_age: Duration,
     pub meeting_minutes: u32,
+    pub plan_slice_users: usize,
     pub http: HttpSettings,
 }
 
@@ -363,6 +371,9 @@ impl RawConfig {
         if e.meeting_minutes == 0 {
             bail!("`engine.meeting_minutes` must be at least 1");
         }
+        if e.plan_slice_users == 0 {
+            bail!("`engine.plan_slice_users` must be at least 1 (users re-evaluated per commit after a plan change)");
+        }
         let h = self.http;
         let listen: SocketAddr = h
             .listen
@@ -415,6 +426,7 @@ impl RawConfig {
             dedup_horizon: duration("engine.dedup_horizon", &e.dedup_horizon)?,
             max_age: duration("engine.max_age", &e.max_age)?,
             meeting_minutes: e.meeting_minutes,
+            plan_slice_users: e.plan_slice_users,
             http: HttpSettings {
                 listen,
                 token: match h.token {
