@@ -39,6 +39,11 @@ struct Args {
     /// Events to generate (before duplicates and malformed messages are added).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Start at the stream's event N: the continuation of an earlier run
+    /// with the same seed and `--events N` (new ids, same world, users
+    /// registered once).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
     /// Ministries and states.
     #[arg(long, default_value_t = 90)]
     top_level: usize,
@@ -318,9 +323,9 @@ fn main() -> anyhow::Result<()> {
     let mut held: BinaryHeap<Held> = BinaryHeap::new();
     let (mut messages, mut malformed) = (0u64, 0u64);
     let started = Instant::now();
-    let stream = world.events().spread_over(args.events);
+    let stream = world.events().spread_over(args.from + args.events);
     let stream = if args.recent { stream.until(now) } else { stream };
-    let events = stream.take(args.events as usize);
+    let events = stream.skip(args.from as usize).take(args.events as usize);
     for (i, mut e) in events.enumerate() {
         let i = i as u64;
         if args.live {
