@@ -83,6 +83,16 @@ fn open_writer(path: &Path, opts: &StoreOptions) -> Result<DB, StoreError> {
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Index and filters in 4 KiB partitions under a small pinned top level:
+    // a point get reads one filter partition, not a whole file's filter (a
+    // megabyte and more once the state holds a million users), which random
+    // reads of user states kept evicting from the block cache and reading
+    // back, checksum and all (docs/BENCHMARKS.md, "plan re-evaluation").
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
     let mut cf_opts = Options::default();
     cf_opts.set_block_based_table_factory(&table);
     cf_opts.set_write_buffer_size(opts.write_buffer_bytes);

@@ -68,10 +68,10 @@ impl<S: Store> Engine<S> {
                 };
                 let ids = self.store.users_of(shard_id, &org, after.as_deref(), budget)?;
                 budget -= ids.len();
+                let key = self.org_keys.id(&org);
                 for id in &ids {
-                    if self.reevaluate_user(i, id)?.is_some_and(|now_in| now_in != org) {
+                    if self.reevaluate_user(i, id)?.is_some_and(|now_in| now_in != key) {
                         // An entry a restore could not remove: the user moved.
-                        let key = self.org_keys.id(&org);
                         self.shards[i].org_users.push((key, id.clone(), false));
                     }
                 }
@@ -89,8 +89,8 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// Re-evaluates one user; the leaf org it is in (`None`: no such user).
-    fn reevaluate_user(&mut self, shard: usize, id: &str) -> Result<Option<String>, EngineError> {
+    /// Re-evaluates one user; the (interned) leaf org it is in (`None`: no such user).
+    fn reevaluate_user(&mut self, shard: usize, id: &str) -> Result<Option<u32>, EngineError> {
         let s = &mut self.shards[shard];
         let known = s.users.get(id).or_else(|| s.committing.get(id)).cloned();
         let Some(mut user) = (match known {
@@ -99,17 +99,17 @@ impl<S: Store> Engine<S> {
         }) else {
             return Ok(None);
         };
+        let org = self.org_keys.id(user.org_key());
         let fresh = crate::plans::standings(id, &user, &self.plans, &self.registry);
         if fresh == user.plans {
-            return Ok(Some(user.org_key().to_owned()));
+            return Ok(Some(org));
         }
         let moved = Totals { plans: crate::plans::change(&user.plans, &fresh), ..Totals::default() };
         user.plans = fresh;
-        let (org, horizon) = (self.org_keys.id(user.org_key()), s.horizon);
+        let horizon = s.horizon;
         s.orgs.update(org, |t| t.add_kept(&moved, 1, horizon));
-        let leaf = user.org_key().to_owned();
         s.users.insert(id.to_owned(), user);
-        Ok(Some(leaf))
+        Ok(Some(org))
     }
 
     /// Whether a plan or registry change is still being applied to the
@@ -122,7 +122,7 @@ impl<S: Store> Engine<S> {
     /// the leaf orgs on the shards' work.
     pub fn plan_users_pending(&self) -> i64 {
         let mut pending = 0;
-        for s in &self.shards {
+        for s in self.shards.iter().filter(|s| !s.plan_work.is_done()) {
             let orgs: BTreeSet<&str> = s.plan_work.orgs.iter().map(String::as_str).collect();
             for (k, t) in s.orgs.iter() {
                 if orgs.contains(self.org_keys.name(k)) {
