@@ -180,8 +180,9 @@ const FY_FAMILIES: &[NodeFamily] = &[
     },
 ];
 
-/// One gauge family over the courses (`K` = [`CourseKpis`]) or the
-/// providers (`K` = [`ProviderKpis`]), labelled by their id.
+/// One gauge family over the courses (`K` = [`CourseKpis`]), the
+/// providers (`K` = [`ProviderKpis`]), labelled by their id, or a plan's
+/// nodes (`K` = [`PlanKpis`]).
 struct Family<K> {
     name: &'static str,
     help: &'static str,
@@ -287,16 +288,32 @@ const PROVIDER_FAMILIES: &[Family<ProviderKpis>] = &[
 /// A plan's counts at a node: summable over instances, so the recording
 /// rules rebuild every plan ratio, and compute overdue, expected and
 /// progress at the rule's clock from the plan's start and due times.
-const PLAN_FAMILIES: &[(&str, &str, fn(&PlanKpis) -> i64)] = &[
-    ("pulse_plan_users", "Users assigned the plan whose current org is in the subtree.", |k| k.users),
-    ("pulse_plan_courses_assigned", "The plan's courses, once per assigned user.", |k| k.courses_assigned),
-    ("pulse_plan_courses_completed", "Of those, the ones completed (any time).", |k| k.courses_completed),
-    ("pulse_plan_courses_completed_on_time", "Of those, the ones completed by the due time.", |k| {
-        k.courses_completed_on_time
-    }),
-    ("pulse_plan_users_compliant", "Assigned users who completed at least min_share of the courses on time.", |k| {
-        k.users_compliant
-    }),
+const PLAN_FAMILIES: &[Family<PlanKpis>] = &[
+    Family {
+        name: "pulse_plan_users",
+        help: "Users assigned the plan whose current org is in the subtree.",
+        value: |k| Some(k.users as f64),
+    },
+    Family {
+        name: "pulse_plan_courses_assigned",
+        help: "The plan's courses, once per assigned user.",
+        value: |k| Some(k.courses_assigned as f64),
+    },
+    Family {
+        name: "pulse_plan_courses_completed",
+        help: "Of those, the ones completed (any time).",
+        value: |k| Some(k.courses_completed as f64),
+    },
+    Family {
+        name: "pulse_plan_courses_completed_on_time",
+        help: "Of those, the ones completed by the due time.",
+        value: |k| Some(k.courses_completed_on_time as f64),
+    },
+    Family {
+        name: "pulse_plan_users_compliant",
+        help: "Assigned users who completed at least min_share of the courses on time.",
+        value: |k| Some(k.users_compliant as f64),
+    },
 ];
 
 /// Every plan's counts at its org and each node under it (zeros included,
@@ -304,11 +321,13 @@ const PLAN_FAMILIES: &[(&str, &str, fn(&PlanKpis) -> i64)] = &[
 /// plan's own record.
 fn encode_plans(enc: &mut Encoder, snapshot: &Snapshot, now: Millis) {
     let plans = snapshot.plans_report(now);
-    for (name, help, value) in PLAN_FAMILIES {
-        let mut f = enc.family(name, help, Kind::Gauge);
+    for fam in PLAN_FAMILIES {
+        let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
         for (id, plan) in &plans {
             for (org, k) in &plan.nodes {
-                f.sample(&[("plan", id), ("org", org)], value(k) as f64);
+                if let Some(v) = (fam.value)(k) {
+                    f.sample(&[("plan", id), ("org", org)], v);
+                }
             }
         }
     }
