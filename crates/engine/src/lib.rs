@@ -3,7 +3,11 @@
 //! This crate owns the rules of contract sections 5-7: deduplication by id
 //! within a horizon, idempotent enrolments and completions with earliest-time
 //! semantics, additive minutes, latest-wins ratings, the current org of a user,
-//! read-time rollups over the org registry, IST financial years and target pace.
+//! read-time rollups over the org registry, IST financial years and target pace,
+//! and those of contract v2: profiles, the catalogue, assessments, windows,
+//! monthly series and capacity-building plans (a user's standing in each, kept
+//! on the event path, and re-evaluated in bounded slices after a plan or
+//! registry change: `engine/reevaluate.rs`).
 //!
 //! State is split in two:
 //! - per-user state ([`UserState`]) and dedup ids live in a [`Store`], grouped in
