@@ -20,8 +20,20 @@
 //!   catches up a one-partition topic, stops, and a new instance on an empty
 //!   state directory restores the partition from the changelog.
 //!
-//! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency`, `scale`
-//! or `scaleout` runs one part; `PULSE_BENCH_TRACE=1` also prints every probe's latency in order).
+//! - plans: `PULSE_BENCH_PLAN_EVENTS` events (default 12,000,000) over
+//!   `PULSE_BENCH_PLAN_USERS` users (default 3,000,000, of whom about 1.2
+//!   million appear), caught up. Then the cost of re-evaluation to
+//!   catch-up: a backlog of `PULSE_BENCH_PLAN_BACKLOG` events (default
+//!   1,000,000) caught up after a stop, once as it is and once with a
+//!   national plan for everyone arriving with it (time, rate, CPU seconds,
+//!   and when the plan converged). Then live: while the generator produces
+//!   `PULSE_BENCH_RATE` events/s (default 5,000), the plan changes its
+//!   courses: the time until every user is re-evaluated (no user pending,
+//!   the API no longer converging), Pulse's CPU seconds meanwhile, and the
+//!   largest re-evaluation backlog seen.
+//!
+//! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency`, `scale`,
+//! `scaleout` or `plans` runs one part; `PULSE_BENCH_TRACE=1` also prints every probe's latency in order).
 //! Each part uses its own topics, group and state directory.
 
 #[path = "../tests/common/http.rs"]
@@ -67,6 +79,7 @@ impl Setup {
         tools::create_topic(&b, &self_topic(&prefix, "orgs"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "targets"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "courses"), 1, true).expect("create topic");
+        tools::create_topic(&b, &self_topic(&prefix, "plans"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "dlq"), 1, false).expect("create topic");
         let config = format!(
             r#"
@@ -78,6 +91,7 @@ impl Setup {
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
             courses_topic = "{courses}"
+            plans_topic = "{plans}"
             dlq_topic = "{dlq}"
             [store]
             data_dir = "{data}"
@@ -90,6 +104,7 @@ impl Setup {
             orgs = self_topic(&prefix, "orgs"),
             targets = self_topic(&prefix, "targets"),
             courses = self_topic(&prefix, "courses"),
+            plans = self_topic(&prefix, "plans"),
             dlq = self_topic(&prefix, "dlq"),
             data = dir.path().join("data").display(),
         );
@@ -415,6 +430,130 @@ fn scaleout() {
     stop_all(vec![second]);
 }
 
+/// User and system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    ticks as f64 / 100.0
+}
+
+fn metric(addr: &str, series: &str) -> Option<f64> {
+    let (_, metrics) = http_get(addr, "/metrics").ok()?;
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits until plan `id` names `courses` courses, nobody is pending and the
+/// API no longer says converging; the largest pending count seen.
+fn wait_converged(addr: &str, id: &str, courses: usize) -> f64 {
+    let mut peak: f64 = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        // The gauge every 200 ms, the API (a large answer) only once it is 0.
+        let pending = metric(addr, "pulse_plan_reevaluation_pending_users").unwrap_or(0.0);
+        peak = peak.max(pending);
+        if pending == 0.0 {
+            let answer: Option<serde_json::Value> =
+                http_get(addr, "/api/v1/plans").ok().and_then(|(_, b)| serde_json::from_str(&b).ok());
+            if answer.is_some_and(|a| a["converging"] == false && a["plans"][id]["courses"] == courses) {
+                return peak;
+            }
+        }
+        assert!(Instant::now() < deadline, "plan {id} did not converge in 900s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn stop_one(child: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+fn plans() {
+    let users = env_or("PULSE_BENCH_PLAN_USERS", 3_000_000);
+    let events = env_or("PULSE_BENCH_PLAN_EVENTS", 12_000_000);
+    let backlog = env_or("PULSE_BENCH_PLAN_BACKLOG", 1_000_000);
+    let rate = env_or("PULSE_BENCH_RATE", 5_000);
+    let s = Setup::new("plans");
+    let group = format!("{}.group", s.prefix);
+    // Two whole past years, so that no event of the backlogs is in the future.
+    let first_fy = pulse_model::Fy(pulse_model::Fy::of(wall_ms()).0 - 2);
+    let produce = |from: u64, n: u64, live: bool| {
+        let (users, from, n, fy) = (users.to_string(), from.to_string(), n.to_string(), first_fy.to_string());
+        let mut args = vec!["--users", &users, "--events", &n, "--from", &from, "--first-fy", &fy];
+        if live {
+            args.extend(["--live", "--rate"]);
+        }
+        let rate = rate.to_string();
+        if live {
+            args.push(&rate);
+        }
+        s.loadgen(&args).stderr(Stdio::null()).spawn().expect("pulse-loadgen")
+    };
+    let plan = |courses: &[&str]| {
+        let v = serde_json::json!({"v": 1, "id": "acbp-bench", "org": "national", "courses": courses,
+            "assign": {"to": "all"}, "due": pulse_model::Fy::of(wall_ms()).end() - 1});
+        tools::produce(
+            &brokers(),
+            &s.topic("plans"),
+            &[(Some(b"acbp-bench".to_vec()), Some(v.to_string().into_bytes()))],
+        )
+        .expect("produce the plan");
+    };
+    assert!(produce(0, events, false).wait().expect("loadgen").success());
+    let mut pulse = s.start();
+    s.wait_caught_up(&group, std::slice::from_mut(&mut pulse));
+    let registered = metric(&s.http, "pulse_kpi_registered_users{org=\"national\"}").unwrap_or(0.0);
+    println!("plans: {events} events caught up, {registered:.0} users");
+
+    // The cost to a catch-up: a backlog alone, then a backlog with a plan.
+    let mut rates = Vec::new();
+    for (i, with_plan) in [false, true].into_iter().enumerate() {
+        stop_one(&mut pulse);
+        assert!(produce(events + i as u64 * backlog, backlog, false).wait().expect("loadgen").success());
+        if with_plan {
+            plan(&["do_0", "do_1", "do_2", "do_3", "do_4"]);
+        }
+        let t = Instant::now();
+        pulse = s.start();
+        s.wait_caught_up(&group, std::slice::from_mut(&mut pulse));
+        let took = t.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pulse.id());
+        rates.push(backlog as f64 / took);
+        let what = if with_plan { "with a national plan arriving" } else { "alone" };
+        println!(
+            "  backlog of {backlog} events {what}: caught up in {took:.1}s ({:.0} events/s, {cpu:.1} CPU s)",
+            rates[i]
+        );
+        if with_plan {
+            wait_converged(&s.http, "acbp-bench", 5);
+            let cpu = cpu_seconds(pulse.id());
+            println!("    the plan converged {:.1}s after the start ({cpu:.1} CPU s)", t.elapsed().as_secs_f64());
+        }
+    }
+    println!("  catch-up rate with the plan re-evaluating: {:.2}x without", rates[1] / rates[0]);
+
+    // Live: the plan changes while events flow.
+    let mut load = produce(events + 2 * backlog, rate * 120, true);
+    std::thread::sleep(Duration::from_secs(5));
+    let (cpu0, t) = (cpu_seconds(pulse.id()), Instant::now());
+    plan(&["do_0", "do_1", "do_2", "do_3", "do_4", "do_5", "do_6"]);
+    let peak = wait_converged(&s.http, "acbp-bench", 7);
+    let (took, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds(pulse.id()) - cpu0);
+    let users = http_get(&s.http, "/api/v1/plans")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|a| a["plans"]["acbp-bench"]["nodes"]["national"]["users"].as_i64())
+        .unwrap_or(0);
+    println!(
+        "  live, {rate} events/s: a national plan's change re-evaluated {users} users in {took:.1}s ({cpu:.1} CPU s; at most {peak:.0} pending)"
+    );
+    let _ = load.kill();
+    let _ = load.wait();
+    stop_one(&mut pulse);
+}
+
 fn main() {
     let which = std::env::var("PULSE_BENCH").unwrap_or_else(|_| "all".into());
     if matches!(which.as_str(), "all" | "latency") {
@@ -425,5 +564,8 @@ fn main() {
     }
     if matches!(which.as_str(), "all" | "scaleout") {
         scaleout();
+    }
+    if matches!(which.as_str(), "all" | "plans") {
+        plans();
     }
 }

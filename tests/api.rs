@@ -457,3 +457,47 @@ async fn reads_of_the_group_answer_503_with_the_reason_while_a_share_is_missing(
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["nodes"]["national"], expected("expected-report.json")["nodes"]["national"]);
 }
+
+/// The plans of the hand-checked scenario (its README has the arithmetic),
+/// through the API and `/metrics`.
+#[tokio::test]
+async fn plans_answer_as_the_report_has_them_and_behind_keeps_the_nodes_behind() {
+    let data = replayed();
+    let api = Api::open(data.path(), Ok(()));
+    let report = expected("expected-report.json");
+    let (status, all) = api.json("/api/v1/plans", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all["plans"], report["plans"]);
+    assert_eq!((&all["converging"], &all["pending_users"]), (&Value::Bool(false), &Value::from(0)));
+
+    let (_, one) = api.json("/api/v1/plans/acbp-so", &[]).await;
+    assert_eq!(one["plans"].as_object().unwrap().len(), 1);
+    assert_eq!(one["plans"]["acbp-so"], report["plans"]["acbp-so"]);
+    // Behind: progress below 1, or courses overdue. S_5 completed its one
+    // course, late: progress 1 and nothing overdue, so it is not behind;
+    // nodes nobody there is assigned have no progress, and are not either.
+    let (_, behind) = api.json("/api/v1/plans/acbp-so?status=behind", &[]).await;
+    let nodes: Vec<&String> = behind["plans"]["acbp-so"]["nodes"].as_object().unwrap().keys().collect();
+    assert_eq!(nodes, ["M_12", "M_12_D_3", "national"]);
+    let (status, _) = api.json("/api/v1/plans/p-gone", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a tombstoned plan is gone");
+    let (status, _) = api.json("/api/v1/plans?status=late", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let metrics = api.call("/metrics", &[]).await.2;
+    for line in [
+        "pulse_plan_users{plan=\"acbp-m12\",org=\"M_12\"} 3\n",
+        "pulse_plan_courses_assigned{plan=\"acbp-m12\",org=\"M_12_D_3\"} 4\n",
+        "pulse_plan_courses_completed{plan=\"acbp-so\",org=\"S_5\"} 1\n",
+        "pulse_plan_courses_completed_on_time{plan=\"acbp-so\",org=\"S_5\"} 0\n",
+        "pulse_plan_users_compliant{plan=\"acbp-m12\",org=\"M_12_D_3_O_7\"} 1\n",
+        // Zeros too, so that an alert sees a node where nobody has started.
+        "pulse_plan_users{plan=\"acbp-so\",org=\"S_5_O_1\"} 0\n",
+        "pulse_plan_info{plan=\"acbp-so\",org=\"national\",due=\"2025-05-05T23:59:59+05:30\"} 1\n",
+        "pulse_plan_min_share{plan=\"acbp-m12\"} 0.5\n",
+        "pulse_plan_reevaluation_pending_users 0\n",
+    ] {
+        assert!(metrics.contains(line), "missing {line}");
+    }
+    assert!(!metrics.contains("plan=\"p-gone\""));
+}

@@ -37,6 +37,8 @@ fn serve_scenario(dir: &Path) -> (Child, String) {
         .arg(s.join("targets.ndjson"))
         .arg("--courses")
         .arg(s.join("courses.ndjson"))
+        .arg("--plans")
+        .arg(s.join("plans.ndjson"))
         .arg(format!("--input=pulse-v1={}", s.join("events.ndjson").display()))
         .arg(format!("--input=user-profile={}", s.join("profiles.ndjson").display()))
         .arg(format!("--input=igot-rating={}", s.join("igot.ndjson").display()))
@@ -125,6 +127,11 @@ fn the_page_shows_the_api_numbers_and_drills_down() {
         assert_eq!(assert_cells_match(&shown, id, status), 3, "{id}");
     }
 
+    // The one plan covering national, with its numbers there.
+    let plans = api(&addr, "/api/v1/plans");
+    assert_eq!(attributes(&dom, "data-plan"), ["acbp-so"]);
+    assert_eq!(assert_cells_match(&shown, "plan:acbp-so@national", &plans["plans"]["acbp-so"]["nodes"]["national"]), 6);
+
     // Drill-down: the ministry's page lists its department.
     let dom = rendered(&format!("http://{addr}/?fy=2025-26#/node/M_12"));
     assert_eq!(attributes(&dom, "data-shown"), ["M_12"]);
@@ -136,6 +143,13 @@ fn the_page_shows_the_api_numbers_and_drills_down() {
     let d3 = api(&addr, "/api/v1/nodes/M_12_D_3?fy=2025-26");
     assert_eq!(assert_cells_match(&shown, "M_12_D_3", &d3["nodes"]["M_12_D_3"]), 6);
     assert!(dom.contains("Ministry of Personnel"), "the breadcrumb names the ministry");
+    // Both plans cover M_12, furthest behind first: progress 0 (acbp-so),
+    // then 1/6 (acbp-m12).
+    assert_eq!(attributes(&dom, "data-plan"), ["acbp-so", "acbp-m12"]);
+    for id in ["acbp-so", "acbp-m12"] {
+        let kpis = &plans["plans"][id]["nodes"]["M_12"];
+        assert_eq!(assert_cells_match(&shown, &format!("plan:{id}@M_12"), kpis), 6, "{id}");
+    }
 
     serve.kill().unwrap();
     serve.wait().unwrap();
@@ -173,6 +187,8 @@ fn pulse_demo_runs_with_no_external_services() {
     assert!(providers["providers"].as_object().unwrap().len() > 2, "{providers}");
     let (status, _) = http_get(&addr, "/api/v1/nodes/national/months").unwrap();
     assert_eq!(status, 200);
+    let plans: Value = serde_json::from_str(&http_get(&addr, "/api/v1/plans").unwrap().1).unwrap();
+    assert!(plans["plans"]["acbp-national"]["nodes"]["national"]["users"].as_i64().unwrap() > 0, "{plans}");
     let (status, page) = http_get(&addr, "/").unwrap();
     assert!(status == 200 && page.contains("<title>Pulse"));
     let (_, metrics) = http_get(&addr, "/metrics").unwrap();
@@ -182,7 +198,7 @@ fn pulse_demo_runs_with_no_external_services() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains(&format!("Pulse is live at http://{addr}/")), "{stdout}");
     let summary = stdout.lines().rfind(|l| l.starts_with("national FY")).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(summary.contains("events/s live"), "{summary}");
+    assert!(summary.contains("events/s live") && summary.contains("plans behind pace"), "{summary}");
 }
 
 #[test]
@@ -196,7 +212,7 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
         .args(["--organisations", "60", "--courses", "80", "--first-fy", "2024-25", "--mix", "mixed"])
         .args(["--duplicates", "0.02", "--out-of-order", "0.05", "--migrations", "0.01", "--malformed", "0.01"])
         // Contract v2: assessments, profiles, and events up to `now` (recent activity for the windows).
-        .args(["--assessments", "0.3", "--profiles", "0.4", "--recent"])
+        .args(["--assessments", "0.3", "--profiles", "0.4", "--recent", "--plans"])
         .args(["--now", now, "--fy", "2025-26", "--max-age-days", "800", "--out"])
         .arg(&files)
         .arg("--expected")
@@ -210,6 +226,7 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
         .args(["replay", "--now", now, "--max-age-days", "800", "--data-dir"])
         .arg(&data)
         .args(["--orgs", &file("orgs"), "--targets", &file("targets"), "--courses", &file("courses")])
+        .args(["--plans", &file("plans")])
         .arg(format!("--input=pulse-v1={}", file("pulse-v1")))
         .arg(format!("--input=user-profile={}", file("user-profile")))
         .arg(format!("--input=sunbird-telemetry={}", file("sunbird-telemetry")))
@@ -234,6 +251,16 @@ fn loadgen_files_in_every_format_replay_to_its_expected_report() {
     assert!(national["active_users_7d"].as_i64().unwrap() > 0, "{national}");
     assert!(national["assessed"].as_i64().unwrap() > 100, "{national}");
     assert!(actual["providers"].as_object().unwrap().len() > 1);
+    // Plans of every assignment type (everyone; designations, per
+    // ministry; users, per department), with users assigned and completions.
+    let plans = actual["plans"].as_object().unwrap();
+    assert_eq!(plans.len(), 1 + 8 + 5);
+    let busy = |id: &String| {
+        let root = &plans[id]["nodes"][plans[id]["org"].as_str().unwrap()];
+        root["users"].as_i64().unwrap() > 0 && root["courses_completed"].as_i64().unwrap() > 0
+    };
+    assert!(busy(&"acbp-national".to_owned()) && busy(&"acbp-M_0".to_owned()));
+    assert!(plans.keys().filter(|id| id.contains("_D_")).any(busy), "a plan by user ids");
 }
 
 /// With the brokers unreachable, `pulse run` stays up and says so: it

@@ -132,6 +132,18 @@ enum RegistryOp {
         provider: Option<u8>,
     },
     RemoveCourse(u8),
+    /// Plan `p{id}` of org `ORGS[org]` (6: `national`) over the courses of
+    /// the bits of `courses`, assigned to all (0), a designation (1) or two
+    /// users (2), due at a day of [`DAYS`].
+    Plan {
+        id: u8,
+        org: u8,
+        courses: u8,
+        assign: u8,
+        due: u8,
+        min_share: u8,
+    },
+    RemovePlan(u8),
 }
 
 fn registry_op() -> impl Strategy<Value = RegistryOp> {
@@ -144,6 +156,9 @@ fn registry_op() -> impl Strategy<Value = RegistryOp> {
         1 => (0u8..3).prop_map(RegistryOp::RemoveTarget),
         3 => (0u8..4, prop::option::of(0u8..2)).prop_map(|(course, provider)| RegistryOp::Course { course, provider }),
         1 => (0u8..4).prop_map(RegistryOp::RemoveCourse),
+        3 => (0u8..2, 0u8..7, 1u8..16, 0u8..3, 0..DAYS.len() as u8, 0u8..3)
+            .prop_map(|(id, org, courses, assign, due, min_share)| RegistryOp::Plan { id, org, courses, assign, due, min_share }),
+        1 => (0u8..2).prop_map(RegistryOp::RemovePlan),
     ]
 }
 
@@ -255,6 +270,23 @@ fn render_registry(op: &RegistryOp) -> Message {
             .to_string()),
         },
         RegistryOp::RemoveCourse(course) => Message::Course { key: b(format!("c{course}")), value: None },
+        RegistryOp::Plan { id, org, courses, assign, due, min_share } => {
+            let org = if *org == 6 { "national" } else { ORGS[usize::from(*org)] };
+            let courses: Vec<String> = (0..4).filter(|c| courses & (1 << c) != 0).map(|c| format!("c{c}")).collect();
+            let assign = match assign {
+                0 => json!({"to": "all"}),
+                1 => json!({"to": "designations", "designations": ["Section Officer"]}),
+                _ => json!({"to": "users", "users": ["u0", "u3"]}),
+            };
+            let min_share = [0.3, 0.5, 1.0][usize::from(*min_share)];
+            Message::Plan {
+                key: b(format!("p{id}")),
+                value: b(json!({"v": 1, "id": format!("p{id}"), "org": org, "courses": courses, "assign": assign,
+                    "due": ts(*due, 1), "min_share": min_share})
+                .to_string()),
+            }
+        }
+        RegistryOp::RemovePlan(id) => Message::Plan { key: b(format!("p{id}")), value: None },
     }
 }
 
@@ -349,8 +381,11 @@ fn arrival(h: &History, events: &[Message], ordered: &[Message], rng: &mut impl 
 trait Backend {
     type S: Store;
     fn fresh(&mut self, shards: u16) -> Self::S;
-    /// The process dies: everything not committed is gone; the store reopens.
-    fn crash(&mut self, store: Self::S) -> Self::S;
+    /// The process dies: everything not committed is gone; the store
+    /// reopens. `ahead`: the registry, target, catalogue and plan records
+    /// past the last commit, which an instance taking over has already read
+    /// (the stream replays them from the last commit anyway).
+    fn crash(&mut self, store: Self::S, ahead: &[Message]) -> Self::S;
     /// Where commits log their changes, if anywhere.
     fn log(&mut self) -> Option<&mut dyn ChangeLog> {
         None
@@ -364,15 +399,16 @@ impl Backend for Memory {
     fn fresh(&mut self, shards: u16) -> MemStore {
         MemStore::new(shards)
     }
-    fn crash(&mut self, store: MemStore) -> MemStore {
+    fn crash(&mut self, store: MemStore, _ahead: &[Message]) -> MemStore {
         store
     }
 }
 
 /// Every commit also goes to a changelog; a crash moves the state to a new
-/// instance, which restores each shard from the changelog as Kafka's
-/// compaction may have left it (the last record of each key), and reads
-/// the registry whole (here: the dead instance's committed registry).
+/// instance, which has read the registry whole, `ahead` of what the dead
+/// one committed, and restores each shard from the changelog as Kafka's
+/// compaction may have left it (the last record of each key): the shards'
+/// plans were evaluated against an older registry than the new instance's.
 #[derive(Default)]
 struct Moved {
     log: BTreeMap<ShardId, Vec<Change>>,
@@ -396,16 +432,26 @@ impl Backend for Moved {
         self.log.clear();
         MemStore::new(shards)
     }
-    fn crash(&mut self, dead: MemStore) -> MemStore {
+    fn crash(&mut self, dead: MemStore, ahead: &[Message]) -> MemStore {
         let store = MemStore::new(dead.shards());
         let registry = dead.load().unwrap();
-        let mut batch = Batch {
+        let records = Batch {
             orgs: registry.orgs.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             targets: registry.targets.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             catalogue: registry.catalogue.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+            plans: registry.plans.into_iter().map(|(k, v)| (k, Some(v))).collect(),
             meeting_minutes: registry.meeting_minutes,
             ..Batch::default()
         };
+        store.writer().commit(records).unwrap();
+        // The new instance reads the registry before it owns any shard.
+        let mut reader = Engine::open(store, EngineConfig::default()).unwrap();
+        for m in ahead {
+            deliver(&mut reader, m, settings().ingest_now).unwrap();
+        }
+        reader.commit().unwrap();
+        let store = reader.into_store();
+        let mut batch = Batch::default();
         for (&shard, log) in &self.log {
             let mut last: BTreeMap<&[u8], usize> = BTreeMap::new();
             for (i, c) in log.iter().enumerate() {
@@ -445,10 +491,15 @@ impl Backend for Rocks {
         )
         .unwrap()
     }
-    fn crash(&mut self, store: RocksStore) -> RocksStore {
+    fn crash(&mut self, store: RocksStore, _ahead: &[Message]) -> RocksStore {
         drop(store);
         RocksStore::open(&self.path(), &StoreOptions::default()).unwrap()
     }
+}
+
+/// A record of a topic every instance reads whole (not an event).
+fn is_record(m: &Message) -> bool {
+    !matches!(m, Message::Event { .. })
 }
 
 /// A pipelined commit: prepared, then written (changelog and store, on
@@ -474,9 +525,11 @@ fn write<B: Backend>(engine: &Engine<B::S>, backend: &mut B, mut pending: Pendin
 /// commit point. A crash before it is written loses it; after, the store
 /// holds it.
 fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, backend: &mut B) -> Engine<B::S> {
+    // Slices of a few users, so that re-evaluation spans commits and crashes.
+    let plan_slice_users = rng.gen_range(1..=4);
     // The model remembers every id; histories span three months of event
     // time, past the default 7-day horizon (forgetting is the engine's own tests').
-    let config = EngineConfig { dedup_horizon_ms: 400 * DAY, ..EngineConfig::default() };
+    let config = EngineConfig { dedup_horizon_ms: 400 * DAY, plan_slice_users, ..EngineConfig::default() };
     let now = settings().ingest_now;
     let mut engine = Engine::open(backend.fresh(h.shards), config.clone()).unwrap();
     let mut committed = 0;
@@ -512,7 +565,8 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
                 if let Some((Flight::Stored(_), end)) = in_flight.take() {
                     committed = end;
                 }
-                engine = Engine::open(backend.crash(engine.into_store()), config.clone()).unwrap();
+                let ahead: Vec<Message> = stream[committed..i].iter().filter(|m| is_record(m)).cloned().collect();
+                engine = Engine::open(backend.crash(engine.into_store(), &ahead), config.clone()).unwrap();
                 i = committed;
             }
             2 => {
@@ -527,9 +581,20 @@ fn run_engine<B: Backend>(h: &History, stream: &[Message], rng: &mut impl Rng, b
     if let Some((flight, _)) = in_flight.take() {
         finish(&mut engine, backend, flight);
     }
-    if rng.gen_bool(0.5) {
+    // As the loop does between batches: commits drain the plans'
+    // re-evaluation, slice by slice; a crash on the way resumes it.
+    loop {
         engine.commit_logged(backend.log()).unwrap();
-        engine = Engine::open(backend.crash(engine.into_store()), config).unwrap();
+        if !engine.plans_converging() {
+            break;
+        }
+        if rng.gen_bool(0.3) {
+            engine = Engine::open(backend.crash(engine.into_store(), &[]), config.clone()).unwrap();
+        }
+    }
+    if rng.gen_bool(0.5) {
+        engine = Engine::open(backend.crash(engine.into_store(), &[]), config.clone()).unwrap();
+        engine.converge_plans().unwrap();
     }
     engine
 }

@@ -174,10 +174,12 @@ fn hand_checked_scenario_reports_as_expected() {
         "dead_letters": {"future_timestamp": 1, "invalid_field": 1, "invalid_json": 1, "too_old": 1}})
     );
     assert_eq!(summary["courses"]["accepted"], 6);
+    assert_eq!(summary["plans"]["accepted"], 4);
+    assert_eq!(summary["plans"]["dead_letters"], json!({"invalid_field": 1}));
     assert_eq!(summary["orgs"]["dead_letters"], json!({"org_cycle": 1}));
     assert_eq!(summary["targets"]["dead_letters"], json!({"invalid_field": 1}));
     let dead = std::fs::read_to_string(data.path().join("dead-letters.ndjson")).unwrap();
-    assert_eq!(dead.lines().count(), 6, "every dead letter is kept with its value: {dead}");
+    assert_eq!(dead.lines().count(), 7, "every dead letter is kept with its value: {dead}");
 
     let report = |scope: &[&str]| {
         let mut args = vec!["report", "--data-dir", data_dir, "--now", now, "--fy", "2025-26"];

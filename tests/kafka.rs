@@ -52,6 +52,7 @@ struct Case {
     orgs: String,
     targets: String,
     courses: String,
+    plans: String,
     dlq: String,
     group: String,
     dir: tempfile::TempDir,
@@ -75,6 +76,7 @@ impl Case {
         let name = |t: &str| format!("test.{t}.{id}");
         let (events, orgs, targets, dlq) = (name("events"), name("orgs"), name("targets"), name("dlq"));
         let courses = name("courses");
+        let plans = name("plans");
         let (sunbird, ratings, users) = (name("sunbird"), name("ratings"), name("users"));
         let b = brokers();
         for (input, partitions) in [&events, &sunbird, &ratings].into_iter().zip(counts) {
@@ -85,6 +87,7 @@ impl Case {
         tools::create_topic(&b, &orgs, 1, true).unwrap();
         tools::create_topic(&b, &targets, 1, true).unwrap();
         tools::create_topic(&b, &courses, 1, true).unwrap();
+        tools::create_topic(&b, &plans, 1, true).unwrap();
         tools::create_topic(&b, &dlq, 1, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("pulse.toml");
@@ -103,6 +106,7 @@ impl Case {
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
             courses_topic = "{courses}"
+            plans_topic = "{plans}"
             dlq_topic = "{dlq}"
             commit_interval = "50ms"
             session_timeout = "10s"
@@ -135,6 +139,7 @@ impl Case {
             orgs,
             targets,
             courses,
+            plans,
             dlq,
             group,
             dir,
@@ -176,6 +181,11 @@ impl Case {
     fn produce_courses(&mut self, messages: &[Kv]) {
         tools::produce(&brokers(), &self.courses, messages).unwrap();
         self.sent.extend(messages.iter().map(|(k, v)| Message::Course { key: k.clone(), value: v.clone() }));
+    }
+
+    fn produce_plans(&mut self, messages: &[Kv]) {
+        tools::produce(&brokers(), &self.plans, messages).unwrap();
+        self.sent.extend(messages.iter().map(|(k, v)| Message::Plan { key: k.clone(), value: v.clone() }));
     }
 
     fn start(&self) -> Child {
@@ -269,6 +279,7 @@ impl Case {
             .args(["--brokers", &brokers()])
             .args(["--events-topic", &self.events, "--sunbird-topic", &self.sunbird, "--ratings-topic", &self.ratings])
             .args(["--orgs-topic", &self.orgs, "--targets-topic", &self.targets, "--courses-topic", &self.courses])
+            .args(["--plans-topic", &self.plans])
             .args(["--users-topic", &self.users, "--expected"])
             .arg(self.dir.path().join("expected.json"));
         c
@@ -633,6 +644,102 @@ fn a_reparented_org_and_a_migrated_user_move_their_numbers() {
     case.assert_equals_model();
 }
 
+/// A plan of every assignment type and a re-parenting arrive while events
+/// flow. Re-evaluating the users they affect takes many commits (slices of
+/// 40 users), and Pulse is killed with `kill -9` during it, twice (the
+/// second time after another plan change). It resumes from each shard's
+/// stored work; the plans' KPIs end equal to the model's.
+#[test]
+fn plans_and_a_reparenting_reevaluated_through_two_kill_9s_equal_the_reference_model() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(4);
+    let seed = 17;
+    let (orgs, events) = history(seed, 12_000);
+    let (courses, profiles) = catalogue_and_profiles(seed);
+    case.produce_orgs(&orgs);
+    case.produce_courses(&courses);
+    case.produce_profiles(&profiles);
+    let (first, second) = events.split_at(events.len() / 2);
+    case.produce_events(first);
+    let slices = [("PULSE_ENGINE__PLAN_SLICE_USERS", "40".to_string())];
+    let mut pulse = case.start_with(&slices);
+    case.wait_caught_up(&mut pulse);
+
+    let producer = {
+        let (b, topic, rest) = (brokers(), case.events.clone(), second.to_vec());
+        std::thread::spawn(move || {
+            for chunk in rest.chunks(200) {
+                tools::produce(&b, &topic, chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let world = small_world(seed);
+    let kv = |id: &str, v: String| (Some(id.as_bytes().to_vec()), Some(v.into_bytes()));
+    let mut plans: Vec<Kv> = world.plan_lines().into_iter().map(|(id, v)| kv(&id, v)).collect();
+    // A department moves to another ministry: its users leave one
+    // ministry's plan and join the other's.
+    let dept = world.orgs.iter().find(|o| o.kind == "department").unwrap();
+    let to = world.orgs.iter().find(|o| o.parent.is_none() && Some(&o.id) != dept.parent.as_ref()).unwrap();
+    let moved = json!({"v": 1, "org": dept.id, "name": dept.name, "parent": to.id, "kind": dept.kind,
+        "employees": dept.employees});
+    // The second change: the national plan gains courses.
+    let mut national: Value = serde_json::from_slice(plans[0].1.as_ref().unwrap()).unwrap();
+    national["courses"] = json!(["do_0", "do_1", "do_2", "do_3", "do_4", "do_5", "do_6"]);
+    let pending = |case: &Case| {
+        http_get(&case.http, "/metrics")
+            .ok()
+            .and_then(|(_, m)| sample(&m, "pulse_plan_reevaluation_pending_users"))
+            .unwrap_or(0.0)
+    };
+    for round in 0..2 {
+        if round == 0 {
+            case.produce_plans(&plans);
+            case.produce_orgs(&[kv(&dept.id, moved.to_string())]);
+        } else {
+            case.produce_plans(&[kv("acbp-national", national.to_string())]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pending(&case) == 0.0 {
+            assert!(Instant::now() < deadline, "round {round}: no re-evaluation pending in 60s:\n{}", case.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pulse.kill().unwrap(); // SIGKILL, mid-way through re-evaluation
+        pulse.wait().unwrap();
+        pulse = case.start_with(&slices);
+    }
+    plans[0] = kv("acbp-national", national.to_string());
+    producer.join().unwrap();
+    case.sent.extend(second.iter().map(|(_, v)| Message::Event {
+        format: InputFormat::PulseV1,
+        key: None,
+        value: v.clone().unwrap(),
+    }));
+    case.wait_caught_up(&mut pulse);
+    // Converged: every plan read, no user pending.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer: Option<Value> =
+            http_get(&case.http, "/api/v1/plans").ok().and_then(|(_, body)| serde_json::from_str(&body).ok());
+        let done = answer.as_ref().is_some_and(|a| {
+            a["converging"] == false
+                && a["plans"]["acbp-national"]["courses"] == 7
+                && a["plans"].as_object().unwrap().len() == plans.len()
+        });
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "plans not converged in 120s: {answer:?}\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(&mut pulse, &case);
+    let report = case.report();
+    let national_kpis = &report["plans"]["acbp-national"]["nodes"]["national"];
+    assert!(national_kpis["users"].as_i64().unwrap() > 1_000, "{national_kpis}");
+    assert!(report["plans"][format!("acbp-{}", to.id)]["nodes"].get(&dept.id).is_some(), "the moved department");
+    case.assert_equals_model();
+}
+
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -819,6 +926,10 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     let course =
         json!({"v": 1, "course": "recent-c", "name": "Recent course", "provider": "P_1", "provider_name": "ISTM"});
     case.produce_courses(&[(Some(b"recent-c".to_vec()), Some(course.to_string().into_bytes()))]);
+    // A plan for everyone, under way: every plan rule and panel has data.
+    let plan = json!({"v": 1, "id": "acbp-national", "org": "national", "courses": ["do_0", "do_1", "do_2"],
+        "assign": {"to": "all"}, "start": now - 30 * 86_400_000, "due": now + 60 * 86_400_000});
+    case.produce_plans(&[(Some(b"acbp-national".to_vec()), Some(plan.to_string().into_bytes()))]);
     // A few dead letters, so the dead-letter panels have a series.
     case.produce_events(&[(None, Some(b"{not json".to_vec())), (None, Some(b"[]".to_vec()))]);
     let mut pulse = case.start();
@@ -840,10 +951,12 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     prometheus.wait_for("org:pulse_kpi_registered_users:sum");
     prometheus.wait_for("rate(pulse_ingest_messages_total[1m])");
     prometheus.wait_for("target:pulse_target_progress:ratio{target=\"t-mdo\"}");
+    prometheus.wait_for("plan_org:pulse_plan_progress:ratio{plan=\"acbp-national\"}");
     let vars = [
         ("fy", "2025-26"),
         ("ministry", "M_0"),
         ("org", org.as_str()),
+        ("plan", "acbp-national"),
         ("__rate_interval", "1m"),
         ("__interval", "15s"),
         ("__range", "5m"),
@@ -888,6 +1001,14 @@ fn dashboards_and_rules_return_data_from_a_real_prometheus() {
     assert_eq!(value("org:pulse_kpi_assessed:sum{org=\"national\"}"), national["assessed"].as_f64().unwrap());
     let pass = value("org:pulse_kpi_assessment_pass:ratio{org=\"national\"}");
     assert!((pass - national["assessment_pass_ratio"].as_f64().unwrap()).abs() < 1e-9);
+    // A plan's counts, summed over the instance's share, as the report has them.
+    for node in ["national", "M_0"] {
+        let kpis = &report["plans"]["acbp-national"]["nodes"][node];
+        for kpi in ["users", "courses_assigned", "courses_completed", "users_compliant"] {
+            let v = value(&format!("plan_org:pulse_plan_{kpi}:sum{{plan=\"acbp-national\",org=\"{node}\"}}"));
+            assert_eq!(v, kpis[kpi].as_f64().unwrap(), "{node} {kpi}");
+        }
+    }
     for (id, provider) in report["providers"].as_object().unwrap() {
         let enrolments = value(&format!("provider:pulse_provider_enrolments:sum{{provider=\"{id}\"}}"));
         assert_eq!(enrolments, provider["enrolments"].as_f64().unwrap(), "{id}");

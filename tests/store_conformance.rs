@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use pulse_engine::codec::encode;
 use pulse_engine::{
-    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, Profile, SeenIds, SeenKey, SeenLog, Store, StoreWriter,
-    StreamPosition, Totals, UserState,
+    Batch, CourseTotals, LoadedState, MemStore, OrgStamp, OrgUser, PlanWork, Profile, SeenIds, SeenKey, SeenLog,
+    ShardId, Store, StoreWriter, StreamPosition, Totals, UserState,
 };
-use pulse_model::{CourseRecord, Day, Fy, Month, OrgRecord, ProviderRef, TargetKpi, TargetRecord};
+use pulse_model::{Assign, CourseRecord, Day, Fy, Month, OrgRecord, PlanRecord, ProviderRef, TargetKpi, TargetRecord};
 use pulse_store::{RocksStore, StoreOptions};
 
 fn pos(next: i64, newest_event: Option<i64>) -> StreamPosition {
@@ -46,6 +46,18 @@ fn catalogued(id: &str) -> CourseRecord {
     }
 }
 
+fn plan(id: &str) -> PlanRecord {
+    PlanRecord {
+        id: id.into(),
+        org: "A".into(),
+        courses: vec!["k1".into()],
+        assign: Assign::Designations(["Section Officer".to_owned()].into()),
+        start: 0,
+        due: 1_000,
+        min_share: 0.5,
+    }
+}
+
 fn seen(bucket: i64, hash: u128) -> SeenKey {
     SeenKey { bucket, hash }
 }
@@ -54,6 +66,14 @@ fn seen(bucket: i64, hash: u128) -> SeenKey {
 fn record(ids: &[SeenKey]) -> SeenIds {
     let bucket = ids.iter().map(|k| k.bucket).max().unwrap();
     SeenIds { log: SeenLog { bucket, first: ids[0].hash }, ids: ids.to_vec() }
+}
+
+fn indexed(shard: ShardId, org: &str, user: &str, present: bool) -> OrgUser {
+    OrgUser { shard, org: org.into(), user: user.into(), present }
+}
+
+fn work(view: u64, orgs: &[&str]) -> PlanWork {
+    PlanWork { view, orgs: orgs.iter().map(|o| o.to_string()).collect(), under_way: None }
 }
 
 fn totals(users: i64) -> Totals {
@@ -87,6 +107,20 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             orgs: vec![("A".into(), Some(org("A"))), ("B".into(), Some(org("B")))],
             targets: vec![("t1".into(), Some(target("t1"))), ("t2".into(), Some(target("t2")))],
             catalogue: vec![("k1".into(), Some(catalogued("k1"))), ("k2".into(), Some(catalogued("k2")))],
+            plans: vec![("p1".into(), Some(plan("p1"))), ("p2".into(), Some(plan("p2")))],
+            org_users: vec![
+                indexed(0, "A", "u1", true),
+                indexed(0, "A", "u3", true),
+                indexed(0, "AB", "u0", true),
+                indexed(1, "B", "u2", true),
+                // Moved away and back within the batch: indexed once.
+                indexed(0, "A", "u4", true),
+                indexed(0, "A", "u4", false),
+                indexed(0, "B", "u4", true),
+                indexed(0, "B", "u4", false),
+                indexed(0, "A", "u4", true),
+            ],
+            plan_work: vec![(0, work(7, &["A"])), (1, work(3, &[]))],
             offsets: vec![
                 (("events".into(), 0), pos(10, Some(900))),
                 (("events".into(), -1), pos(1, None)),
@@ -115,6 +149,9 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             orgs: vec![("B".into(), None)],
             targets: vec![("t2".into(), None)],
             catalogue: vec![("k2".into(), None)],
+            plans: vec![("p2".into(), None)],
+            org_users: vec![indexed(0, "A", "u3", false), indexed(0, "C", "u1", true), indexed(0, "A", "u1", false)],
+            plan_work: vec![(0, work(9, &["A", "C"]))],
             offsets: vec![(("events".into(), 0), pos(12, Some(1_000)))],
             changelog: vec![(0, 40), (1, 7)],
             ..Batch::default()
@@ -139,6 +176,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
         orgs: [("A".to_owned(), org("A"))].into(),
         targets: [("t1".to_owned(), target("t1"))].into(),
         catalogue: [("k1".to_owned(), catalogued("k1"))].into(),
+        plans: [("p1".to_owned(), plan("p1"))].into(),
         org_totals: vec![HashMap::from([("C".to_owned(), totals(1))]), HashMap::from([("B".to_owned(), totals(2))])],
         course_totals: vec![HashMap::new(), HashMap::from([("c2".to_owned(), course(2))])],
         max_ts: vec![2_000, -5],
@@ -149,9 +187,16 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             (("other".to_owned(), 3), pos(7, Some(-5))),
         ]),
         changelog: BTreeMap::from([(0, 40), (1, 7)]),
+        plan_work: BTreeMap::from([(0, work(9, &["A", "C"])), (1, work(3, &[]))]),
     };
     let check = |store: &S| {
         assert_eq!(store.load().unwrap(), expected);
+        let users_of = |shard, org, after, limit| store.users_of(shard, org, after, limit).unwrap();
+        assert_eq!(users_of(0, "A", None, 10), ["u4"], "u1 moved to C; u3 left");
+        assert_eq!(users_of(0, "C", None, 10), ["u1"]);
+        assert_eq!(users_of(0, "AB", None, 10), ["u0"], "an org is not a prefix of another");
+        assert_eq!(users_of(0, "B", None, 10), Vec::<String>::new(), "the index is per shard");
+        assert_eq!(users_of(1, "B", None, 10), ["u2"]);
         assert_eq!(store.user(0, "u1").unwrap(), Some(user("C")));
         assert_eq!(store.user(1, "u2").unwrap(), Some(user("B")));
         let seen_now: Vec<bool> =
@@ -179,8 +224,10 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
     left.max_ts[1] = i64::MIN;
     left.offsets.retain(|(_, p), _| *p != 1);
     left.changelog.remove(&1);
+    left.plan_work.remove(&1);
     let store = reopen(store);
     assert_eq!(store.load().unwrap(), left);
+    assert!(store.users_of(1, "B", None, 10).unwrap().is_empty(), "the dropped shard's index too");
     assert_eq!((store.user(1, "u2").unwrap(), store.is_seen(1, seen(10, 4)).unwrap()), (None, false));
     assert!(store.seen_logs_before(1, i64::MAX).unwrap().is_empty(), "the dropped shard's record names too");
     assert_eq!(store.newest_seen_bucket(1).unwrap(), None);

@@ -10,6 +10,7 @@ pub fn deliver<S: Store>(engine: &mut Engine<S>, m: &Message, now: i64) -> Resul
         Message::Org { key, value } => Ok(engine.apply_org_message(key.as_deref(), value.as_deref())),
         Message::Target { key, value } => Ok(engine.apply_target_message(key.as_deref(), value.as_deref())),
         Message::Course { key, value } => Ok(engine.apply_course_message(key.as_deref(), value.as_deref())),
+        Message::Plan { key, value } => Ok(engine.apply_plan_message(key.as_deref(), value.as_deref())),
     }
 }
 
@@ -42,6 +43,8 @@ pub fn replay_scenario(data_dir: &std::path::Path) -> serde_json::Value {
         &file("targets.ndjson"),
         "--courses",
         &file("courses.ndjson"),
+        "--plans",
+        &file("plans.ndjson"),
         &format!("--input=pulse-v1={}", file("events.ndjson")),
         &format!("--input=user-profile={}", file("profiles.ndjson")),
         &format!("--input=igot-rating={}", file("igot.ndjson")),

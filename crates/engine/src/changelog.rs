@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::state::{CourseTotals, Totals, UserState};
-use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, StoreError, StreamPosition};
+use crate::store::{Batch, OrgUser, SeenIds, SeenKey, SeenLog, ShardId, StoreError, StreamPosition};
 
 /// One changelog record; `value: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,9 @@ const COURSE_TOTALS: u8 = b'c';
 const NEWEST: u8 = b'w';
 const FORGET: u8 = b'f';
 const OFFSET: u8 = b'x';
+/// The shard's plan re-evaluation ([`crate::PlanWork`]). The index of users by
+/// leaf org has no records: a restore derives it from the user records.
+const PLAN_WORK: u8 = b'e';
 
 fn key(kind: u8, text: &[u8]) -> Vec<u8> {
     [&[kind], text].concat()
@@ -109,6 +112,9 @@ pub fn changes(batch: &Batch) -> BTreeMap<ShardId, Vec<Change>> {
     for (shard, ts) in &batch.max_ts {
         put(*shard, vec![NEWEST], value(ts));
     }
+    for (shard, work) in &batch.plan_work {
+        put(*shard, vec![PLAN_WORK], value(work));
+    }
     for ((topic, partition), position) in &batch.offsets {
         put(*partition as ShardId, key(OFFSET, topic.as_bytes()), value(position));
     }
@@ -131,8 +137,10 @@ pub fn restore_into(batch: &mut Batch, shard: ShardId, key: &[u8], value: Option
     match kind {
         USER => {
             // Checked here, so that a bad record fails the restore, not a later read.
-            decode::<UserState>(value)?;
-            batch.users.push((shard, text(rest)?, value.unwrap_or_default().to_vec()))
+            let user = text(rest)?;
+            let org = decode::<UserState>(value)?.org_key().to_owned();
+            batch.org_users.push(OrgUser { shard, org, user: user.clone(), present: true });
+            batch.users.push((shard, user, value.unwrap_or_default().to_vec()))
         }
         SEEN_IDS => {
             if rest.len() != ID_BYTES {
@@ -165,6 +173,7 @@ pub fn restore_into(batch: &mut Batch, shard: ShardId, key: &[u8], value: Option
             batch.course_totals.push((shard, text(rest)?, (!t.is_zero()).then_some(t)));
         }
         NEWEST => batch.max_ts.push((shard, decode::<Millis>(value)?)),
+        PLAN_WORK => batch.plan_work.push((shard, decode(value)?)),
         OFFSET => {
             let position: StreamPosition = decode(value)?;
             batch.offsets.push(((text(rest)?, i32::from(shard)), position));
@@ -266,6 +275,21 @@ mod tests {
                 let shard = pulse_model::partition_of(user.as_bytes(), 3) as ShardId;
                 assert_eq!(copy.user(shard, user).unwrap(), original.user(shard, user).unwrap());
             }
+            // The index of users by leaf org, derived from the user records:
+            // from a compacted log, exactly; from one that still holds a
+            // user's older records, with entries for its older orgs too
+            // (which re-evaluation visits, and drops).
+            for (shard, org) in (0..3).flat_map(|s| (0..5).map(move |o| (s, format!("O{o}")))) {
+                let index = |store: &MemStore| store.users_of(shard, &org, None, usize::MAX).unwrap();
+                let (copied, kept) = (index(&copy), index(&original));
+                match compact {
+                    true => assert_eq!(copied, kept, "{org}"),
+                    false => {
+                        assert!(kept.iter().all(|u| copied.contains(u)), "{org}: {copied:?} lacks some of {kept:?}")
+                    }
+                }
+            }
+            assert!((0..3).any(|s| !original.users_of(s, "O0", None, 100).unwrap().is_empty()));
             for shard in 0..3 {
                 let logs = |store: &MemStore| store.seen_logs_before(shard, i64::MAX).unwrap();
                 assert_eq!(logs(&copy), logs(&original), "compacted: {compact}");

@@ -11,8 +11,8 @@ use crate::store::StoreError;
 
 /// First byte of every persisted value. 2: contract v2 (profiles,
 /// assessments, months and days in user state and totals), and
-/// variable-length integers.
-const VERSION: u8 = 2;
+/// variable-length integers. 3: plans in user state and totals.
+const VERSION: u8 = 3;
 
 fn options() -> impl Options {
     bincode::DefaultOptions::new()

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pulse_model::{
-    parse, CourseRecord, Day, Event, InputFormat, Millis, OrgRecord, Parsed, Rejection, TargetRecord, TimeRules,
+    parse, CourseRecord, Day, Event, EventKind, InputFormat, Millis, OrgRecord, Parsed, PlanRecord, Rejection,
+    TargetRecord, TimeRules,
 };
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
@@ -13,10 +14,12 @@ use xxhash_rust::xxh3::xxh3_128;
 mod commit;
 mod offsets;
 mod records;
+mod reevaluate;
 
 pub use commit::{PendingCommit, Stored};
 
 use crate::filter::SeenFilter;
+use crate::plan_work::PlanWork;
 use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
@@ -51,11 +54,19 @@ pub struct EngineConfig {
     /// minutes in the year (default 240).
     pub meeting_minutes: u32,
     pub time_rules: TimeRules,
+    /// Users re-evaluated per commit after a plan or registry change
+    /// (default 20000): bounds the time a commit holds the loop.
+    pub plan_slice_users: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { dedup_horizon_ms: 7 * 24 * HOUR_MS, meeting_minutes: 240, time_rules: TimeRules::default() }
+        EngineConfig {
+            dedup_horizon_ms: 7 * 24 * HOUR_MS,
+            meeting_minutes: 240,
+            time_rules: TimeRules::default(),
+            plan_slice_users: 20_000,
+        }
     }
 }
 
@@ -136,6 +147,22 @@ struct Shard {
     /// The forget bound (an hour bucket) last written for this shard:
     /// the store's range delete is written only when it moves.
     forgotten_before: Option<i64>,
+    /// Changes to the index of users by leaf org since the last commit:
+    /// (interned org key, user, present).
+    org_users: Vec<(u32, String, bool)>,
+    /// The re-evaluation of the users' plans, and whether it changed since
+    /// it was last written.
+    plan_work: PlanWork,
+    plan_work_dirty: bool,
+}
+
+/// The plans and registry the shards' work was last brought up to date
+/// with, and their [`crate::plan_work::view`].
+#[derive(Debug, Default)]
+struct Evaluated {
+    plans: BTreeMap<String, PlanRecord>,
+    registry: Registry,
+    view: u64,
 }
 
 #[derive(Debug)]
@@ -152,6 +179,12 @@ pub struct Engine<S> {
     pending_targets: BTreeMap<String, Option<TargetRecord>>,
     catalogue: BTreeMap<String, CourseRecord>,
     pending_catalogue: BTreeMap<String, Option<CourseRecord>>,
+    plans: BTreeMap<String, PlanRecord>,
+    pending_plans: BTreeMap<String, Option<PlanRecord>>,
+    /// A plan or the registry changed since the shards' work was brought
+    /// up to date with them (or the work was loaded).
+    plans_stale: bool,
+    evaluated: Evaluated,
     /// Partition positions, committed and pending, by (topic, partition).
     offsets: BTreeMap<(String, i32), StreamPosition>,
     pending_offsets: BTreeMap<(String, i32), StreamPosition>,
@@ -191,6 +224,10 @@ impl<S: Store> Engine<S> {
             pending_targets: BTreeMap::new(),
             catalogue: BTreeMap::new(),
             pending_catalogue: BTreeMap::new(),
+            plans: BTreeMap::new(),
+            pending_plans: BTreeMap::new(),
+            plans_stale: false,
+            evaluated: Evaluated::default(),
             offsets: BTreeMap::new(),
             pending_offsets: BTreeMap::new(),
             committing_offsets: BTreeMap::new(),
@@ -229,15 +266,27 @@ impl<S: Store> Engine<S> {
             shard.max_ts = loaded.max_ts.get(i).copied().unwrap_or(Millis::MIN);
             shard.horizon = horizon(shard.max_ts);
             shard.filter = SeenFilter::new(self.store.newest_seen_bucket(i as ShardId)?);
+            shard.plan_work = loaded.plan_work.get(&(i as ShardId)).cloned().unwrap_or_default();
         }
         self.record_meeting_minutes = loaded.meeting_minutes.is_none();
         self.registry = Registry::new(loaded.orgs);
         self.targets = loaded.targets;
         self.catalogue = loaded.catalogue;
+        self.plans = loaded.plans;
+        self.evaluated = Evaluated {
+            view: crate::plan_work::view(&self.plans, &self.registry),
+            plans: self.plans.clone(),
+            registry: self.registry.clone(),
+        };
+        // A shard restored from a changelog may hold another view (one
+        // with no state has nothing to redo).
+        let view = self.evaluated.view;
+        self.plans_stale = shards.iter().any(|s| s.orgs.iter().next().is_some() && s.plan_work.view != view);
         (self.shards, self.org_keys, self.course_keys) = (shards, org_keys, course_keys);
         self.pending_orgs.clear();
         self.pending_targets.clear();
         self.pending_catalogue.clear();
+        self.pending_plans.clear();
         self.offsets = loaded.offsets;
         self.pending_offsets.clear();
         self.committing_offsets.clear();
@@ -414,7 +463,7 @@ impl<S: Store> Engine<S> {
         if !profile {
             self.last_event = self.last_event.max(Some(ev.ts));
         }
-        let Engine { store, shards, org_keys, course_keys, meeting_ms, .. } = self;
+        let Engine { store, shards, org_keys, course_keys, meeting_ms, plans, registry, .. } = self;
         let shard = &mut shards[usize::from(shard_id)];
         let key = SeenKey { bucket: ev.ts.div_euclid(HOUR_MS), hash: xxh3_128(ev.id.as_bytes()) };
         if !profile
@@ -457,12 +506,29 @@ impl<S: Store> Engine<S> {
         let horizon = shard.horizon;
         let org_before = (!is_new).then(|| org_keys.id(user.org_key()));
         let profile_before = profile.then(|| user.totals(*meeting_ms, horizon));
-        let applied = user.apply(ev, horizon, *meeting_ms);
+        let mut applied = user.apply(ev, horizon, *meeting_ms);
         // Most events leave the user where it was: a comparison, not a lookup.
         let org_after = match org_before {
             Some(id) if org_keys.name(id) == user.org_key() => id,
             _ => org_keys.id(user.org_key()),
         };
+        if org_before != Some(org_after) {
+            let user = ev.user.to_string();
+            shard.org_users.extend(org_before.map(|o| (o, user.clone(), false)));
+            shard.org_users.push((org_after, user, true));
+        }
+        // The plans assigned to the user, and its standing in them, change
+        // only with a completion, a move, a profile, or a new user.
+        if is_new || profile || org_before != Some(org_after) || matches!(ev.kind, EventKind::Completion { .. }) {
+            let fresh = crate::plans::standings(&ev.user, user, plans, registry);
+            if fresh != user.plans {
+                let moved = crate::plans::change(&user.plans, &fresh);
+                user.plans = fresh;
+                if let Some(change) = &mut applied.change {
+                    change.plans = moved;
+                }
+            }
+        }
         match (applied.change, org_before) {
             (Some(change), org) if org.is_none_or(|o| o == org_after) => shard.orgs.update(org_after, |t| {
                 t.add_kept(&change, 1, horizon);
@@ -545,7 +611,10 @@ impl<S: Store> Engine<S> {
                 .collect(),
             targets: self.targets.clone(),
             catalogue: self.catalogue.clone(),
+            plans: self.plans.clone(),
             newest: self.newest_event(),
+            plans_converging: self.plans_converging(),
+            plan_users_pending: self.plan_users_pending(),
         }
     }
 }

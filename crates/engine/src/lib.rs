@@ -3,7 +3,11 @@
 //! This crate owns the rules of contract sections 5-7: deduplication by id
 //! within a horizon, idempotent enrolments and completions with earliest-time
 //! semantics, additive minutes, latest-wins ratings, the current org of a user,
-//! read-time rollups over the org registry, IST financial years and target pace.
+//! read-time rollups over the org registry, IST financial years and target pace,
+//! and those of contract v2: profiles, the catalogue, assessments, windows,
+//! monthly series and capacity-building plans (a user's standing in each, kept
+//! on the event path, and re-evaluated in bounded slices after a plan or
+//! registry change: `engine/reevaluate.rs`).
 //!
 //! State is split in two:
 //! - per-user state ([`UserState`]) and dedup ids live in a [`Store`], grouped in
@@ -24,6 +28,8 @@ pub mod codec;
 mod engine;
 mod filter;
 mod partial;
+mod plan_work;
+pub(crate) mod plans;
 mod registry;
 mod report;
 mod rollup;
@@ -35,6 +41,8 @@ mod vecmap;
 pub use changelog::{changes, restore_into, Change, ChangeLog};
 pub use engine::{Disposition, Engine, EngineConfig, EngineError, IngestStats, PendingCommit, Stored};
 pub use partial::Partial;
+pub use plan_work::PlanWork;
+pub use plans::{PlanKpis, PlanReport};
 pub use registry::Registry;
 pub use report::{
     windows_today, CourseKpis, CourseReport, MonthKpis, MonthsReport, NodeKpis, ProviderKpis, Report, Snapshot,
@@ -42,12 +50,12 @@ pub use report::{
 };
 pub use rollup::{NodeView, OrgView};
 pub use state::{
-    Assessment, CourseState, CourseTotals, FyCounts, FyTotals, OrgStamp, PeriodTotals, Profile, RatingStamp, Totals,
-    UserState,
+    Assessment, CourseState, CourseTotals, FyCounts, FyTotals, OrgStamp, PeriodTotals, PlanCounts, Profile,
+    RatingStamp, Totals, UserState,
 };
 pub use store::{
-    Batch, LoadedState, MemStore, MemWriter, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter,
-    StreamPosition,
+    Batch, LoadedState, MemStore, MemWriter, OrgUser, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError,
+    StoreWriter, StreamPosition,
 };
 pub use vecmap::VecMap;
 

@@ -21,6 +21,8 @@ pub struct Partial {
     pub nodes: BTreeMap<String, Totals>,
     pub courses: BTreeMap<String, CourseTotals>,
     pub newest: Option<Millis>,
+    pub plans_converging: bool,
+    pub plan_users_pending: i64,
 }
 
 impl Snapshot {
@@ -31,6 +33,8 @@ impl Snapshot {
             nodes: self.view.nodes().iter().map(|n| (n.id.clone(), n.totals.clone())).collect(),
             courses: self.courses.clone(),
             newest: self.newest,
+            plans_converging: self.plans_converging,
+            plan_users_pending: self.plan_users_pending,
         }
     }
 
@@ -43,6 +47,8 @@ impl Snapshot {
             self.courses.entry(course.clone()).or_default().add(t, 1);
         }
         self.newest = self.newest.max(other.newest);
+        self.plans_converging |= other.plans_converging;
+        self.plan_users_pending += other.plan_users_pending;
     }
 }
 

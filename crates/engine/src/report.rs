@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use pulse_model::time::format_ist;
-use pulse_model::{CourseRecord, Day, Fy, Millis, Minutes, Month, Stars, TargetKpi, TargetRecord};
+use pulse_model::{CourseRecord, Day, Fy, Millis, Minutes, Month, PlanRecord, Stars, TargetKpi, TargetRecord};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
+use crate::plans::PlanReport;
 use crate::rollup::{NodeView, OrgView};
 use crate::state::{CourseTotals, PeriodTotals, UserState};
 
@@ -297,11 +298,21 @@ pub struct Report {
     pub providers: Option<BTreeMap<String, ProviderKpis>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<BTreeMap<String, TargetStatus>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plans: Option<BTreeMap<String, PlanReport>>,
 }
 
 impl Report {
     pub fn header(fy: Fy, now: Millis) -> Report {
-        Report { fy: fy.to_string(), now: format_ist(now), nodes: None, courses: None, providers: None, targets: None }
+        Report {
+            fy: fy.to_string(),
+            now: format_ist(now),
+            nodes: None,
+            courses: None,
+            providers: None,
+            targets: None,
+            plans: None,
+        }
     }
 }
 
@@ -348,6 +359,17 @@ pub struct UserReport {
     pub ratings: i64,
     pub assessments_passed: i64,
     pub courses: BTreeMap<String, UserCourse>,
+    /// The plans assigned to the user, with its standing in each.
+    pub plans: BTreeMap<String, UserPlan>,
+}
+
+/// A user's standing in one plan assigned to it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserPlan {
+    pub courses: i64,
+    pub completed: i64,
+    pub on_time: i64,
+    pub compliant: bool,
 }
 
 impl UserReport {
@@ -368,6 +390,19 @@ impl UserReport {
             learning_minutes_fy: minutes(state.fy_minutes_ms(fy)),
             ratings: t.ratings,
             assessments_passed: t.assessments_passed,
+            plans: state
+                .plans
+                .iter()
+                .map(|(id, c)| {
+                    let plan = UserPlan {
+                        courses: c.courses,
+                        completed: c.completed,
+                        on_time: c.on_time,
+                        compliant: c.compliant > 0,
+                    };
+                    (id.clone(), plan)
+                })
+                .collect(),
             courses: state
                 .courses
                 .iter()
@@ -400,12 +435,18 @@ pub struct Snapshot {
     pub courses: BTreeMap<String, CourseTotals>,
     pub targets: BTreeMap<String, TargetRecord>,
     pub catalogue: BTreeMap<String, CourseRecord>,
+    pub plans: BTreeMap<String, PlanRecord>,
     /// The newest event time applied (the windows are exact from 30 days
     /// before its day on).
     pub newest: Option<Millis>,
     /// Org ids that events name but the registry does not know (their users
     /// count under `unassigned`).
     pub unknown_orgs: usize,
+    /// A plan or registry change is still being applied to the users it
+    /// affects: the plan KPIs are converging.
+    pub plans_converging: bool,
+    /// The users that re-evaluation still has to visit, at most.
+    pub plan_users_pending: i64,
 }
 
 impl Snapshot {
@@ -476,6 +517,11 @@ impl Snapshot {
         TargetStatus::of(target, &self.view, now)
     }
 
+    /// Every plan, with its KPIs at its org and every node under it.
+    pub fn plans_report(&self, now: Millis) -> BTreeMap<String, PlanReport> {
+        crate::plans::plans_report(&self.plans, &self.view, now)
+    }
+
     /// `pulse report --all`: every node, course and target.
     pub fn report(&self, fy: Fy, now: Millis) -> Report {
         Report {
@@ -483,6 +529,7 @@ impl Snapshot {
             courses: Some(self.courses.iter().map(|(c, t)| (c.clone(), self.course(c, t))).collect()),
             providers: Some(self.providers()),
             targets: Some(self.targets.iter().map(|(id, t)| (id.clone(), self.target_status(t, now))).collect()),
+            plans: Some(self.plans_report(now)),
             ..Report::header(fy, now)
         }
     }

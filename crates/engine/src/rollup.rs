@@ -86,6 +86,12 @@ impl OrgView {
         self.index.get(id).map(|&i| &self.nodes[i])
     }
 
+    /// Whether `node` is `ancestor` or under it.
+    pub fn is_under(&self, node: &str, ancestor: &str) -> bool {
+        std::iter::successors(self.node(node), |n| n.parent.as_deref().and_then(|p| self.node(p)))
+            .any(|n| n.id == ancestor)
+    }
+
     /// Adds totals to the nodes they name (already rolled up); unknown
     /// nodes are skipped.
     pub(crate) fn add_totals<'a>(&mut self, totals: impl IntoIterator<Item = (&'a str, &'a Totals)>) {

@@ -70,6 +70,10 @@ pub struct UserState {
     /// horizon still covers (older ones count nowhere, and are dropped when
     /// the user next learns on a new day).
     pub days: VecMap<Day, i64>,
+    /// The user's standing in each plan assigned to it, as last counted in
+    /// its org's totals (kept so that a re-evaluation removes exactly what
+    /// was added, whatever changed since).
+    pub plans: VecMap<String, PlanCounts>,
     /// The time of the latest activity (any event but a registration).
     pub last_active: Option<Millis>,
 }
@@ -346,6 +350,7 @@ impl UserState {
         if let Some(d) = self.last_active.and_then(recent) {
             slot(&mut t.days, d).active_users = 1;
         }
+        t.plans = self.plans.iter().map(|(id, c)| (id.clone(), *c)).collect();
         t
     }
 }
@@ -427,7 +432,7 @@ fn add_each<K: Ord + Copy, V: Summable, const N: usize>(
 }
 
 /// A total that can be added to and subtracted from another.
-trait Summable: Default + PartialEq {
+pub(crate) trait Summable: Default + PartialEq {
     fn add(&mut self, o: &Self, sign: i64);
 }
 
@@ -450,6 +455,53 @@ pub struct Totals {
     pub months: SmallVec<[(Month, PeriodTotals); 2]>,
     /// Per IST day within the shard's window horizon: the windows.
     pub days: SmallVec<[(Day, PeriodTotals); 2]>,
+    /// Per capacity-building plan, the standing of the users counted here
+    /// who are assigned it; sorted by plan id.
+    pub plans: Vec<(String, PlanCounts)>,
+}
+
+/// The standing in one plan of a set of assigned users (contract section 14);
+/// one user's own has `users` 1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanCounts {
+    pub users: i64,
+    /// The plan's courses, once per user.
+    pub courses: i64,
+    pub completed: i64,
+    pub on_time: i64,
+    pub compliant: i64,
+}
+
+impl Summable for PlanCounts {
+    fn add(&mut self, o: &PlanCounts, sign: i64) {
+        self.users += sign * o.users;
+        self.courses += sign * o.courses;
+        self.completed += sign * o.completed;
+        self.on_time += sign * o.on_time;
+        self.compliant += sign * o.compliant;
+    }
+}
+
+/// [`add_each`] for entries named by a string (few: a user has the plans
+/// assigned to it, an org those of its users).
+fn add_named<V: Summable + Copy>(into: &mut Vec<(String, V)>, from: &[(String, V)], sign: i64) {
+    for (k, v) in from {
+        match into.binary_search_by(|(key, _)| key.as_str().cmp(k)) {
+            Ok(at) => {
+                into[at].1.add(v, sign);
+                if into[at].1 == V::default() {
+                    into.remove(at);
+                }
+            }
+            Err(at) => {
+                let mut signed = V::default();
+                signed.add(v, sign);
+                if signed != V::default() {
+                    into.insert(at, (k.clone(), signed));
+                }
+            }
+        }
+    }
 }
 
 /// Distinct users and first passes in one financial year.
@@ -513,6 +565,7 @@ impl Totals {
         add_each(&mut self.fys, &o.fys, sign);
         add_each(&mut self.months, &o.months, sign);
         add_each(&mut self.days, &o.days, sign);
+        add_named(&mut self.plans, &o.plans, sign);
     }
 
     /// `self - other`: what to add to a total that holds `other` so that it

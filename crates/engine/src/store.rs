@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pulse_model::{CourseRecord, Millis, OrgRecord, TargetRecord};
+use pulse_model::{CourseRecord, Millis, OrgRecord, PlanRecord, TargetRecord};
 use serde::{Deserialize, Serialize};
 
+use crate::plan_work::PlanWork;
 use crate::state::{CourseTotals, Totals, UserState};
 use crate::table::FastMap;
 
@@ -66,6 +67,8 @@ pub struct LoadedState {
     pub targets: BTreeMap<String, TargetRecord>,
     /// The course catalogue.
     pub catalogue: BTreeMap<String, CourseRecord>,
+    /// The capacity-building plans.
+    pub plans: BTreeMap<String, PlanRecord>,
     /// Per shard: totals by leaf org key, totals by course, newest event time.
     pub org_totals: Vec<HashMap<String, Totals>>,
     pub course_totals: Vec<HashMap<String, CourseTotals>>,
@@ -75,6 +78,9 @@ pub struct LoadedState {
     pub offsets: BTreeMap<(String, i32), StreamPosition>,
     /// Per shard: the changelog offset after the last record this state includes.
     pub changelog: BTreeMap<ShardId, i64>,
+    /// Per shard: where the re-evaluation of its users' plans stands
+    /// (absent: never written).
+    pub plan_work: BTreeMap<ShardId, PlanWork>,
 }
 
 /// Where an input partition stands: the next offset to consume, and the
@@ -87,12 +93,27 @@ pub struct StreamPosition {
     pub newest_event: Option<Millis>,
 }
 
+/// An entry of a shard's index of users by leaf org (`present: false`
+/// removes it): how a plan change finds the users of a subtree without a
+/// scan of every user. An entry may outlive a user's move (a restore from
+/// a compacted changelog cannot remove it); re-evaluating that user is
+/// harmless, as it reads the user's own org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgUser {
+    pub shard: ShardId,
+    pub org: String,
+    pub user: String,
+    pub present: bool,
+}
+
 /// One atomic commit: every change since the previous one. `None` deletes.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub meeting_minutes: Option<u32>,
     /// Changed users, their state encoded ([`crate::codec`]).
     pub users: Vec<(ShardId, String, Vec<u8>)>,
+    /// Changes to the index of users by leaf org, in order.
+    pub org_users: Vec<OrgUser>,
     pub seen: Vec<(ShardId, SeenIds)>,
     /// Per shard: forget every id (and every id record name) whose bucket
     /// is below this one.
@@ -104,9 +125,11 @@ pub struct Batch {
     pub org_totals: Vec<(ShardId, String, Option<Totals>)>,
     pub course_totals: Vec<(ShardId, String, Option<CourseTotals>)>,
     pub max_ts: Vec<(ShardId, Millis)>,
+    pub plan_work: Vec<(ShardId, PlanWork)>,
     pub orgs: Vec<(String, Option<OrgRecord>)>,
     pub targets: Vec<(String, Option<TargetRecord>)>,
     pub catalogue: Vec<(String, Option<CourseRecord>)>,
+    pub plans: Vec<(String, Option<PlanRecord>)>,
     /// The position of every (topic, partition) this batch covers.
     pub offsets: Vec<((String, i32), StreamPosition)>,
     /// Per shard: the changelog offset after this batch's records.
@@ -124,6 +147,10 @@ pub trait Store {
     fn shards(&self) -> ShardId;
     fn load(&self) -> Result<LoadedState, StoreError>;
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError>;
+    /// Up to `limit` users of leaf org `org` in a shard's index, in id
+    /// order, from the first after `after`.
+    fn users_of(&self, shard: ShardId, org: &str, after: Option<&str>, limit: usize)
+        -> Result<Vec<String>, StoreError>;
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError>;
     /// The newest hour bucket among a shard's remembered ids (`None`: none).
     fn newest_seen_bucket(&self, shard: ShardId) -> Result<Option<i64>, StoreError>;
@@ -159,6 +186,8 @@ struct MemState {
     /// Users encoded, as a store on disk holds them: decoded when read, so
     /// that a commit costs a copy of bytes, not a rebuild of every user.
     users: Vec<FastMap<String, Vec<u8>>>,
+    /// Per shard: the index of users by leaf org.
+    org_users: Vec<BTreeSet<(String, String)>>,
     /// Per shard: id hash -> bucket, and bucket -> id hashes (for forgetting).
     seen: Vec<FastMap<u128, i64>>,
     seen_buckets: Vec<BTreeMap<i64, Vec<u128>>>,
@@ -199,6 +228,7 @@ impl MemState {
                 ..LoadedState::default()
             },
             users: vec![FastMap::default(); n],
+            org_users: vec![BTreeSet::new(); n],
             seen: vec![FastMap::default(); n],
             seen_buckets: vec![BTreeMap::new(); n],
             seen_logs: vec![BTreeSet::new(); n],
@@ -222,6 +252,23 @@ impl Store for MemStore {
 
     fn load(&self) -> Result<LoadedState, StoreError> {
         Ok(self.state().state.clone())
+    }
+
+    fn users_of(
+        &self,
+        shard: ShardId,
+        org: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let from = match after {
+            Some(user) => Excluded((org.to_owned(), user.to_owned())),
+            None => Included((org.to_owned(), String::new())),
+        };
+        let state = self.state();
+        let index = &state.org_users[usize::from(shard)];
+        Ok(index.range((from, Unbounded)).take_while(|(o, _)| o == org).take(limit).map(|(_, u)| u.clone()).collect())
     }
 
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
@@ -249,8 +296,13 @@ impl Store for MemStore {
         let mut state = self.state();
         let kept = std::mem::take(&mut state.state);
         *state = MemState::new(shards);
-        (state.state.meeting_minutes, state.state.orgs, state.state.targets, state.state.catalogue) =
-            (kept.meeting_minutes, kept.orgs, kept.targets, kept.catalogue);
+        (
+            state.state.meeting_minutes,
+            state.state.orgs,
+            state.state.targets,
+            state.state.catalogue,
+            state.state.plans,
+        ) = (kept.meeting_minutes, kept.orgs, kept.targets, kept.catalogue, kept.plans);
         Ok(())
     }
 
@@ -264,6 +316,8 @@ impl MemState {
         for shard in batch.drop_shards {
             let s = usize::from(shard);
             self.users[s].clear();
+            self.org_users[s].clear();
+            self.state.plan_work.remove(&shard);
             self.seen[s].clear();
             self.seen_buckets[s].clear();
             self.seen_logs[s].clear();
@@ -279,6 +333,14 @@ impl MemState {
         for (shard, user, state) in batch.users {
             self.users[usize::from(shard)].insert(user, state);
         }
+        for OrgUser { shard, org, user, present } in batch.org_users {
+            let index = &mut self.org_users[usize::from(shard)];
+            match present {
+                true => index.insert((org, user)),
+                false => index.remove(&(org, user)),
+            };
+        }
+        self.state.plan_work.extend(batch.plan_work);
         for (shard, SeenIds { log, ids }) in batch.seen {
             let s = usize::from(shard);
             self.seen_logs[s].insert(log);
@@ -322,6 +384,12 @@ impl MemState {
             match rec {
                 Some(r) => self.state.catalogue.insert(id, r),
                 None => self.state.catalogue.remove(&id),
+            };
+        }
+        for (id, rec) in batch.plans {
+            match rec {
+                Some(r) => self.state.plans.insert(id, r),
+                None => self.state.plans.remove(&id),
             };
         }
         self.state.offsets.extend(batch.offsets);

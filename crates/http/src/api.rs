@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pulse_engine::{MonthsReport, Report, UserReport};
+use pulse_engine::{MonthsReport, PlanReport, Report, UserReport};
 use pulse_metrics::{Encoder, Format};
 use pulse_model::Fy;
 use serde::{Deserialize, Serialize};
@@ -193,14 +193,76 @@ pub(crate) async fn targets(
     Query(q): Query<TargetsQuery>,
 ) -> ApiResult<Json<Report>> {
     let now = (state.clock)();
-    let behind_only = match q.status.as_deref() {
-        None | Some("all") => false,
-        Some("behind") => true,
+    let behind = behind_only(q.status.as_deref())?;
+    Ok(Json(group_snapshot(&state).await?.targets_report(behind, fy(q.fy.as_deref(), now)?, now)))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StatusQuery {
+    status: Option<String>,
+}
+
+/// The plans, as `pulse report --all` has them, and whether they are still
+/// converging after a plan or registry change (then a KPI may be between
+/// its old and new value).
+#[derive(Debug, Serialize)]
+pub(crate) struct PlansAnswer {
+    now: String,
+    converging: bool,
+    pending_users: i64,
+    plans: std::collections::BTreeMap<String, PlanReport>,
+}
+
+/// Whether `?status=behind` keeps only the nodes behind their plan.
+fn behind_only(status: Option<&str>) -> ApiResult<bool> {
+    match status {
+        None | Some("all") => Ok(false),
+        Some("behind") => Ok(true),
         Some(other) => {
-            return Err(ApiError(StatusCode::BAD_REQUEST, format!("`status` = \"{other}\" is not `all` or `behind`")))
+            Err(ApiError(StatusCode::BAD_REQUEST, format!("`status` = \"{other}\" is not `all` or `behind`")))
         }
-    };
-    Ok(Json(group_snapshot(&state).await?.targets_report(behind_only, fy(q.fy.as_deref(), now)?, now)))
+    }
+}
+
+async fn plans_answer(state: &AppState, status: Option<&str>, only: Option<&str>) -> ApiResult<PlansAnswer> {
+    let behind = behind_only(status)?;
+    let now = (state.clock)();
+    let snapshot = group_snapshot(state).await?;
+    let mut plans = snapshot.plans_report(now);
+    if let Some(id) = only {
+        plans = plans.remove_entry(id).into_iter().collect();
+        if plans.is_empty() {
+            return Err(not_found(format!("no plan `{id}` (see /api/v1/plans)")));
+        }
+    }
+    if behind {
+        for plan in plans.values_mut() {
+            plan.nodes.retain(|_, k| k.is_behind());
+        }
+        plans.retain(|_, p| !p.nodes.is_empty());
+    }
+    Ok(PlansAnswer {
+        now: pulse_model::time::format_ist(now),
+        converging: snapshot.plans_converging,
+        pending_users: snapshot.plan_users_pending,
+        plans,
+    })
+}
+
+/// Every plan with its nodes (contract v2 section 14).
+pub(crate) async fn plans(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<StatusQuery>,
+) -> ApiResult<Json<PlansAnswer>> {
+    plans_answer(&state, q.status.as_deref(), None).await.map(Json)
+}
+
+pub(crate) async fn plan(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<StatusQuery>,
+) -> ApiResult<Json<PlansAnswer>> {
+    plans_answer(&state, q.status.as_deref(), Some(&id)).await.map(Json)
 }
 
 /// Checks `Authorization: Bearer TOKEN` against the configured token.

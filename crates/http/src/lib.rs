@@ -106,6 +106,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
         ("/api/v1/providers", get(api::providers)),
         ("/api/v1/providers/{provider}", get(api::provider)),
         ("/api/v1/targets", get(api::targets)),
+        ("/api/v1/plans", get(api::plans)),
+        ("/api/v1/plans/{plan}", get(api::plan)),
         ("/api/v1/users/{user}", get(api::user)),
         ("/internal/v1/partial", get(group::partial)),
     ]

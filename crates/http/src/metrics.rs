@@ -11,7 +11,7 @@
 //! (`rating_stars_sum`, the counts), so that recording rules can recompute
 //! every ratio exactly when several instances each export a share.
 
-use pulse_engine::{CourseKpis, NodeKpis, NodeView, ProviderKpis, Snapshot, Windows};
+use pulse_engine::{CourseKpis, NodeKpis, NodeView, PlanKpis, ProviderKpis, Snapshot, Windows};
 use pulse_metrics::{Encoder, Kind};
 use pulse_model::{Fy, Millis, Stars};
 
@@ -180,8 +180,9 @@ const FY_FAMILIES: &[NodeFamily] = &[
     },
 ];
 
-/// One gauge family over the courses (`K` = [`CourseKpis`]) or the
-/// providers (`K` = [`ProviderKpis`]), labelled by their id.
+/// One gauge family over the courses (`K` = [`CourseKpis`]), the
+/// providers (`K` = [`ProviderKpis`]), labelled by their id, or a plan's
+/// nodes (`K` = [`PlanKpis`]).
 struct Family<K> {
     name: &'static str,
     help: &'static str,
@@ -284,6 +285,80 @@ const PROVIDER_FAMILIES: &[Family<ProviderKpis>] = &[
     },
 ];
 
+/// A plan's counts at a node: summable over instances, so the recording
+/// rules rebuild every plan ratio, and compute overdue, expected and
+/// progress at the rule's clock from the plan's start and due times.
+const PLAN_FAMILIES: &[Family<PlanKpis>] = &[
+    Family {
+        name: "pulse_plan_users",
+        help: "Users assigned the plan whose current org is in the subtree.",
+        value: |k| Some(k.users as f64),
+    },
+    Family {
+        name: "pulse_plan_courses_assigned",
+        help: "The plan's courses, once per assigned user.",
+        value: |k| Some(k.courses_assigned as f64),
+    },
+    Family {
+        name: "pulse_plan_courses_completed",
+        help: "Of those, the ones completed (any time).",
+        value: |k| Some(k.courses_completed as f64),
+    },
+    Family {
+        name: "pulse_plan_courses_completed_on_time",
+        help: "Of those, the ones completed by the due time.",
+        value: |k| Some(k.courses_completed_on_time as f64),
+    },
+    Family {
+        name: "pulse_plan_users_compliant",
+        help: "Assigned users who completed at least min_share of the courses on time.",
+        value: |k| Some(k.users_compliant as f64),
+    },
+];
+
+/// Every plan's counts at its org and each node under it (zeros included,
+/// so that the alerts see a node nobody there has started), and each
+/// plan's own record.
+fn encode_plans(enc: &mut Encoder, snapshot: &Snapshot, now: Millis) {
+    let plans = snapshot.plans_report(now);
+    for fam in PLAN_FAMILIES {
+        let mut f = enc.family(fam.name, fam.help, Kind::Gauge);
+        for (id, plan) in &plans {
+            for (org, k) in &plan.nodes {
+                if let Some(v) = (fam.value)(k) {
+                    f.sample(&[("plan", id), ("org", org)], v);
+                }
+            }
+        }
+    }
+    let mut f = enc.family(
+        "pulse_plan_info",
+        "One series per plan, carrying the node it covers and its due time (IST).",
+        Kind::Gauge,
+    );
+    for (id, plan) in &plans {
+        f.sample(&[("plan", id), ("org", &plan.org), ("due", &plan.due)], 1.0);
+    }
+    type Value = fn(&pulse_model::PlanRecord) -> f64;
+    let records: [(&'static str, &str, Value); 3] = [
+        ("pulse_plan_start_timestamp_seconds", "When the plan's pace starts.", |p| seconds(p.start)),
+        ("pulse_plan_due_timestamp_seconds", "When the plan's courses are due.", |p| seconds(p.due)),
+        ("pulse_plan_min_share", "The share of its courses a user completes on time to comply.", |p| p.min_share),
+    ];
+    for (name, help, value) in records {
+        let mut f = enc.family(name, help, Kind::Gauge);
+        for (id, p) in &snapshot.plans {
+            f.sample(&[("plan", id)], value(p));
+        }
+    }
+    enc.family(
+        "pulse_plan_reevaluation_pending_users",
+        "Users still to re-evaluate after a plan or registry change, at most (plan KPIs converge as it drains).",
+        Kind::Gauge,
+    )
+    .sample(&[], snapshot.plan_users_pending as f64);
+}
+
 /// What `/metrics` carries beyond the always-present node KPIs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exposition {
@@ -343,6 +418,7 @@ pub fn encode_kpis(enc: &mut Encoder, snapshot: &Snapshot, now: Millis, expositi
     encode_targets(enc, snapshot, now);
     encode_windows(enc, nodes, &base);
     encode_providers(enc, snapshot);
+    encode_plans(enc, snapshot, now);
     if exposition.courses {
         let kpis: Vec<(&String, CourseKpis)> = snapshot.courses.iter().map(|(c, t)| (c, CourseKpis::of(t))).collect();
         encode_families(enc, COURSE_FAMILIES, "course", &kpis);

@@ -176,7 +176,13 @@ fn consume<S: Store + Send + 'static>(
         .create_with_context(context)
         .map_err(kafka_err("failed to create the consumer"))?;
     let formats: BTreeMap<String, InputFormat> = settings.inputs.iter().cloned().collect();
-    let topics = [&settings.orgs_topic, &settings.targets_topic, &settings.courses_topic, &settings.dlq_topic];
+    let topics = [
+        &settings.orgs_topic,
+        &settings.targets_topic,
+        &settings.courses_topic,
+        &settings.plans_topic,
+        &settings.dlq_topic,
+    ];
     retry_while_transient(stop, || {
         formats.keys().chain(topics).try_for_each(|topic| partitions(&consumer, topic).map(drop))
     })?;
@@ -282,9 +288,11 @@ fn consume<S: Store + Send + 'static>(
             failed = Some(e);
         }
         let interval_passed = last_commit.elapsed() >= settings.commit_interval;
+        // Plan re-evaluation drains a slice per commit, traffic or not.
         let due = since_commit >= settings.commit_messages
             || (since_commit > 0 && interval_passed)
-            || (interval_passed && consumer.context().registry_letters_due(&lock(cell)));
+            || (interval_passed && consumer.context().registry_letters_due(&lock(cell)))
+            || (interval_passed && lock(cell).plans_converging());
         // Far behind the ends, commits are spaced out.
         let due = due
             && (!catching_up(&consumer, &lock(cell))

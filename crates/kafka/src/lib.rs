@@ -56,6 +56,8 @@ pub struct Settings {
     pub targets_topic: String,
     /// The course catalogue (compacted, read whole like the registry).
     pub courses_topic: String,
+    /// The capacity-building plans (compacted, read whole like the registry).
+    pub plans_topic: String,
     pub dlq_topic: String,
     /// Compacted, one partition per input partition: every shard's changes
     /// and offsets, from which its next owner restores it.

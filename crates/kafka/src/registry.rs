@@ -19,6 +19,7 @@ enum Kind {
     Orgs,
     Targets,
     Courses,
+    Plans,
 }
 
 pub(crate) struct RegistryReader {
@@ -64,6 +65,7 @@ impl RegistryReader {
             (settings.orgs_topic.clone(), Kind::Orgs),
             (settings.targets_topic.clone(), Kind::Targets),
             (settings.courses_topic.clone(), Kind::Courses),
+            (settings.plans_topic.clone(), Kind::Plans),
         ]
         .into();
         let mut tpl = TopicPartitionList::new();
@@ -115,6 +117,7 @@ impl RegistryReader {
                 Some(Kind::Orgs) => Some(engine.apply_org_message(key, value)),
                 Some(Kind::Targets) => Some(engine.apply_target_message(key, value)),
                 Some(Kind::Courses) => Some(engine.apply_course_message(key, value)),
+                Some(Kind::Plans) => Some(engine.apply_plan_message(key, value)),
                 None => None,
             };
             if let Some(disposition) = disposition {

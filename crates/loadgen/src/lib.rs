@@ -179,6 +179,51 @@ impl World {
             .collect()
     }
 
+    /// Capacity-building plans of every assignment type, as `pulse.plans`
+    /// records (id, JSON line), due in the second year:
+    /// - `acbp-national`: everyone, the five most popular courses, due at
+    ///   the end of the year (with the default `start`, its first instant);
+    /// - `acbp-{ministry}` for the first ten ministries and states: two
+    ///   designations, ten courses, due at the end of September;
+    /// - `acbp-{department}` for the first five departments: up to 100 of
+    ///   its own users by id (a few not under it, who are not assigned),
+    ///   three courses, due at the end of June, paced from the year's start.
+    pub fn plan_lines(&self) -> Vec<(String, String)> {
+        let year = Fy(self.spec.first_fy.0 + 1);
+        let courses = |from: usize, n: usize| -> Vec<String> {
+            (from..from + n).map(|c| format!("do_{}", c % self.spec.courses.max(1))).collect()
+        };
+        // The last second of a day of the year: 30 June is its 91st, 30 September its 183rd.
+        let end_of_day = |day: i64| year.start() + day * 86_400_000 - 1_000;
+        let mut plans = vec![(
+            "acbp-national".to_owned(),
+            serde_json::json!({"v": 1, "id": "acbp-national", "org": "national", "courses": courses(0, 5),
+                "assign": {"to": "all"}, "due": year.end() - 1_000}),
+        )];
+        for (i, org) in self.orgs.iter().filter(|o| o.parent.is_none()).take(10).enumerate() {
+            let id = format!("acbp-{}", org.id);
+            let v = serde_json::json!({"v": 1, "id": id, "org": org.id, "courses": courses(i * 7, 10),
+                "assign": {"to": "designations", "designations": [DESIGNATIONS[0], DESIGNATIONS[2]]},
+                "due": end_of_day(183), "min_share": 0.3});
+            plans.push((id, v));
+        }
+        let scan = self.spec.users.min(200_000);
+        for (i, org) in self.orgs.iter().filter(|o| o.kind == "department").take(5).enumerate() {
+            let under = format!("{}_", org.id);
+            let mut users: Vec<String> = (0..scan)
+                .filter(|&u| self.org_of(u) == org.id || self.org_of(u).starts_with(&under))
+                .take(95)
+                .map(|u| format!("u-{u}"))
+                .collect();
+            users.extend((0..5).map(|k| format!("u-{}", k * 7 + i)));
+            let id = format!("acbp-{}", org.id);
+            let v = serde_json::json!({"v": 1, "id": id, "org": org.id, "courses": courses(i * 3, 3),
+                "assign": {"to": "users", "users": users}, "start": year.start(), "due": end_of_day(91)});
+            plans.push((id, v));
+        }
+        plans.into_iter().map(|(id, v)| (id, v.to_string())).collect()
+    }
+
     /// The user service's profile of a user: its org and a designation, as
     /// of the start of the first year (so a later event that moves the user
     /// wins).
@@ -486,6 +531,24 @@ mod tests {
         let a: Vec<_> = w.events().take(1000).collect();
         let b: Vec<_> = small().events().take(1000).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn plans_of_every_assignment_type_parse() {
+        let world = small();
+        let plans = world.plan_lines();
+        let mut kinds = std::collections::HashSet::new();
+        for (id, line) in &plans {
+            match pulse_model::parse_plan(Some(id.as_bytes()), Some(line.as_bytes())).unwrap() {
+                pulse_model::PlanUpdate::Upsert(p) => {
+                    assert!(p.start < p.due && p.due <= Fy(2025).end(), "{line}");
+                    kinds.insert(std::mem::discriminant(&p.assign));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(kinds.len(), 3, "all, designations and users");
+        assert_eq!(plans, world.plan_lines(), "deterministic");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use pulse_model::{InputFormat, TargetKpi, TimeRules};
 use serde_json::{json, Map, Value};
 
 mod facts;
+mod plans;
 mod world;
 
 use facts::{users, CourseFacts};
@@ -40,6 +41,10 @@ pub enum Message {
         value: Option<Vec<u8>>,
     },
     Course {
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    },
+    Plan {
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
     },
@@ -351,7 +356,9 @@ pub fn report(messages: &[Message], s: &Settings, fy: i32, now: i64) -> Value {
                    "actual": actual, "expected": expected, "progress": progress}),
         );
     }
-    json!({"fy": fy_name(fy), "nodes": nodes, "courses": courses, "providers": providers, "targets": targets})
+    let plans = plans::plans_json(&w, &users(&w), now);
+    json!({"fy": fy_name(fy), "nodes": nodes, "courses": courses, "providers": providers, "targets": targets,
+           "plans": plans})
 }
 
 /// The `pulse report --months` document: every node's twelve months of `fy`.
@@ -430,6 +437,7 @@ pub fn user_report(messages: &[Message], s: &Settings, user: &str, fy: i32) -> O
         "ratings": count(|c| c.rating.is_some()),
         "assessments_passed": count(|c| c.passed().is_some()),
         "courses": courses,
+        "plans": plans::user_plans_json(&w, user, &f),
     }))
 }
 

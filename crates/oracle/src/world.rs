@@ -1,12 +1,12 @@
 //! What the messages leave, as the contract says: the accepted events (each
-//! id once), each user's last profile, and the final registry, targets and
-//! catalogue; and the registry's chain of nodes.
+//! id once), each user's last profile, and the final registry, targets,
+//! catalogue and plans; and the registry's chain of nodes.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use pulse_model::{
-    parse, parse_course, parse_org, parse_target, CourseRecord, CourseUpdate, Event, EventKind, OrgRecord, OrgUpdate,
-    Parsed, TargetRecord, TargetUpdate,
+    parse, parse_course, parse_org, parse_plan, parse_target, CourseRecord, CourseUpdate, Event, EventKind, OrgRecord,
+    OrgUpdate, Parsed, PlanRecord, PlanUpdate, TargetRecord, TargetUpdate,
 };
 
 use crate::{Message, Settings};
@@ -21,6 +21,7 @@ pub(crate) struct World {
     pub(crate) orgs: BTreeMap<String, OrgRecord>,
     pub(crate) targets: BTreeMap<String, TargetRecord>,
     pub(crate) catalogue: BTreeMap<String, CourseRecord>,
+    pub(crate) plans: BTreeMap<String, PlanRecord>,
 }
 
 pub(crate) fn world(messages: &[Message], s: &Settings) -> World {
@@ -30,6 +31,7 @@ pub(crate) fn world(messages: &[Message], s: &Settings) -> World {
         orgs: BTreeMap::new(),
         targets: BTreeMap::new(),
         catalogue: BTreeMap::new(),
+        plans: BTreeMap::new(),
     };
     let mut ids = HashSet::new();
     for m in messages {
@@ -62,6 +64,15 @@ pub(crate) fn world(messages: &[Message], s: &Settings) -> World {
                 }
                 Ok(CourseUpdate::Remove(id)) => {
                     w.catalogue.remove(&id);
+                }
+                Err(_) => {}
+            },
+            Message::Plan { key, value } => match parse_plan(key.as_deref(), value.as_deref()) {
+                Ok(PlanUpdate::Upsert(rec)) => {
+                    w.plans.insert(rec.id.clone(), rec);
+                }
+                Ok(PlanUpdate::Remove(id)) => {
+                    w.plans.remove(&id);
                 }
                 Err(_) => {}
             },

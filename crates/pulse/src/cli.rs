@@ -104,6 +104,9 @@ struct ReplayArgs {
     /// The course catalogue, in the same line format as --orgs.
     #[arg(long, value_name = "PATH")]
     courses: Option<PathBuf>,
+    /// Capacity-building plans, in the same line format as --orgs.
+    #[arg(long, value_name = "PATH")]
+    plans: Option<PathBuf>,
     #[command(flatten)]
     state: StateArgs,
     /// The wall clock the time rules compare events with (RFC 3339; default: now).
@@ -209,6 +212,7 @@ struct ReplaySummary {
     orgs: IngestStats,
     targets: IngestStats,
     courses: IngestStats,
+    plans: IngestStats,
     dead_letter_file: Option<PathBuf>,
 }
 
@@ -232,6 +236,7 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         orgs: IngestStats::default(),
         targets: IngestStats::default(),
         courses: IngestStats::default(),
+        plans: IngestStats::default(),
         dead_letter_file: None,
     };
     let started = std::time::Instant::now();
@@ -244,21 +249,25 @@ fn replay(args: ReplayArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(path) = &args.courses {
         replay_file(&mut engine, Source::Courses, path, now, &mut summary.courses, &mut dead)?;
     }
+    if let Some(path) = &args.plans {
+        replay_file(&mut engine, Source::Plans, path, now, &mut summary.plans, &mut dead)?;
+    }
     for (format, path) in &args.inputs {
         replay_file(&mut engine, Source::Input(*format), path, now, &mut summary.events, &mut dead)?;
     }
     dead.flush().with_context(|| format!("failed to write {}", dead_path.display()))?;
-    engine.commit()?;
+    engine.converge_plans()?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        let n: u64 = [&summary.events, &summary.orgs, &summary.targets, &summary.courses]
+        let n: u64 = [&summary.events, &summary.orgs, &summary.targets, &summary.courses, &summary.plans]
             .iter()
             .map(|s| s.accepted + s.duplicates + s.ignored + s.dead_letters.values().sum::<u64>())
             .sum();
         let secs = started.elapsed().as_secs_f64();
         eprintln!("replayed {n} messages in {secs:.1}s: {:.0} messages/s", n as f64 / secs.max(1e-9));
     }
-    let any_dead =
-        [&summary.events, &summary.orgs, &summary.targets, &summary.courses].iter().any(|s| !s.dead_letters.is_empty());
+    let any_dead = [&summary.events, &summary.orgs, &summary.targets, &summary.courses, &summary.plans]
+        .iter()
+        .any(|s| !s.dead_letters.is_empty());
     summary.dead_letter_file = any_dead.then_some(dead_path);
     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(())

@@ -42,6 +42,8 @@ pub struct RawKafka {
     pub targets_topic: String,
     #[serde(default = "default_courses_topic")]
     pub courses_topic: String,
+    #[serde(default = "default_plans_topic")]
+    pub plans_topic: String,
     #[serde(default = "default_dlq_topic")]
     pub dlq_topic: String,
     /// Compacted topic of every partition's state changes, from which an
@@ -117,6 +119,10 @@ pub struct RawEngine {
     /// Learning minutes a user needs in a year for `users_meeting_hours_fy` (default 240).
     #[serde(default = "default_meeting_minutes")]
     pub meeting_minutes: u32,
+    /// Users re-evaluated per commit after a plan or registry change
+    /// (default 20000): bounds how long a commit holds the loop.
+    #[serde(default = "default_plan_slice_users")]
+    pub plan_slice_users: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +193,9 @@ fn default_targets_topic() -> String {
 fn default_courses_topic() -> String {
     "pulse.courses".into()
 }
+fn default_plans_topic() -> String {
+    "pulse.plans".into()
+}
 fn default_dlq_topic() -> String {
     "pulse.dlq".into()
 }
@@ -218,6 +227,9 @@ fn default_max_age() -> String {
 }
 fn default_meeting_minutes() -> u32 {
     240
+}
+fn default_plan_slice_users() -> usize {
+    pulse_engine::EngineConfig::default().plan_slice_users
 }
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
@@ -254,6 +266,7 @@ pub struct Config {
     pub dedup_horizon: Duration,
     pub max_age: Duration,
     pub meeting_minutes: u32,
+    pub plan_slice_users: usize,
     pub http: HttpSettings,
 }
 
@@ -358,6 +371,9 @@ impl RawConfig {
         if e.meeting_minutes == 0 {
             bail!("`engine.meeting_minutes` must be at least 1");
         }
+        if e.plan_slice_users == 0 {
+            bail!("`engine.plan_slice_users` must be at least 1 (users re-evaluated per commit after a plan change)");
+        }
         let h = self.http;
         let listen: SocketAddr = h
             .listen
@@ -388,6 +404,7 @@ impl RawConfig {
                 orgs_topic: non_empty("kafka.orgs_topic", &k.orgs_topic)?.to_owned(),
                 targets_topic: non_empty("kafka.targets_topic", &k.targets_topic)?.to_owned(),
                 courses_topic: non_empty("kafka.courses_topic", &k.courses_topic)?.to_owned(),
+                plans_topic: non_empty("kafka.plans_topic", &k.plans_topic)?.to_owned(),
                 dlq_topic: non_empty("kafka.dlq_topic", &k.dlq_topic)?.to_owned(),
                 changelog_topic,
                 repartition_topic,
@@ -409,6 +426,7 @@ impl RawConfig {
             dedup_horizon: duration("engine.dedup_horizon", &e.dedup_horizon)?,
             max_age: duration("engine.max_age", &e.max_age)?,
             meeting_minutes: e.meeting_minutes,
+            plan_slice_users: e.plan_slice_users,
             http: HttpSettings {
                 listen,
                 token: match h.token {

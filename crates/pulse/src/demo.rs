@@ -1,6 +1,7 @@
 //! `pulse demo`: Pulse with no external services. The load generator's
 //! iGOT-shaped world feeds the same engine and RocksDB state as `pulse run`,
-//! in this process: the course catalogue and a third of the users' profiles,
+//! in this process: the course catalogue, capacity-building plans and a
+//! third of the users' profiles,
 //! then a backfill of the two financial years up to now (with assessments),
 //! then a live stream at `--rate` events/s stamped with the wall clock, while
 //! the page, `/metrics` and the API are served and a one-line summary is
@@ -81,6 +82,11 @@ pub(crate) fn demo(s: &DemoSettings, out: &mut dyn Write) -> anyhow::Result<()> 
         }
         for (course, line) in world.course_lines() {
             e.apply_course_message(Some(course.as_bytes()), Some(line.as_bytes()));
+        }
+        // Capacity-building plans due this year: national, per ministry by
+        // designation, per department by user id.
+        for (plan, line) in world.plan_lines() {
+            e.apply_plan_message(Some(plan.as_bytes()), Some(line.as_bytes()));
         }
         let mut line = String::new();
         for user in (0..s.users).step_by(3) {
@@ -177,10 +183,12 @@ fn summary(out: &mut dyn Write, snapshot: &pulse_http::SnapshotCell, live: u64, 
     let Some(national) = snap.view.node(pulse_engine::NATIONAL) else { return Ok(()) };
     let k = NodeKpis::of(national, Fy::of(now), snap.windows_today(now));
     let behind = snap.targets.values().filter(|t| snap.target_status(t, now).is_behind()).count();
+    let plans = snap.plans_report(now);
+    let plans_behind = plans.values().filter(|p| p.nodes.get(&p.org).is_some_and(|k| k.is_behind())).count();
     let pct = |r: Option<f64>| r.map_or("-".into(), |r| format!("{:.1}%", 100.0 * r));
     writeln!(
         out,
-        "national FY {}: {} users ({} onboarded), {} enrolments, {} completions, {:.0} learning hours, {} meeting 4h, {} assessments passed; active today {}, 7 days {}; {} of {} targets behind; {:.0} events/s live",
+        "national FY {}: {} users ({} onboarded), {} enrolments, {} completions, {:.0} learning hours, {} meeting 4h, {} assessments passed; active today {}, 7 days {}; {} of {} targets behind; {} of {} plans behind pace; {:.0} events/s live",
         Fy::of(now),
         k.registered_users,
         pct(k.onboarding_ratio),
@@ -193,6 +201,8 @@ fn summary(out: &mut dyn Write, snapshot: &pulse_http::SnapshotCell, live: u64, 
         k.windows.active_users_7d.unwrap_or(0),
         behind,
         snap.targets.len(),
+        plans_behind,
+        plans.len(),
         live as f64 / over.as_secs_f64().max(0.001),
     )?;
     Ok(())

@@ -31,6 +31,7 @@ pub(crate) enum Source {
     Orgs,
     Targets,
     Courses,
+    Plans,
     Input(InputFormat),
 }
 
@@ -93,6 +94,10 @@ pub(crate) fn replay_file<S: Store>(
             Source::Courses => {
                 let (k, v) = split_record(&line);
                 engine.apply_course_message(k, v)
+            }
+            Source::Plans => {
+                let (k, v) = split_record(&line);
+                engine.apply_plan_message(k, v)
             }
             Source::Input(InputFormat::UserProfile) => {
                 let (k, v) = split_record(&line);

@@ -23,6 +23,7 @@ pub(crate) fn engine_config(c: &Config) -> EngineConfig {
         dedup_horizon_ms: c.dedup_horizon.as_millis() as i64,
         meeting_minutes: c.meeting_minutes,
         time_rules: TimeRules { max_age_ms: c.max_age.as_millis() as i64 },
+        plan_slice_users: c.plan_slice_users,
     }
 }
 

@@ -18,7 +18,13 @@ pub const ORG: u8 = b'r';
 pub const TARGET: u8 = b't';
 /// A course record of the catalogue.
 pub const COURSE: u8 = b'k';
+/// A capacity-building plan record.
+pub const PLAN: u8 = b'p';
 pub const OFFSET: u8 = b'x';
+/// The index of users by leaf org ([`org_user`]).
+pub const ORG_USER: u8 = b'n';
+/// A shard's plan re-evaluation ([`pulse_engine::PlanWork`]).
+pub const PLAN_WORK: u8 = b'e';
 pub const MAX_TS: u8 = b'w';
 /// A shard's changelog position.
 pub const CHANGELOG: u8 = b'l';
@@ -109,6 +115,28 @@ pub fn text(space: u8, text: &str) -> Vec<u8> {
 
 pub fn decode_text(space: u8, key: &[u8]) -> Result<&str, KeyError> {
     std::str::from_utf8(check_space(space, key, 1)?).map_err(|_| KeyError::NotUtf8)
+}
+
+/// `[ORG_USER][shard u16][org length u16][org]`: the prefix of an org's
+/// index entries, in user order.
+pub fn org_users(shard: ShardId, org: &str) -> Vec<u8> {
+    let mut k = with_shard(ORG_USER, shard, 2 + org.len());
+    k.extend_from_slice(&(org.len() as u16).to_be_bytes());
+    k.extend_from_slice(org.as_bytes());
+    k
+}
+
+/// `[ORG_USER][shard u16][org length u16][org][user]`.
+pub fn org_user(shard: ShardId, org: &str, user: &str) -> Vec<u8> {
+    let mut k = org_users(shard, org);
+    k.extend_from_slice(user.as_bytes());
+    k
+}
+
+/// The user of an [`org_user`] key, given its org's prefix.
+pub fn decode_org_user<'a>(prefix: &[u8], key: &'a [u8]) -> Result<&'a str, KeyError> {
+    let user = key.strip_prefix(prefix).ok_or(KeyError::TooShort(key.len()))?;
+    std::str::from_utf8(user).map_err(|_| KeyError::NotUtf8)
 }
 
 /// `[OFFSET][topic length u16][topic][partition i32]`.
@@ -207,6 +235,10 @@ mod tests {
             assert_eq!(decode_i64(&encode_i64(v)).unwrap(), v);
         }
         assert!(offset("t", -1) < offset("t", 0) && offset("t", 0) < offset("t", 1));
+        let prefix = org_users(1, "O");
+        assert_eq!(decode_org_user(&prefix, &org_user(1, "O", "u-1")).unwrap(), "u-1");
+        // An org's entries are not mistaken for those of an org its id starts.
+        assert!(!org_user(1, "OX", "u").starts_with(&prefix));
     }
 
     #[test]

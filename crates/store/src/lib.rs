@@ -35,7 +35,7 @@ const FAMILIES: [&str; 4] = [CF_USERS, CF_SEEN, CF_TOTALS, CF_META];
 /// Version of the directory layout, stored under [`keys::FORMAT`]. 2: a
 /// partition's offset is stored with its newest event time. 3: users are
 /// sharded by their Kafka partition (murmur2), with changelog positions.
-const LAYOUT_VERSION: u8 = 3;
+const LAYOUT_VERSION: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -83,6 +83,16 @@ fn open_writer(path: &Path, opts: &StoreOptions) -> Result<DB, StoreError> {
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Index and filters in 4 KiB partitions under a small pinned top level:
+    // a point get reads one filter partition, not a whole file's filter (a
+    // megabyte and more once the state holds a million users), which random
+    // reads of user states kept evicting from the block cache and reading
+    // back, checksum and all (docs/BENCHMARKS.md, "plan re-evaluation").
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
     let mut cf_opts = Options::default();
     cf_opts.set_block_based_table_factory(&table);
     cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
@@ -257,6 +267,10 @@ impl Store for RocksStore {
                     let id = keys::decode_text(keys::COURSE, &k).map_err(key_err)?.to_owned();
                     state.catalogue.insert(id, decode("a catalogue course", &v)?);
                 }
+                Some(keys::PLAN) => {
+                    let id = keys::decode_text(keys::PLAN, &k).map_err(key_err)?.to_owned();
+                    state.plans.insert(id, decode("a plan", &v)?);
+                }
                 Some(keys::OFFSET) => {
                     let (topic, partition) = keys::decode_offset(&k).map_err(key_err)?;
                     state.offsets.insert((topic.to_owned(), partition), decode("a partition position", &v)?);
@@ -264,6 +278,10 @@ impl Store for RocksStore {
                 Some(keys::MAX_TS) => {
                     let shard = shard_index(keys::decode_shard(keys::MAX_TS, &k).map_err(key_err)?, n)?;
                     state.max_ts[shard] = keys::decode_i64(&v).map_err(key_err)?;
+                }
+                Some(keys::PLAN_WORK) => {
+                    let shard = keys::decode_shard(keys::PLAN_WORK, &k).map_err(key_err)?;
+                    state.plan_work.insert(shard, decode("a shard's plan re-evaluation", &v)?);
                 }
                 Some(keys::CHANGELOG) => {
                     let shard = keys::decode_shard(keys::CHANGELOG, &k).map_err(key_err)?;
@@ -283,6 +301,33 @@ impl Store for RocksStore {
             Some(v) => Ok(Some(decode("a user", &v)?)),
             None => Ok(None),
         }
+    }
+
+    fn users_of(
+        &self,
+        shard: ShardId,
+        org: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::org_users(shard, org);
+        // The smallest key above `after`'s: that key and a zero byte.
+        let start = match after {
+            Some(user) => [keys::org_user(shard, org, user).as_slice(), &[0]].concat(),
+            None => prefix.clone(),
+        };
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(keys::shard_range(keys::ORG_USER, shard).1);
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(self.cf(CF_USERS), opts, mode) {
+            let (k, _) = item.map_err(err("failed to list the users of an org"))?;
+            if !k.starts_with(&prefix) || out.len() == limit {
+                break;
+            }
+            out.push(keys::decode_org_user(&prefix, &k).map_err(key_err)?.to_owned());
+        }
+        Ok(out)
     }
 
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
@@ -379,6 +424,7 @@ impl StoreWriter for RocksWriter {
         for &shard in &batch.drop_shards {
             for (cf, space) in [
                 (users, keys::USER),
+                (users, keys::ORG_USER),
                 (seen, keys::SEEN),
                 (seen, keys::SEEN_LOG),
                 (totals, keys::ORG_TOTALS),
@@ -389,6 +435,7 @@ impl StoreWriter for RocksWriter {
             }
             wb.delete_cf(meta, keys::shard(keys::MAX_TS, shard));
             wb.delete_cf(meta, keys::shard(keys::CHANGELOG, shard));
+            wb.delete_cf(meta, keys::shard(keys::PLAN_WORK, shard));
             for item in self.db.prefix_iterator_cf(meta, [keys::OFFSET]) {
                 let (k, _) = item.map_err(err("failed to list the partition positions"))?;
                 // Without a prefix extractor the iterator runs on past its prefix.
@@ -415,6 +462,14 @@ impl StoreWriter for RocksWriter {
         user_rows.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, state) in user_rows {
             wb.put_cf(users, key, state);
+        }
+        // In order: a user who moves away and back within a batch is indexed once.
+        for e in &batch.org_users {
+            let key = keys::org_user(e.shard, &e.org, &e.user);
+            match e.present {
+                true => wb.put_cf(users, key, []),
+                false => wb.delete_cf(users, key),
+            }
         }
         let mut seen_keys: Vec<[u8; keys::SEEN_KEY_LEN]> = Vec::new();
         for (shard, SeenIds { log, ids }) in &batch.seen {
@@ -451,6 +506,9 @@ impl StoreWriter for RocksWriter {
         for (shard, ts) in &batch.max_ts {
             wb.put_cf(meta, keys::shard(keys::MAX_TS, *shard), keys::encode_i64(*ts));
         }
+        for (shard, work) in &batch.plan_work {
+            wb.put_cf(meta, keys::shard(keys::PLAN_WORK, *shard), encode(work));
+        }
         for (shard, position) in &batch.changelog {
             wb.put_cf(meta, keys::shard(keys::CHANGELOG, *shard), keys::encode_i64(*position));
         }
@@ -470,6 +528,12 @@ impl StoreWriter for RocksWriter {
             match rec {
                 Some(r) => wb.put_cf(meta, keys::text(keys::COURSE, id), encode(r)),
                 None => wb.delete_cf(meta, keys::text(keys::COURSE, id)),
+            }
+        }
+        for (id, rec) in &batch.plans {
+            match rec {
+                Some(r) => wb.put_cf(meta, keys::text(keys::PLAN, id), encode(r)),
+                None => wb.delete_cf(meta, keys::text(keys::PLAN, id)),
             }
         }
         for ((topic, partition), position) in &batch.offsets {

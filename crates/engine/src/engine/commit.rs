@@ -13,7 +13,7 @@ use super::{Engine, EngineError, HOUR_MS};
 use crate::changelog::{changes, Change, ChangeLog};
 use crate::codec;
 use crate::state::UserState;
-use crate::store::{Batch, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter};
+use crate::store::{Batch, OrgUser, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter};
 use crate::table::FastMap;
 
 /// Remembered ids per changelog record (24 bytes each: under half of
@@ -104,11 +104,14 @@ impl<S: Store> Engine<S> {
         if self.in_flight.is_some() {
             return Err(EngineError::CommitInFlight);
         }
+        self.note_plan_changes()?;
+        self.reevaluate_slice()?;
         let mut batch = Batch {
             meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
             orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
             targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
             catalogue: std::mem::take(&mut self.pending_catalogue).into_iter().collect(),
+            plans: std::mem::take(&mut self.pending_plans).into_iter().collect(),
             offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             ..Batch::default()
         };
@@ -117,8 +120,22 @@ impl<S: Store> Engine<S> {
         for (i, shard) in self.shards.iter_mut().enumerate() {
             let id = i as ShardId;
             // Profiles change users without an id to remember.
-            if shard.seen_keys.is_empty() && shard.users.is_empty() {
+            // A shard with no state is not this instance's to write (its
+            // owner logs it): its work is written with its first users.
+            let work_due = shard.plan_work_dirty && shard.orgs.iter().next().is_some();
+            if shard.seen_keys.is_empty() && shard.users.is_empty() && !work_due {
                 continue;
+            }
+            let names = shard.org_users.drain(..).map(|(org, user, present)| OrgUser {
+                shard: id,
+                org: self.org_keys.name(org).to_owned(),
+                user,
+                present,
+            });
+            batch.org_users.extend(names);
+            if work_due {
+                shard.plan_work_dirty = false;
+                batch.plan_work.push((id, shard.plan_work.clone()));
             }
             let newest = shard.max_ts.min(watermark);
             let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use pulse_model::{parse_course, parse_org, parse_target, CourseUpdate, OrgUpdate, Rejection, TargetUpdate};
+use pulse_model::{
+    parse_course, parse_org, parse_plan, parse_target, CourseUpdate, OrgUpdate, PlanUpdate, Rejection, TargetUpdate,
+};
 
 use super::{Disposition, Engine};
 use crate::store::Store;
@@ -23,6 +25,8 @@ impl<S: Store> Engine<S> {
                 Ok(())
             }
         });
+        // The registry decides which users a plan covers.
+        self.plans_stale |= outcome.is_ok();
         self.registry_outcome(outcome)
     }
 
@@ -43,6 +47,16 @@ impl<S: Store> Engine<S> {
             }
             CourseUpdate::Remove(id) => keep(&mut self.catalogue, &mut self.pending_catalogue, id, None),
         });
+        self.registry_outcome(outcome)
+    }
+
+    /// Applies one message of the plans topic (`None` value: tombstone).
+    pub fn apply_plan_message(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Disposition {
+        let outcome = parse_plan(key, value).map(|update| match update {
+            PlanUpdate::Upsert(rec) => keep(&mut self.plans, &mut self.pending_plans, rec.id.clone(), Some(rec)),
+            PlanUpdate::Remove(id) => keep(&mut self.plans, &mut self.pending_plans, id, None),
+        });
+        self.plans_stale |= outcome.is_ok();
         self.registry_outcome(outcome)
     }
 
@@ -71,6 +85,9 @@ impl<S: Store> Engine<S> {
         }
         for id in std::mem::take(&mut self.catalogue).into_keys() {
             self.pending_catalogue.insert(id, None);
+        }
+        for id in std::mem::take(&mut self.plans).into_keys() {
+            self.pending_plans.insert(id, None);
         }
     }
 }

@@ -152,6 +152,15 @@ impl Store for Refusing {
     fn user(&self, shard: ShardId, user: &str) -> Result<Option<UserState>, StoreError> {
         self.inner.user(shard, user)
     }
+    fn users_of(
+        &self,
+        shard: ShardId,
+        org: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.users_of(shard, org, after, limit)
+    }
     fn is_seen(&self, shard: ShardId, key: SeenKey) -> Result<bool, StoreError> {
         self.inner.is_seen(shard, key)
     }

@@ -39,6 +39,11 @@ struct Args {
     /// Events to generate (before duplicates and malformed messages are added).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Start at the stream's event N: the continuation of an earlier run
+    /// with the same seed and `--events N` (new ids, same world, users
+    /// registered once).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
     /// Ministries and states.
     #[arg(long, default_value_t = 90)]
     top_level: usize,
@@ -62,6 +67,10 @@ struct Args {
     /// Share of learner journeys with an assessment attempt (pulse-v1 only).
     #[arg(long, default_value_t = 0.0)]
     assessments: f64,
+    /// Write capacity-building plans of every assignment type (the world's
+    /// `plan_lines`) to the plans topic.
+    #[arg(long)]
+    plans: bool,
     /// Share of users with a profile on the user-profile topic (with a designation).
     #[arg(long, default_value_t = 0.0)]
     profiles: f64,
@@ -104,6 +113,8 @@ struct Args {
     targets_topic: String,
     #[arg(long, default_value = "pulse.courses")]
     courses_topic: String,
+    #[arg(long, default_value = "pulse.plans")]
+    plans_topic: String,
     #[arg(long, default_value = "pulse.users")]
     users_topic: String,
     /// Write the reference model's `pulse report --all` of what was produced
@@ -167,7 +178,8 @@ enum Sink {
 
 impl Sink {
     fn open(args: &Args) -> anyhow::Result<Sink> {
-        let names = ["orgs", "targets", "courses", "pulse-v1", "sunbird-telemetry", "igot-rating", "user-profile"];
+        let names =
+            ["orgs", "targets", "courses", "plans", "pulse-v1", "sunbird-telemetry", "igot-rating", "user-profile"];
         if let Some(dir) = &args.out {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
             let mut files = BTreeMap::new();
@@ -185,6 +197,7 @@ impl Sink {
                 &args.orgs_topic,
                 &args.targets_topic,
                 &args.courses_topic,
+                &args.plans_topic,
                 &args.events_topic,
                 &args.sunbird_topic,
                 &args.ratings_topic,
@@ -193,7 +206,7 @@ impl Sink {
             .map(|(n, t)| (n, t.clone()))
             .collect();
         for (name, topic) in &topics {
-            let registry = matches!(*name, "orgs" | "targets" | "courses");
+            let registry = matches!(*name, "orgs" | "targets" | "courses" | "plans");
             // An existing topic is fine: this may be the second run against it.
             if let Err(e) = tools::create_topic(brokers, topic, if registry { 1 } else { args.partitions }, registry) {
                 if !e.to_string().contains("already exists") {
@@ -277,6 +290,12 @@ fn main() -> anyhow::Result<()> {
             sent.push(Message::Course { key: Some(id.into_bytes()), value: Some(line.into_bytes()) });
         }
     }
+    for (id, line) in world.plan_lines().into_iter().filter(|_| args.plans) {
+        sink.send("plans", id.as_bytes(), line.as_bytes())?;
+        if keep {
+            sent.push(Message::Plan { key: Some(id.into_bytes()), value: Some(line.into_bytes()) });
+        }
+    }
     // Profiles before the events: the user service knew these users first.
     let mut line = String::new();
     let mut profiles = SmallRng::seed_from_u64(args.seed ^ 0x9f0f);
@@ -304,9 +323,9 @@ fn main() -> anyhow::Result<()> {
     let mut held: BinaryHeap<Held> = BinaryHeap::new();
     let (mut messages, mut malformed) = (0u64, 0u64);
     let started = Instant::now();
-    let stream = world.events().spread_over(args.events);
+    let stream = world.events().spread_over(args.from + args.events);
     let stream = if args.recent { stream.until(now) } else { stream };
-    let events = stream.take(args.events as usize);
+    let events = stream.skip(args.from as usize).take(args.events as usize);
     for (i, mut e) in events.enumerate() {
         let i = i as u64;
         if args.live {
