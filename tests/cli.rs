@@ -131,6 +131,8 @@ fn the_page_shows_the_api_numbers_and_drills_down() {
     let plans = api(&addr, "/api/v1/plans");
     assert_eq!(attributes(&dom, "data-plan"), ["acbp-so"]);
     assert_eq!(assert_cells_match(&shown, "plan:acbp-so@national", &plans["plans"]["acbp-so"]["nodes"]["national"]), 6);
+    // Marked behind as `?status=behind` says (a course overdue there).
+    assert!(dom.contains(r#"data-cell="plan:acbp-so@national/progress=0.5" class="behind""#), "not marked behind");
 
     // Drill-down: the ministry's page lists its department.
     let dom = rendered(&format!("http://{addr}/?fy=2025-26#/node/M_12"));
