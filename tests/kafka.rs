@@ -1628,24 +1628,39 @@ fn a_paused_instance_is_fenced_when_it_resumes_and_nothing_counts_twice() {
         let lines = metrics.lines().filter(|l| l.starts_with("pulse_kafka_partition_next_offset{"));
         lines.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as i64
     };
-    let before = applied(&b);
-    let topic = case.events.clone();
-    let producing = {
-        let chunk = chunks[1].clone();
-        std::thread::spawn(move || tools::produce(&brokers(), &topic, &chunk).unwrap())
+    // `b` commits at most every 3 s, and at once when it applies something
+    // after 3 s without a commit. So, after 4 s idle, a first part is
+    // applied and committed at once; a second part applied before `b`'s
+    // next commit can be due (3 s after the first, which the test saw
+    // applied no earlier than it was) is held uncommitted when `b` is
+    // paused. On a machine too slow for that window, try again.
+    let wait_applied = |i: &Instance, since: i64| -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = applied(i);
+            if now != since {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "{} applied nothing of what was produced", i.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while applied(&b) == before {
-        assert!(Instant::now() < deadline, "b applied nothing of the second chunk");
-        std::thread::sleep(Duration::from_millis(20));
+    let mut parts = chunks[1].chunks(100);
+    loop {
+        std::thread::sleep(Duration::from_secs(4));
+        let before = applied(&b);
+        case.produce_events(parts.next().expect("the second chunk ran out before a pause held uncommitted state"));
+        let first = wait_applied(&b, before);
+        let committed_at_most = Instant::now();
+        case.produce_events(parts.next().expect("the second chunk ran out before a pause held uncommitted state"));
+        wait_applied(&b, first);
+        signal(b.child.as_ref().unwrap(), "-STOP");
+        if committed_at_most.elapsed() < Duration::from_millis(2_400) {
+            break;
+        }
+        signal(b.child.as_ref().unwrap(), "-CONT");
     }
-    signal(b.child.as_ref().unwrap(), "-STOP");
-    producing.join().unwrap();
-    case.sent.extend(chunks[1].iter().map(|(_, v)| Message::Event {
-        format: InputFormat::PulseV1,
-        key: None,
-        value: v.clone().unwrap(),
-    }));
+    case.produce_events(&parts.flatten().cloned().collect::<Vec<Kv>>());
     // The session timeout is 10 s: then `a` owns every partition.
     scale_out_settles(&case, &mut [&mut a], PARTITIONS);
 
