@@ -101,7 +101,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
                 (0, record(&[seen(11, 3)])),
                 (1, record(&[seen(10, 4)])),
             ],
-            org_totals: vec![(0, "A".into(), Some(totals(1))), (1, "B".into(), Some(totals(2)))],
+            org_totals: vec![(0, "A".into(), Some(encode(&totals(1)))), (1, "B".into(), Some(encode(&totals(2))))],
             course_totals: vec![(0, "c1".into(), Some(course(1)))],
             max_ts: vec![(0, 1_000), (1, -5)],
             orgs: vec![("A".into(), Some(org("A"))), ("B".into(), Some(org("B")))],
@@ -143,7 +143,7 @@ fn conformance<S: Store>(store: S, reopen: impl Fn(S) -> S) {
             // Forget shard 0's buckets below 11: -3 and 10 go, 11 and 20 stay
             // (with the records named by 11 and 20); shard 1 keeps its 10.
             forget_before: vec![(0, 11)],
-            org_totals: vec![(0, "A".into(), None), (0, "C".into(), Some(totals(1)))],
+            org_totals: vec![(0, "A".into(), None), (0, "C".into(), Some(encode(&totals(1))))],
             course_totals: vec![(0, "c1".into(), None), (1, "c2".into(), Some(course(2)))],
             max_ts: vec![(0, 2_000)],
             orgs: vec![("B".into(), None)],
@@ -278,7 +278,7 @@ fn a_second_writer_is_refused_but_a_reader_may_join() {
 fn a_key_of_a_shard_the_directory_does_not_have_fails_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = RocksStore::open(dir.path(), &StoreOptions { shards: 4, ..StoreOptions::default() }).unwrap();
-    let batch = Batch { org_totals: vec![(3, "O_1".into(), Some(totals(2)))], ..Batch::default() };
+    let batch = Batch { org_totals: vec![(3, "O_1".into(), Some(encode(&totals(2))))], ..Batch::default() };
     store.writer().commit(batch).unwrap();
     store.set_shards(2).unwrap();
     let err = store.load().unwrap_err().to_string();

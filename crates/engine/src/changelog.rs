@@ -104,7 +104,7 @@ pub fn changes(batch: &Batch) -> BTreeMap<ShardId, Vec<Change>> {
         put(*shard, vec![FORGET], value(bucket));
     }
     for (shard, org, t) in &batch.org_totals {
-        put(*shard, key(ORG_TOTALS, org.as_bytes()), value(&t.clone().unwrap_or_default()));
+        put(*shard, key(ORG_TOTALS, org.as_bytes()), t.clone().or_else(|| value(&Totals::default())));
     }
     for (shard, course, t) in &batch.course_totals {
         put(*shard, key(COURSE_TOTALS, course.as_bytes()), value(&t.unwrap_or_default()));
@@ -166,7 +166,7 @@ pub fn restore_into(batch: &mut Batch, shard: ShardId, key: &[u8], value: Option
         FORGET => batch.forget_before.push((shard, decode(value)?)),
         ORG_TOTALS => {
             let t: Totals = decode(value)?;
-            batch.org_totals.push((shard, text(rest)?, (!t.is_zero()).then_some(t)));
+            batch.org_totals.push((shard, text(rest)?, (!t.is_zero()).then(|| value.unwrap_or_default().to_vec())));
         }
         COURSE_TOTALS => {
             let t: CourseTotals = decode(value)?;

@@ -122,7 +122,8 @@ pub struct Batch {
     /// listed for the changelog (whose compaction needs a tombstone per
     /// record); the store drops them by range.
     pub forgotten: Vec<(ShardId, SeenLog)>,
-    pub org_totals: Vec<(ShardId, String, Option<Totals>)>,
+    /// Changed org totals, encoded ([`crate::codec`]).
+    pub org_totals: Vec<(ShardId, String, Option<Vec<u8>>)>,
     pub course_totals: Vec<(ShardId, String, Option<CourseTotals>)>,
     pub max_ts: Vec<(ShardId, Millis)>,
     pub plan_work: Vec<(ShardId, PlanWork)>,
@@ -360,6 +361,7 @@ impl MemState {
             self.seen_logs[s] = keep;
         }
         for (shard, key, totals) in batch.org_totals {
+            let totals = totals.map(|t| crate::codec::decode("org totals", &t)).transpose()?;
             put(&mut self.state.org_totals[usize::from(shard)], key, totals);
         }
         for (shard, key, totals) in batch.course_totals {

@@ -492,7 +492,7 @@ impl StoreWriter for RocksWriter {
         for (shard, key, t) in &batch.org_totals {
             let k = keys::sharded_text(keys::ORG_TOTALS, *shard, key);
             match t {
-                Some(t) => wb.put_cf(totals, k, encode(t)),
+                Some(t) => wb.put_cf(totals, k, t),
                 None => wb.delete_cf(totals, k),
             }
         }

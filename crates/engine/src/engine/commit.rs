@@ -12,7 +12,7 @@ use pulse_model::Millis;
 use super::{Engine, EngineError, HOUR_MS};
 use crate::changelog::{changes, Change, ChangeLog};
 use crate::codec;
-use crate::state::UserState;
+use crate::state::{Totals, UserState};
 use crate::store::{Batch, OrgUser, SeenIds, SeenKey, SeenLog, ShardId, Store, StoreError, StoreWriter};
 use crate::table::FastMap;
 
@@ -28,20 +28,26 @@ pub struct PendingCommit {
     /// Its users, shared with the engine (which reads them until the store
     /// has them): encoded into the batch by the thread that writes it.
     users: Vec<(ShardId, Committing)>,
+    /// Copies of its changed org totals (`None`: absent), encoded into the
+    /// batch by the thread that writes it, each dropped once encoded: an
+    /// org's totals hold its months and days, several times their encoding.
+    org_totals: Vec<(ShardId, String, Option<Totals>)>,
 }
 
 impl PendingCommit {
     /// Its changelog records, by shard.
     pub fn changes(&mut self) -> BTreeMap<ShardId, Vec<Change>> {
-        self.encode_users();
+        self.encode();
         changes(&self.batch)
     }
 
     /// Encoded once, for the changelog and the store alike.
-    fn encode_users(&mut self) {
+    fn encode(&mut self) {
         for (shard, users) in self.users.drain(..) {
             self.batch.users.extend(users.iter().map(|(user, state)| (shard, user.clone(), codec::encode(state))));
         }
+        let totals = self.org_totals.drain(..).map(|(shard, org, t)| (shard, org, t.as_ref().map(codec::encode)));
+        self.batch.org_totals.extend(totals);
     }
 
     /// Writes it to the store, on any thread (the engine goes on applying
@@ -52,7 +58,7 @@ impl PendingCommit {
         writer: &impl StoreWriter,
         logged: Option<Vec<(ShardId, i64)>>,
     ) -> Result<Stored, StoreError> {
-        self.encode_users();
+        self.encode();
         let mut batch = self.batch;
         if let Some(positions) = logged {
             batch.changelog = positions;
@@ -116,7 +122,7 @@ impl<S: Store> Engine<S> {
             ..Batch::default()
         };
         let watermark = self.watermark().unwrap_or(Millis::MAX);
-        let mut users = Vec::new();
+        let (mut users, mut org_totals) = (Vec::new(), Vec::new());
         for (i, shard) in self.shards.iter_mut().enumerate() {
             let id = i as ShardId;
             // Profiles change users without an id to remember.
@@ -164,7 +170,7 @@ impl<S: Store> Engine<S> {
                     }
                 }
             }
-            batch.org_totals.extend(shard.orgs.drain_dirty().map(|(k, t)| (id, self.org_keys.name(k).to_owned(), t)));
+            org_totals.extend(shard.orgs.drain_dirty().map(|(k, t)| (id, self.org_keys.name(k).to_owned(), t)));
             batch
                 .course_totals
                 .extend(shard.courses.drain_dirty().map(|(k, t)| (id, self.course_keys.name(k).to_owned(), t)));
@@ -172,7 +178,7 @@ impl<S: Store> Engine<S> {
         }
         self.committing_offsets = std::mem::take(&mut self.pending_offsets);
         self.in_flight = Some(self.uncommitted);
-        Ok(PendingCommit { batch, users })
+        Ok(PendingCommit { batch, users, org_totals })
     }
 
     /// The second half of a commit, once [`PendingCommit::store`] has
