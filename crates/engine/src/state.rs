@@ -249,7 +249,8 @@ impl UserState {
                 None => c.rating = Some(Box::new(RatingStamp { ts: ev.ts, id: ev.id.to_string(), stars: stars.0 })),
             },
             EventKind::Assessment { score, pass, .. } => {
-                let a = c.assessment.get_or_insert_with(|| Box::new(Assessment { best_score: *score, passed_at: None }));
+                let a =
+                    c.assessment.get_or_insert_with(|| Box::new(Assessment { best_score: *score, passed_at: None }));
                 a.best_score = a.best_score.max(*score);
                 if *pass {
                     a.passed_at = earliest(a.passed_at, ev.ts);
