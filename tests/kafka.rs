@@ -632,8 +632,18 @@ fn a_reparented_org_and_a_migrated_user_move_their_numbers() {
     case.produce_orgs(&[org("D_1", Some("M_B"), 5)]);
     case.produce_events(&[ev("b2", "2025-06-01T10:00:00+05:30", "bob", "D_2")]);
     case.wait_caught_up(&mut pulse);
-    // The registry reader polls on its own; give it a moment past the events.
-    std::thread::sleep(Duration::from_secs(1));
+    // The registry is read apart from the events: wait until the published
+    // state (a commit's) has D_1 under M_B.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = http_get(&case.http, "/metrics").unwrap();
+        let moved = |l: &&str| l.starts_with(r#"pulse_org_info{org="D_1","#) && l.contains(r#"parent="M_B""#);
+        if metrics.lines().any(|l| moved(&l)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "D_1 never showed under M_B:\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop(&mut pulse, &case);
     let after = case.report();
     assert_eq!(after["nodes"]["M_A"]["registered_users"], 0);
