@@ -35,6 +35,7 @@ const FAMILIES: [&str; 4] = [CF_USERS, CF_SEEN, CF_TOTALS, CF_META];
 /// Version of the directory layout, stored under [`keys::FORMAT`]. 2: a
 /// partition's offset is stored with its newest event time. 3: users are
 /// sharded by their Kafka partition (murmur2), with changelog positions.
+/// 4: the index of users by leaf org, and each shard's plan re-evaluation.
 const LAYOUT_VERSION: u8 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
