@@ -222,11 +222,20 @@ impl Case {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("{}: pulse exited with {status} before catching up:\n{}", self.name, self.log());
             }
+            // Ready too: the group's offsets reach the ends long before a
+            // take-over after a restart (or a stall) has ended, and the
+            // state directory is read once Pulse stops.
             let behind = self.behind();
-            if behind.is_empty() {
+            let ready = http_get(&self.http, "/readyz").map(|(status, body)| (status == 200).then_some(()).ok_or(body));
+            if behind.is_empty() && matches!(ready, Ok(Ok(()))) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{}: not caught up in 180s on {behind:?}:\n{}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{}: not caught up in 180s on {behind:?} ({ready:?}):\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

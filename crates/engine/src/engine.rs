@@ -24,7 +24,7 @@ use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
 use crate::state::{CourseTotals, Totals, UserState};
-use crate::store::{Batch, SeenKey, ShardId, Store, StoreError, StoreWriter, StreamPosition};
+use crate::store::{Batch, LoadedState, SeenKey, ShardId, Store, StoreError, StoreWriter, StreamPosition};
 use crate::table::{FastMap, FastSet, Interner, Table};
 use commit::Committing;
 
@@ -246,7 +246,7 @@ impl<S: Store> Engine<S> {
     /// Drops everything not committed and loads what the store holds, as a
     /// restart would.
     pub fn reload(&mut self) -> Result<(), EngineError> {
-        let loaded = self.store.load()?;
+        let mut loaded = self.store.load()?;
         if let Some(stored) = loaded.meeting_minutes.filter(|&m| m != self.config.meeting_minutes) {
             return Err(EngineError::ConfigMismatch {
                 key: "engine.meeting_minutes",
@@ -254,6 +254,37 @@ impl<S: Store> Engine<S> {
                 configured: self.config.meeting_minutes.to_string(),
             });
         }
+        self.record_meeting_minutes = loaded.meeting_minutes.is_none();
+        self.registry = Registry::new(std::mem::take(&mut loaded.orgs));
+        self.targets = std::mem::take(&mut loaded.targets);
+        self.catalogue = std::mem::take(&mut loaded.catalogue);
+        self.plans = std::mem::take(&mut loaded.plans);
+        self.evaluated = Evaluated {
+            view: crate::plan_work::view(&self.plans, &self.registry),
+            plans: self.plans.clone(),
+            registry: self.registry.clone(),
+        };
+        self.plans_stale = false;
+        self.pending_orgs.clear();
+        self.pending_targets.clear();
+        self.pending_catalogue.clear();
+        self.pending_plans.clear();
+        (self.uncommitted, self.poisoned) = (0, false);
+        self.load_shards(loaded)
+    }
+
+    /// Loads every shard's state again, after a take-over wrote it in the
+    /// store (restored from a changelog, or dropped). The registry, targets,
+    /// catalogue and plans stay as memory holds them, with the records read
+    /// since the last commit: their topics are not read again. Nothing else
+    /// may be uncommitted.
+    pub fn reload_shards(&mut self) -> Result<(), EngineError> {
+        debug_assert!(self.in_flight.is_none() && self.pending_offsets.is_empty());
+        let loaded = self.store.load()?;
+        self.load_shards(loaded)
+    }
+
+    fn load_shards(&mut self, loaded: LoadedState) -> Result<(), EngineError> {
         let (mut org_keys, mut course_keys) = (Interner::default(), Interner::default());
         let mut shards: Vec<Shard> = (0..self.store.shards()).map(|_| Shard::default()).collect();
         for (i, shard) in shards.iter_mut().enumerate() {
@@ -268,30 +299,16 @@ impl<S: Store> Engine<S> {
             shard.filter = SeenFilter::new(self.store.newest_seen_bucket(i as ShardId)?);
             shard.plan_work = loaded.plan_work.get(&(i as ShardId)).cloned().unwrap_or_default();
         }
-        self.record_meeting_minutes = loaded.meeting_minutes.is_none();
-        self.registry = Registry::new(loaded.orgs);
-        self.targets = loaded.targets;
-        self.catalogue = loaded.catalogue;
-        self.plans = loaded.plans;
-        self.evaluated = Evaluated {
-            view: crate::plan_work::view(&self.plans, &self.registry),
-            plans: self.plans.clone(),
-            registry: self.registry.clone(),
-        };
-        // A shard restored from a changelog may hold another view (one
-        // with no state has nothing to redo).
+        // A shard restored from a changelog may have been evaluated against
+        // other records (one with no state has nothing to redo).
         let view = self.evaluated.view;
-        self.plans_stale = shards.iter().any(|s| s.orgs.iter().next().is_some() && s.plan_work.view != view);
+        self.plans_stale |= shards.iter().any(|s| s.orgs.iter().next().is_some() && s.plan_work.view != view);
         (self.shards, self.org_keys, self.course_keys) = (shards, org_keys, course_keys);
-        self.pending_orgs.clear();
-        self.pending_targets.clear();
-        self.pending_catalogue.clear();
-        self.pending_plans.clear();
         self.offsets = loaded.offsets;
         self.pending_offsets.clear();
         self.committing_offsets.clear();
         self.changelog = loaded.changelog;
-        (self.last_event, self.uncommitted, self.in_flight, self.poisoned) = (None, 0, None, false);
+        (self.last_event, self.in_flight) = (None, None);
         Ok(())
     }
 
@@ -388,16 +405,16 @@ impl<S: Store> Engine<S> {
 
     /// Keeps the state of the given shards only (the partitions this
     /// instance owns): every other shard's state is deleted, so that no
-    /// instance holds, or exports, a shard another one owns. Everything
-    /// applied must be committed first.
+    /// instance holds, or exports, a shard another one owns. Nothing but
+    /// registry records may be uncommitted (they stay).
     pub fn keep_only(&mut self, shards: &BTreeSet<ShardId>) -> Result<(), EngineError> {
         let drop: Vec<ShardId> = (0..self.shards()).filter(|s| !shards.contains(s)).collect();
         self.restore(Batch { drop_shards: drop, ..Batch::default() })?;
-        self.reload()
+        self.reload_shards()
     }
 
     /// Writes a batch of restored shard state (from the changelog) straight
-    /// to the store. The caller [`Engine::reload`]s once every batch is in.
+    /// to the store. The caller [`Engine::reload_shards`] once every batch is in.
     pub fn restore(&mut self, batch: Batch) -> Result<(), EngineError> {
         if self.poisoned {
             return Err(EngineError::Poisoned);

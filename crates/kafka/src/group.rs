@@ -430,8 +430,9 @@ pub(crate) fn read_registry<S: Store + Send + 'static>(
     // Read from the start again: the letters of its records come again too.
     context.registry_letters.lock().unwrap_or_else(|p| p.into_inner()).clear();
     registry.catch_up(engine, &context.registry_letters, stats, &context.stop)?;
+    // Only the records: the shards may not be caught up with their changelogs yet.
     let mut engine = lock(engine);
-    engine.commit()?;
+    engine.commit_records()?;
     info!(
         orgs = engine.registry().len(),
         targets = engine.targets().len(),

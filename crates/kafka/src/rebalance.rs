@@ -264,19 +264,22 @@ impl<S: Store> GroupContext<S> {
     /// Makes the local state exactly the given shards', each caught up
     /// with its changelog: takes over their changelog partitions (fencing
     /// the previous owners), drops every other shard, restores, reloads.
-    pub(crate) fn take_over(&self, consumer: &BaseConsumer<Self>, shards: &BTreeSet<ShardId>) -> Result<(), Error>
+    pub(crate) fn take_over(&self, shards: &BTreeSet<ShardId>) -> Result<(), Error>
     where
         S: Send + 'static,
     {
         self.changelog().own(shards)?;
-        // Registry records read since the last commit: the reload below
-        // would drop them, and their topic is not read again.
-        self.persist(consumer)?;
+        // Nothing is applied since the last commit (a take-over follows a
+        // revocation's commit, a recovery's reload, or a start) but
+        // registry records, which the reloads keep. Nothing is committed
+        // before the shards are caught up: a shard the store holds behind
+        // its changelog (a crash between the two) would be written stale.
+        self.complete()?;
         lock(&self.engine).keep_only(shards)?;
         for &shard in shards {
             catch_up(&self.settings, &self.engine, shard, &self.metrics, &self.stop)?;
         }
-        lock(&self.engine).reload()?;
+        lock(&self.engine).reload_shards()?;
         self.ownership.set_mine(shards.clone());
         Ok(())
     }
@@ -296,7 +299,7 @@ impl<S: Store> GroupContext<S> {
         // While the engine refuses events, the stalled loop takes the
         // partitions over once it recovers.
         if !lock(&self.engine).is_poisoned() {
-            if let Err(e) = self.take_over(consumer, &shards) {
+            if let Err(e) = self.take_over(&shards) {
                 error!(error = %e, "taking the assigned partitions over failed; ingestion waits and retries it");
                 lock(&self.engine).invalidate();
                 *self.take_over_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);

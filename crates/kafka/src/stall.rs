@@ -95,11 +95,15 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
     /// Once the store takes writes: catches the assigned shards up with
     /// their changelogs (a failed commit may have reached some of them and
     /// not the store), re-reads the registry, rewinds every partition.
+    /// Revoked meanwhile, and not assigned again yet: the assignment to
+    /// come takes its shards over, and finds the local state of those it
+    /// had (taking over none now would drop them all, to be restored whole).
     fn resume(&self, settings: &Settings, registry_stats: &mut IngestStats) -> Result<RegistryReader, Error> {
         let context = self.consumer.context();
         context.outbox().discard();
         let assignment = self.consumer.assignment().map_err(kafka_err("failed to read the assignment"))?;
-        if let Err(e) = context.take_over(self.consumer, &context.shards_of(&assignment)) {
+        let assigned = context.assigned.load(Ordering::Relaxed);
+        if let Err(e) = assigned.then(|| context.take_over(&context.shards_of(&assignment))).transpose() {
             // Memory may hold part of a restore: recover reloads it next round.
             lock(self.engine).invalidate();
             return Err(e);

@@ -96,6 +96,43 @@ impl<S: Store> Engine<S> {
         self.finish_commit(stored)
     }
 
+    /// Writes the registry, targets, catalogue and plans read since the
+    /// last commit, and nothing of any shard. On a start or a take-over,
+    /// before the shards are caught up with their changelogs, the store may
+    /// hold a shard behind its changelog: users re-evaluated against it
+    /// would be written over the newer ones the changelog holds. The next
+    /// [`Engine::prepare_commit`] re-evaluates the users the records affect.
+    /// Nothing else may be uncommitted.
+    pub fn commit_records(&mut self) -> Result<(), EngineError> {
+        if self.poisoned {
+            return Err(EngineError::Poisoned);
+        }
+        if self.in_flight.is_some() {
+            return Err(EngineError::CommitInFlight);
+        }
+        debug_assert!(self.pending_offsets.is_empty() && self.shards.iter().all(|s| s.users.is_empty()));
+        let batch = self.take_records();
+        if let Err(e) = self.store.writer().commit(batch) {
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        (self.record_meeting_minutes, self.uncommitted) = (false, 0);
+        Ok(())
+    }
+
+    /// A batch of the registry records read since the last commit (and the
+    /// threshold, for a fresh store), taken out of memory.
+    fn take_records(&mut self) -> Batch {
+        Batch {
+            meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
+            orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
+            targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
+            catalogue: std::mem::take(&mut self.pending_catalogue).into_iter().collect(),
+            plans: std::mem::take(&mut self.pending_plans).into_iter().collect(),
+            ..Batch::default()
+        }
+    }
+
     /// The first half of a commit: takes every change since the last commit
     /// out of memory into a batch. Its changelog records can then be written
     /// without holding the engine, and [`Engine::finish_commit`] stores it.
@@ -112,15 +149,8 @@ impl<S: Store> Engine<S> {
         }
         self.note_plan_changes()?;
         self.reevaluate_slice()?;
-        let mut batch = Batch {
-            meeting_minutes: self.record_meeting_minutes.then_some(self.config.meeting_minutes),
-            orgs: std::mem::take(&mut self.pending_orgs).into_iter().collect(),
-            targets: std::mem::take(&mut self.pending_targets).into_iter().collect(),
-            catalogue: std::mem::take(&mut self.pending_catalogue).into_iter().collect(),
-            plans: std::mem::take(&mut self.pending_plans).into_iter().collect(),
-            offsets: self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            ..Batch::default()
-        };
+        let offsets = self.pending_offsets.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut batch = Batch { offsets, ..self.take_records() };
         let watermark = self.watermark().unwrap_or(Millis::MAX);
         let (mut users, mut org_totals) = (Vec::new(), Vec::new());
         for (i, shard) in self.shards.iter_mut().enumerate() {
