@@ -469,6 +469,46 @@ fn a_graceful_stop_midstream_and_a_restart_lose_nothing() {
     case.assert_equals_model();
 }
 
+/// A transaction left open on a changelog partition below what Pulse has
+/// committed there (a committed one's markers, which a broker restart
+/// delays, hold readers the same way) makes the end a `read_committed`
+/// reader sees lower than the local state's position. A restart waits for
+/// the transaction to be decided and keeps its local state: taking that
+/// end for the changelog's, it would rebuild the shard from an older state
+/// whose records the log then passes, to be read later over a newer one.
+#[test]
+fn a_transaction_open_on_the_changelog_holds_a_restore_which_keeps_the_local_state() {
+    let _broker = BROKER.read().unwrap_or_else(|p| p.into_inner());
+    let mut case = Case::new(2);
+    let (orgs, events) = history(47, 6_000);
+    case.produce_orgs(&orgs);
+    let (first, second) = events.split_at(events.len() / 2);
+    case.produce_events(first);
+    let mut pulse = case.start();
+    case.wait_caught_up(&mut pulse);
+    let changelog = format!("{}.changelog", case.group);
+    let open = tools::OpenTransaction::begin(&brokers(), &format!("{}.open", case.group), &changelog, 0, (b"?", b"?"))
+        .unwrap();
+    case.produce_events(second);
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+    let log_before = case.log().len();
+    let mut pulse = case.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !case.log()[log_before..].contains("assigned; restoring") {
+        assert!(Instant::now() < deadline, "never assigned:\n{}", case.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    open.abort().unwrap();
+    case.wait_caught_up(&mut pulse);
+    stop(&mut pulse, &case);
+    let log = case.log()[log_before..].to_owned();
+    assert!(!log.contains("not from this changelog"), "the restart dropped a shard's local state:\n{log}");
+    assert!(log.contains("restored from the changelog shard=0 records=0"), "shard 0 was not kept:\n{log}");
+    case.assert_equals_model();
+}
+
 /// Kills at random moments of a catch-up over a history with malformed
 /// messages among the events: nothing is lost, nothing counts twice, and
 /// every bad message is on the DLQ exactly once (`read_committed`).

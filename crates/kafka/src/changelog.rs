@@ -13,26 +13,23 @@
 //!   forwarded to the repartition topic, and their dead letters. Only then
 //!   does the local store take the batch, with the changelog offset after it;
 //! - on assignment, and after any failed commit, each owned shard catches
-//!   up from its local changelog offset (or from the start, when it holds
-//!   none) to the end, read `read_committed`, before any event is applied.
+//!   up from its changelog (`restore.rs`) before any event is applied.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pulse_engine::{restore_into, Batch, Change, Engine, EngineError, ShardId, Store, StoreError};
+use pulse_engine::{Change, ShardId, StoreError};
 use pulse_model::InputFormat;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
+use rdkafka::consumer::{BaseConsumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::dead_letters::Letter;
-use crate::metrics::IngestMetrics;
 use crate::registry::{partitions, METADATA_TIMEOUT};
 use crate::{client_config, kafka_err, Error, Settings};
 
@@ -46,13 +43,6 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// user states and id records compress well, and the broker on the same
 /// cores writes fewer bytes.
 const CHANGELOG_COMPRESSION: &str = "lz4";
-
-/// Restored records written to the store per batch.
-const RESTORE_CHUNK: usize = 20_000;
-
-/// A restore that reads nothing for this long gives up (the brokers are
-/// away); the stalled loop tries the take-over again.
-const RESTORE_STALL: Duration = Duration::from_secs(30);
 
 /// Offsets of the changelog records a producer wrote, and the first refusal.
 struct Delivered {
@@ -384,123 +374,6 @@ impl Changelog {
             }
         }
     }
-}
-
-/// The changelog reader's context: reaching the end of the partition is
-/// how a restore knows it is done, not an error to log.
-struct EndIsNoError;
-
-impl ClientContext for EndIsNoError {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
-            warn!(%error, reason, "changelog reader");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for EndIsNoError {}
-
-/// Brings the local state of `shard` up to its changelog's end: from the
-/// local changelog offset when it is valid, else (no local state, or one
-/// from another changelog) from the start after dropping the local copy.
-/// The shard's changelog producer must be initialized first, so that no
-/// transaction of an earlier owner is still open. Returns the records read.
-/// Gives up when `stop` is set, or when nothing arrives for
-/// [`RESTORE_STALL`]. What was restored so far stays, under the old
-/// changelog position: the next attempt reads those records again, which
-/// is harmless, as every record is a whole value.
-pub(crate) fn catch_up<S: Store>(
-    settings: &Settings,
-    engine: &Mutex<Engine<S>>,
-    shard: ShardId,
-    metrics: &IngestMetrics,
-    stop: &AtomicBool,
-) -> Result<u64, Error> {
-    let outcome = restore(settings, engine, shard, metrics, stop);
-    metrics.restored(shard, *outcome.as_ref().unwrap_or(&0));
-    outcome
-}
-
-fn restore<S: Store>(
-    settings: &Settings,
-    engine: &Mutex<Engine<S>>,
-    shard: ShardId,
-    metrics: &IngestMetrics,
-    stop: &AtomicBool,
-) -> Result<u64, Error> {
-    let lock = || engine.lock().unwrap_or_else(|p| p.into_inner());
-    let consumer: BaseConsumer<EndIsNoError> = client_config(&settings.brokers, &settings.options)
-        .set("group.id", format!("{}.restore", settings.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        // Never skip ahead: a start below the log's would read from its start.
-        .set("auto.offset.reset", "earliest")
-        // A partition read to its end ends with a commit marker and no
-        // data: do not let the broker wait for more before answering.
-        .set("fetch.wait.max.ms", "10")
-        .create_with_context(EndIsNoError)
-        .map_err(kafka_err("failed to create the changelog reader"))?;
-    let topic = &settings.changelog_topic;
-    let partition = i32::from(shard);
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-        .map_err(kafka_err(format!("failed to read the end of changelog partition {shard}")))?;
-    let local = lock().changelog_position(shard);
-    let start = match local {
-        Some(at) if (low..=high).contains(&at) => at,
-        _ => {
-            if local.is_some() {
-                warn!(shard, ?local, low, high, "the local state is not from this changelog; restoring from the start");
-            }
-            lock().restore(Batch { drop_shards: vec![shard], ..Batch::default() })?;
-            low
-        }
-    };
-    if start >= high {
-        return Ok(0);
-    }
-    let started = Instant::now();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
-        .map_err(kafka_err("failed to build an assignment"))?;
-    consumer.assign(&tpl).map_err(kafka_err("failed to assign the changelog partition"))?;
-    let (mut batch, mut in_batch, mut total) = (Batch::default(), 0usize, 0u64);
-    let mut last_read = Instant::now();
-    metrics.restoring(shard, high - start);
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return Err(Error::Stopped("restoring a partition from the changelog"));
-        }
-        if last_read.elapsed() > RESTORE_STALL {
-            return Err(Error::Timeout(format!(
-                "restoring changelog partition {shard}: nothing read for {}s after {total} records; \
-                 the brokers may be away",
-                RESTORE_STALL.as_secs()
-            )));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => warn!(error = %e, shard, "reading the changelog; librdkafka retries"),
-            Some(Ok(m)) => {
-                last_read = Instant::now();
-                restore_into(&mut batch, shard, m.key().unwrap_or_default(), m.payload()).map_err(EngineError::from)?;
-                (in_batch, total) = (in_batch + 1, total + 1);
-                if in_batch >= RESTORE_CHUNK {
-                    lock().restore(std::mem::take(&mut batch))?;
-                    in_batch = 0;
-                    metrics.restoring(shard, (high - m.offset() - 1).max(0));
-                }
-            }
-        }
-    }
-    // Read to the end (`read_committed`: nothing is open on this partition).
-    batch.changelog.push((shard, high));
-    lock().restore(batch)?;
-    info!(shard, records = total, from = start, to = high, elapsed = ?started.elapsed(), "restored from the changelog");
-    Ok(total)
 }
 
 /// The shard layout: how many shards, and which topics are co-partitioned

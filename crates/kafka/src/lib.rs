@@ -30,6 +30,7 @@ mod ownership;
 mod publication;
 mod rebalance;
 mod registry;
+mod restore;
 mod retry;
 mod round;
 mod stall;

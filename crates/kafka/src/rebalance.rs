@@ -21,12 +21,13 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
-use crate::changelog::{catch_up, Changelog, Outbox};
+use crate::changelog::{Changelog, Outbox};
 use crate::committer::{Committer, Writing};
 use crate::dead_letters::{Letter, Source};
 use crate::metrics::IngestMetrics;
 use crate::ownership::Ownership;
 use crate::registry::METADATA_TIMEOUT;
+use crate::restore::catch_up;
 use crate::{Error, Settings};
 
 pub(crate) fn lock<S>(engine: &Mutex<Engine<S>>) -> MutexGuard<'_, Engine<S>> {

@@ -216,6 +216,51 @@ pub fn produce_compressed(brokers: &str, topic: &str, messages: &[KeyValue], cod
     producer.flush()
 }
 
+/// A transaction left open on one partition, as a producer that stopped
+/// between its records and its commit leaves one (or a committed one whose
+/// markers a broker restart delays): `read_committed` readers see the
+/// partition's end stop at its record until it is aborted.
+pub struct OpenTransaction {
+    producer: BaseProducer,
+}
+
+impl std::fmt::Debug for OpenTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenTransaction").finish_non_exhaustive()
+    }
+}
+
+impl OpenTransaction {
+    /// Writes a record (key and value: a compacted topic takes none
+    /// without a key) to `partition` of `topic` in a new transaction of
+    /// `transactional_id` and leaves it open (for up to a minute).
+    pub fn begin(
+        brokers: &str,
+        transactional_id: &str,
+        topic: &str,
+        partition: i32,
+        (key, value): (&[u8], &[u8]),
+    ) -> Result<Self, Error> {
+        let producer: BaseProducer = config(brokers)
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "60000")
+            .create()
+            .map_err(kafka_err("failed to create a transactional producer"))?;
+        producer.init_transactions(TIMEOUT).map_err(kafka_err("failed to initialize transactions"))?;
+        producer.begin_transaction().map_err(kafka_err("failed to begin a transaction"))?;
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(topic).partition(partition).key(key).payload(value))
+            .map_err(|(e, _)| kafka_err(format!("failed to produce to `{topic}`"))(e))?;
+        producer.flush(TIMEOUT).map_err(kafka_err("failed to flush the producer"))?;
+        Ok(OpenTransaction { producer })
+    }
+
+    /// Aborts the transaction: its record is never read `read_committed`.
+    pub fn abort(self) -> Result<(), Error> {
+        self.producer.abort_transaction(TIMEOUT).map_err(kafka_err("failed to abort the transaction"))
+    }
+}
+
 /// The high watermark (next offset) of every partition of a topic.
 pub fn high_watermarks(brokers: &str, topic: &str) -> Result<BTreeMap<i32, i64>, Error> {
     let consumer: BaseConsumer = config(brokers).create().map_err(kafka_err("failed to create a consumer"))?;
