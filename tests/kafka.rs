@@ -323,6 +323,24 @@ impl Case {
     }
 }
 
+/// A passing test deletes its topics: a broker kept across runs (`scripts/kafka`
+/// keeps its data) would otherwise grow by thousands of partitions, and the
+/// broker restarts of these tests would outlast their deadlines.
+impl Drop for Case {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let internal = [format!("{}.changelog", self.group), format!("{}.repartition", self.group)];
+        let inputs = [&self.events, &self.sunbird, &self.ratings, &self.users, &self.orgs, &self.targets];
+        let rest = [&self.courses, &self.plans, &self.dlq];
+        for topic in inputs.into_iter().chain(rest).chain(&internal) {
+            // Best effort: a test may have deleted one itself.
+            let _ = tools::delete_topic(&brokers(), topic);
+        }
+    }
+}
+
 fn rand_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000
 }
