@@ -113,6 +113,25 @@ fn a_user_of_an_org_the_registry_later_deletes_counts_under_unassigned() {
     assert_eq!((registered(&engine, "O"), registered(&engine, "unassigned")), (Some(1), Some(0)));
 }
 
+/// A take-over reloads its shards with the plan records read since the last
+/// commit still to be evaluated: the users it brings back are assigned a
+/// plan that arrived before it.
+#[test]
+fn a_plan_read_before_a_take_over_reaches_the_users_it_reloads() {
+    let mut engine = Engine::open(MemStore::new(2), EngineConfig::default()).unwrap();
+    engine.apply_org_message(Some(b"O"), Some(br#"{"v":1,"org":"O","parent":null}"#.as_slice()));
+    engine.apply(&progress("a", 1_750_000_000_000)).unwrap();
+    engine.commit().unwrap();
+    let plan =
+        br#"{"v":1,"id":"p","org":"national","courses":["c"],"assign":{"to":"all"},"due":"2026-03-31T23:59:59+05:30"}"#;
+    engine.apply_plan_message(Some(b"p"), Some(plan.as_slice()));
+    engine.reload_shards().unwrap();
+    engine.commit().unwrap();
+    let report = engine.snapshot().report(Fy(2025), 1_750_000_000_000);
+    let users = report.plans.unwrap().get("p").map(|p| p.nodes["national"].users);
+    assert_eq!(users, Some(1));
+}
+
 /// A store that can be made to refuse writes, like a full disk.
 struct Refusing {
     inner: MemStore,
