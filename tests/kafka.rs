@@ -213,6 +213,16 @@ impl Case {
         s
     }
 
+    /// Waits until a Pulse started when its log was `log_before` bytes long
+    /// is given its partitions (and starts taking them over).
+    fn wait_assigned(&self, log_before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log()[log_before..].contains("assigned; restoring") {
+            assert!(Instant::now() < deadline, "never assigned:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until the group's committed offsets reach the end of every
     /// input partition. Pulse commits them to the group only after the state
     /// that includes them is persisted.
@@ -512,11 +522,7 @@ fn a_transaction_open_on_the_changelog_holds_a_restore_which_keeps_the_local_sta
     stop(&mut pulse, &case);
     let log_before = case.log().len();
     let mut pulse = case.start();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !case.log()[log_before..].contains("assigned; restoring") {
-        assert!(Instant::now() < deadline, "never assigned:\n{}", case.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    case.wait_assigned(log_before);
     std::thread::sleep(Duration::from_secs(3));
     open.abort().unwrap();
     case.wait_caught_up(&mut pulse);
@@ -1876,11 +1882,7 @@ fn a_broker_restart_during_a_take_over_is_waited_out() {
     let mut b = Instance::new(&case, "b");
     let log_before = case.log().len();
     b.start(&case);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !case.log()[log_before..].contains("assigned; restoring") {
-        assert!(Instant::now() < deadline, "never assigned:\n{}", case.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    case.wait_assigned(log_before);
     kafka_script("stop");
     std::thread::sleep(Duration::from_secs(2));
     kafka_script("start");
