@@ -365,7 +365,8 @@ impl<S: Store> GroupContext<S> {
 
     /// Persists, then lets the partitions go. What cannot be persisted
     /// (fenced by the partitions' next owner, a full disk, brokers away) is
-    /// dropped: the next owner resumes from the last commit.
+    /// dropped by the stalled loop's recovery: the next owner resumes from
+    /// the last commit.
     fn revoke(&self, consumer: &BaseConsumer<Self>)
     where
         S: Send + 'static,
@@ -376,11 +377,13 @@ impl<S: Store> GroupContext<S> {
             info!("revoked while ingestion is stalled; the next owner resumes from the last commit");
             self.outbox().discard();
         } else if let Err(e) = self.persist(consumer) {
-            error!(error = %e, "revoked, but the state could not be persisted; dropping what the last commit lacks");
+            error!(error = %e, "revoked, but the state could not be persisted; ingestion stalls and resumes from the last commit");
             self.outbox().discard();
-            if let Err(e) = lock(&self.engine).reload() {
-                error!(error = %e, "reloading the committed state failed; the next commit retries");
-            }
+            // The stalled loop drops what the last commit lacks and reads the
+            // registry topics again. Dropping it here would drop the registry
+            // records read since the last commit too, and the registry
+            // reader, past them, would never deliver them again.
+            lock(&self.engine).invalidate();
         } else {
             info!("revoked; state, changelog and offsets persisted first");
         }
