@@ -132,7 +132,7 @@ fn consume<S: Store + Send + 'static>(
         assigned: AtomicBool::new(false),
         ends: Mutex::new(BTreeMap::new()),
         failure: Mutex::new(None),
-        take_over_failed: Mutex::new(None),
+        rebalance_failed: Mutex::new(None),
         registry_letters: Mutex::new(Vec::new()),
         changelog: Arc::new(Mutex::new(Changelog::new(settings))),
         outbox: Mutex::new(Outbox::default()),
@@ -284,7 +284,7 @@ fn consume<S: Store + Send + 'static>(
         if let Some(failure) = consumer.context().failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(Error::Setup(format!("librdkafka refused the group's assignment: {failure}")));
         }
-        if let Some(e) = consumer.context().take_over_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(e) = consumer.context().rebalance_failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             failed = Some(e);
         }
         let interval_passed = last_commit.elapsed() >= settings.commit_interval;

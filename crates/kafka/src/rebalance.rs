@@ -48,8 +48,9 @@ pub(crate) struct GroupContext<S> {
     /// A local failure inside a callback (librdkafka refused an
     /// assignment), reported by the loop after `poll` returns.
     pub(crate) failure: Mutex<Option<String>>,
-    /// A take-over that failed: the loop stalls with it and retries.
-    pub(crate) take_over_failed: Mutex<Option<Error>>,
+    /// A take-over, or a revocation's commit, that failed inside a
+    /// rebalance callback: the loop stalls with it and recovers.
+    pub(crate) rebalance_failed: Mutex<Option<Error>>,
     /// The registry topics' dead letters since they were last read from
     /// the start, until a commit of their shard has written them
     /// ([`crate::dead_letters`]).
@@ -303,7 +304,7 @@ impl<S: Store> GroupContext<S> {
             if let Err(e) = self.take_over(&shards) {
                 error!(error = %e, "taking the assigned partitions over failed; ingestion waits and retries it");
                 lock(&self.engine).invalidate();
-                *self.take_over_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                *self.rebalance_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
         }
         // A topic not co-partitioned resumes at the group's offset,
@@ -384,6 +385,7 @@ impl<S: Store> GroupContext<S> {
             // records read since the last commit too, and the registry
             // reader, past them, would never deliver them again.
             lock(&self.engine).invalidate();
+            *self.rebalance_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
         } else {
             info!("revoked; state, changelog and offsets persisted first");
         }

@@ -79,8 +79,8 @@ impl<S: Store + Send + 'static> Stalled<'_, S> {
             match recovered.and_then(|()| self.resume(settings, registry_stats)) {
                 Ok(registry) => {
                     info!("ingestion resumed from the stored offsets");
-                    // A take-over that failed inside a rebalance was just done.
-                    self.consumer.context().take_over_failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    // What failed inside a rebalance was just recovered from.
+                    self.consumer.context().rebalance_failed.lock().unwrap_or_else(|p| p.into_inner()).take();
                     counts.store_recovered();
                     self.metrics.publish(counts);
                     return Ok(Some(registry));
