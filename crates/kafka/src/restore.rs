@@ -15,6 +15,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use crate::changelog::TRANSACTION_TIMEOUT;
 use crate::metrics::IngestMetrics;
 use crate::registry::METADATA_TIMEOUT;
 use crate::{client_config, kafka_err, Error, Settings};
@@ -167,7 +168,8 @@ fn restore<S: Store>(
 /// local position. A local position still past the end after
 /// [`RESTORE_STALL`] is from another changelog (one deleted and recreated);
 /// an open transaction after as long is an error, which the stalled loop
-/// retries.
+/// retries: one that never closes is hanging, and the error says how an
+/// operator aborts it (Pulse cannot: librdkafka has no such admin call).
 fn settled_end(
     committed: &BaseConsumer<EndIsNoError>,
     uncommitted: &BaseConsumer<EndIsNoError>,
@@ -192,8 +194,12 @@ fn settled_end(
         if Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
                 "changelog partition {partition} has a transaction still open at offset {stable} (its end is \
-                 {high}) after {}s; the brokers may still be recovering",
-                RESTORE_STALL.as_secs()
+                 {high}) after {}s; the brokers may still be recovering. Open past its transaction timeout \
+                 ({}s), it is hanging (a broker that stopped while completing it can lose its markers): \
+                 `kafka-transactions.sh abort --topic {topic} --partition {partition} --start-offset {stable}` \
+                 ends it",
+                RESTORE_STALL.as_secs(),
+                TRANSACTION_TIMEOUT.as_secs()
             )));
         }
         if stop.load(Ordering::Relaxed) {
