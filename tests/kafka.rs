@@ -1197,12 +1197,14 @@ fn malformed_burst(n: usize) -> Vec<Kv> {
 
 /// The chaos run: the load generator produces a mixed history at a steady
 /// rate while, at random moments, Pulse is killed with SIGKILL (10 times),
-/// the broker is killed with SIGKILL and started again (twice), and a burst
-/// of malformed messages arrives. The broker crashes rather than stops: a
-/// single broker's controlled shutdown drops the markers of a transaction
-/// it completes meanwhile (its marker channel skips partitions without a
-/// leader as deleted), which leaves a hanging transaction that only an
-/// operator can abort; Pulse waits on it, not ready, and says so. At the end the report equals the generator's expected report,
+/// the broker is restarted under it (twice), and a burst of malformed
+/// messages arrives. Pulse is frozen (SIGSTOP) across each broker restart,
+/// so that the broker completes no transaction of it while its partitions
+/// have no leader: a single broker then drops the transaction's markers
+/// (its marker channel skips such partitions as deleted), which leaves a
+/// hanging transaction that only an operator can abort (Pulse waits on it,
+/// not ready, and says so: RELIABILITY.md). Its commits in flight fail or
+/// complete after the restart. At the end the report equals the generator's expected report,
 /// and the DLQ holds exactly the malformed messages, each once (dead letters
 /// are written in the transaction that passes their offsets).
 /// `PULSE_CHAOS_EVENTS` (default 20,000) and `PULSE_CHAOS_RATE` (events/s,
@@ -1238,9 +1240,15 @@ fn chaos_kills_broker_restarts_and_a_malformed_burst_lose_nothing_and_count_noth
                 pulse = case.start_with(&overrides);
             }
             "broker" => {
-                broker_signal("-KILL");
+                signal(&pulse, "-STOP");
+                // Long enough for the coordinator to write the markers of a commit in flight.
+                std::thread::sleep(Duration::from_secs(1));
+                kafka_script("stop");
                 std::thread::sleep(Duration::from_millis(500 + rng.below(2000)));
                 kafka_script("start");
+                // Every partition led again before Pulse commits.
+                std::thread::sleep(Duration::from_secs(2));
+                signal(&pulse, "-CONT");
             }
             _ => {
                 let (to_events, to_sunbird) = burst.split_at(burst.len() / 2);
