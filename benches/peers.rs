@@ -12,6 +12,13 @@
 //!
 //! Run: `cargo bench -p pulse --bench peers` (`PULSE_BENCH_EVENTS`, default
 //! 10,000,000; `PULSE_BENCH_USERS`, default 1,000,000; 16 partitions;
+//! `PULSE_BENCH_DRAW=everyone` sends the learner journeys to every user
+//! (`pulse-loadgen --draw everyone`: the national world's shape) instead of
+//! uniformly (2M events over 1M users touch 27% of them);
+//! `PULSE_BENCH_JOURNEYS=N` learner journeys under way at once (default
+//! 4,096; a journey's events lie about 6N events apart);
+//! `PULSE_BENCH_SCATTER_DAYS=N` draws event times over the last N days
+//! whatever the arrival order (`pulse-loadgen --scatter-days`);
 //! `PULSE_BENCH_PEERS=pulse` runs the bare consume and Pulse only, for
 //! profiles and A/B runs;
 //! `PULSE_BENCH_PULSE=NAME=PATH,...` runs these `pulse` binaries one after
@@ -231,6 +238,12 @@ fn pulse(dir: &Path, topic: &str, orgs: &str, name: &str, binary: &Path) -> Figu
 fn main() {
     let events = env_or("PULSE_BENCH_EVENTS", 10_000_000);
     let users = env_or("PULSE_BENCH_USERS", 1_000_000);
+    let draw = std::env::var("PULSE_BENCH_DRAW").unwrap_or_else(|_| "uniform".into());
+    let journeys = env_or("PULSE_BENCH_JOURNEYS", 4_096).to_string();
+    let mut shape: Vec<String> = vec!["--journeys".into(), journeys.clone()];
+    if let Ok(days) = std::env::var("PULSE_BENCH_SCATTER_DAYS") {
+        shape.extend(["--scatter-days".into(), days]);
+    }
     let only_pulse = std::env::var("PULSE_BENCH_PEERS").is_ok_and(|v| v == "pulse");
     let dir = tempfile::tempdir().expect("temp dir");
     let topic = format!("bench.peers.{}", wall_ms());
@@ -243,14 +256,18 @@ fn main() {
         .args(["--brokers", &brokers(), "--partitions", &PARTITIONS.to_string()])
         .args(["--events-topic", &topic, "--orgs-topic", &orgs, "--targets-topic", &format!("{topic}.targets")])
         .args(["--users", &users.to_string(), "--events", &events.to_string(), "--first-fy", &first_fy])
-        .args(["--duplicates", "0.01"])
+        .args(["--duplicates", "0.01", "--draw", &draw])
+        .args(&shape)
         .output()
         .expect("pulse-loadgen (is `scripts/kafka start` running?)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let messages: i64 = tools::high_watermarks(&brokers(), &topic).expect("watermarks").values().sum();
     println!(
-        "preloaded {messages} pulse-v1 messages ({events} events, 1% duplicates) over {users} users, \
-         {PARTITIONS} partitions, in {:.0}s",
+        "preloaded {messages} pulse-v1 messages ({events} events, 1% duplicates) over {users} users \
+         (journeys drawn: {draw}, {journeys} at once; event times {}; {}), {PARTITIONS} partitions, in {:.0}s",
+        std::env::var("PULSE_BENCH_SCATTER_DAYS")
+            .map_or("advancing over two years".to_owned(), |d| format!("scattered over {d} days")),
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default(),
         t.elapsed().as_secs_f64()
     );
 

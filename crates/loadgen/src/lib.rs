@@ -33,6 +33,30 @@ pub struct WorldSpec {
     pub first_fy: Fy,
     /// The share of learner journeys with an assessment attempt.
     pub assessments: f64,
+    /// Which users the learner journeys go to.
+    pub draw: UserDraw,
+    /// Learner journeys under way at once (default 4,096): a journey's
+    /// events lie about `6 x journeys` events apart in the stream, so this
+    /// sets how recently a consumer last saw the user of an event.
+    pub journeys: usize,
+}
+
+/// How a learner journey picks its user: the shape of the key space the
+/// events touch, which decides how much of the users' state a consumer
+/// finds cached (docs/BENCHMARKS.md, "The workloads").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserDraw {
+    /// Uniformly over all users: 2M events over 1M users touch about 270k
+    /// of them, most events going to users seen shortly before.
+    #[default]
+    Uniform,
+    /// Every user comes: three journeys in four go to the next user of a
+    /// scrambled sweep over all users (so the first `users / 0.75`
+    /// journeys reach every one of them, spread over the whole time span),
+    /// the fourth to `floor(users * r^2)` for `r` uniform (a hot head of
+    /// users who come back often). As on iGOT, where every registered
+    /// user completes some course in a year.
+    Everyone,
 }
 
 impl Default for WorldSpec {
@@ -46,6 +70,8 @@ impl Default for WorldSpec {
             courses: 4_000,
             first_fy: Fy(2024),
             assessments: 0.0,
+            draw: UserDraw::Uniform,
+            journeys: 4_096,
         }
     }
 }
@@ -320,13 +346,13 @@ pub struct EventStream<'w> {
     rng: SmallRng,
     active: Vec<Journey>,
     registered: Vec<u64>,
+    /// Journeys begun: the position of the [`UserDraw::Everyone`] sweep.
+    journeys: u64,
     seq: u64,
     start: i64,
     span: i64,
     events_hint: u64,
 }
-
-const ACTIVE_JOURNEYS: usize = 4096;
 
 impl<'w> EventStream<'w> {
     fn new(world: &'w World) -> EventStream<'w> {
@@ -334,8 +360,9 @@ impl<'w> EventStream<'w> {
         EventStream {
             world,
             rng: SmallRng::seed_from_u64(world.spec.seed ^ 0xe7e7),
-            active: Vec::with_capacity(ACTIVE_JOURNEYS),
+            active: Vec::with_capacity(world.spec.journeys.max(1)),
             registered: vec![0; (world.spec.users as usize).div_ceil(64)],
+            journeys: 0,
             seq: 0,
             start,
             span: Fy(world.spec.first_fy.0 + 1).end() - start,
@@ -356,10 +383,41 @@ impl<'w> EventStream<'w> {
         self
     }
 
+    fn draw_user(&mut self) -> u64 {
+        let users = self.world.spec.users.max(1);
+        let k = self.journeys;
+        self.journeys += 1;
+        match self.world.spec.draw {
+            UserDraw::Uniform => self.rng.gen_range(0..users),
+            UserDraw::Everyone if k % 4 == 3 => {
+                let r: f64 = self.rng.gen();
+                ((users as f64 * r * r) as u64).min(users - 1)
+            }
+            UserDraw::Everyone => {
+                // A permutation of 0..users, so that each sweep meets every
+                // user once: multiplying by an odd number, xor-shifting
+                // right and adding are each a bijection modulo 2^bits, and
+                // walking the cycle until it is back below `users` keeps it one.
+                let bits = 64 - (users - 1).max(1).leading_zeros();
+                let mask = (1u64 << bits) - 1;
+                let mut x = (k - k / 4) % users;
+                loop {
+                    x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15) & mask;
+                    x ^= x >> bits.div_ceil(2);
+                    x = x.wrapping_add(self.world.spec.seed) & mask;
+                    if x < users {
+                        return x;
+                    }
+                }
+            }
+        }
+    }
+
     fn new_journey(&mut self) -> Journey {
+        let user = self.draw_user();
         let completes = self.rng.gen_bool(0.7);
         Journey {
-            user: self.rng.gen_range(0..self.world.spec.users),
+            user,
             course: self.world.course_popularity.sample(&mut self.rng),
             sessions_left: self.rng.gen_range(1..=6),
             completes,
@@ -381,7 +439,7 @@ impl Iterator for EventStream<'_> {
     type Item = GenEvent;
 
     fn next(&mut self) -> Option<GenEvent> {
-        if self.active.len() < ACTIVE_JOURNEYS {
+        if self.active.len() < self.world.spec.journeys.max(1) {
             let j = self.new_journey();
             self.active.push(j);
         }
@@ -531,6 +589,21 @@ mod tests {
         let a: Vec<_> = w.events().take(1000).collect();
         let b: Vec<_> = small().events().take(1000).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn everyone_draw_reaches_every_user_and_keeps_a_hot_head() {
+        let w = World::new(WorldSpec { users: 1000, draw: UserDraw::Everyone, ..WorldSpec::default() });
+        let mut stream = w.events();
+        let users: Vec<u64> = (0..1334).map(|_| stream.draw_user()).collect();
+        let distinct: std::collections::HashSet<_> = users.iter().collect();
+        assert_eq!(distinct.len(), 1000, "the first users / 0.75 journeys reach every user");
+        let head = users.iter().filter(|&&u| u < 10).count();
+        assert!(head > 30, "floor(U r^2) sends a tenth of its draws below U/100: {head}");
+        let uniform = World::new(WorldSpec { users: 1000, ..WorldSpec::default() });
+        let mut stream = uniform.events();
+        let reached: std::collections::HashSet<_> = (0..1334).map(|_| stream.draw_user()).collect();
+        assert!(reached.len() < 800, "a uniform draw leaves about e^-1.3 of them out: {}", reached.len());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pulse_kafka::tools::{self, Producer};
-use pulse_loadgen::{GenEvent, GenKind, World, WorldSpec};
+use pulse_loadgen::{GenEvent, GenKind, UserDraw, World, WorldSpec};
 use pulse_model::time::parse_rfc3339;
 use pulse_model::{Fy, InputFormat, TimeRules};
 use pulse_oracle::Message;
@@ -60,10 +60,25 @@ struct Args {
     /// Event time = the wall clock when produced (live load), instead of spread over the two years.
     #[arg(long)]
     live: bool,
+    /// Event time drawn uniformly over this many days ending where the
+    /// stream's time ends, whatever the arrival order (a backfill merged
+    /// from many sources), instead of advancing with it.
+    #[arg(long, value_name = "DAYS")]
+    scatter_days: Option<u32>,
     /// The events end at --now instead of the end of the second year, so the
     /// last of them are recent activity (the 1, 7 and 30-day windows).
     #[arg(long)]
     recent: bool,
+    /// Which users the learner journeys go to: `uniform` (2M events over 1M
+    /// users touch about 270k), or `everyone` (every user within the first
+    /// `users / 0.75` journeys, and a hot head).
+    #[arg(long, value_enum, default_value_t = Draw::Uniform)]
+    draw: Draw,
+    /// Learner journeys under way at once: a journey's events lie about
+    /// six times this many events apart, so it sets how recently a consumer
+    /// last saw an event's user (on iGOT a course takes days to weeks).
+    #[arg(long, default_value_t = 4_096)]
+    journeys: usize,
     /// Share of learner journeys with an assessment attempt (pulse-v1 only).
     #[arg(long, default_value_t = 0.0)]
     assessments: f64,
@@ -131,6 +146,12 @@ struct Args {
     /// are dead letters (set it as the Pulse under test is configured).
     #[arg(long, default_value_t = 400)]
     max_age_days: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Draw {
+    Uniform,
+    Everyone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,6 +281,11 @@ fn main() -> anyhow::Result<()> {
         courses: args.courses,
         first_fy,
         assessments: args.assessments,
+        draw: match args.draw {
+            Draw::Uniform => UserDraw::Uniform,
+            Draw::Everyone => UserDraw::Everyone,
+        },
+        journeys: args.journeys,
     });
     let mut sink = Sink::open(&args)?;
     let mut sent: Vec<Message> = Vec::new();
@@ -319,9 +345,12 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rng = SmallRng::seed_from_u64(args.seed ^ 0x10ad);
+    let scatter_end = if args.recent { now - 3_600_000 } else { Fy(first_fy.0 + 1).end() - 3_600_000 };
     let mut moved: HashMap<u64, String> = HashMap::new();
     let mut held: BinaryHeap<Held> = BinaryHeap::new();
     let (mut messages, mut malformed) = (0u64, 0u64);
+    // The workload's shape is part of every figure measured on it.
+    let mut active = vec![0u64; (args.users as usize).div_ceil(64)];
     let started = Instant::now();
     let stream = world.events().spread_over(args.from + args.events);
     let stream = if args.recent { stream.until(now) } else { stream };
@@ -330,7 +359,10 @@ fn main() -> anyhow::Result<()> {
         let i = i as u64;
         if args.live {
             e.ts = wall();
+        } else if let Some(days) = args.scatter_days {
+            e.ts = scatter_end - rng.gen_range(0..i64::from(days.max(1)) * 86_400_000);
         }
+        active[(e.user / 64) as usize] |= 1 << (e.user % 64);
         if args.migrations > 0.0 && e.kind != GenKind::Registration && rng.gen_bool(args.migrations) {
             let to = &world.orgs[rng.gen_range(args.top_level + args.departments..world.orgs.len())].id;
             moved.insert(e.user, to.clone());
@@ -387,8 +419,10 @@ fn main() -> anyhow::Result<()> {
     sink.finish()?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    let distinct: u32 = active.iter().map(|w| w.count_ones()).sum();
     eprintln!(
-        "pulse-loadgen: {} orgs, {} events as {messages} messages ({malformed} malformed) in {secs:.1}s, {:.0} messages/s",
+        "pulse-loadgen: {} orgs, {} events over {distinct} distinct users as {messages} messages \
+         ({malformed} malformed) in {secs:.1}s, {:.0} messages/s",
         world.orgs.len(),
         args.events,
         messages as f64 / secs
