@@ -6,11 +6,17 @@
 //!   org every 50 ms; a poller reads the org's `registered_users` through
 //!   the API every 2 ms. Prints p50, p99 and max of the time from a probe's
 //!   produce to its effect being visible;
-//! - scale: `PULSE_BENCH_EVENTS` events (default 10,000,000) over
-//!   `PULSE_BENCH_USERS` users (default 5,000,000), produced as fast as
-//!   possible; `pulse run` from empty state to caught up (time and rate), its
-//!   resident memory (current and peak) and state size on disk, then
-//!   `kill -9` and the time until the restarted process answers `/readyz`.
+//! - national: the platform's size. `PULSE_BENCH_EVENTS` events (default
+//!   100,000,000) over `PULSE_BENCH_USERS` users (default 15,000,000),
+//!   journeys drawn so that every user comes (`pulse-loadgen --draw
+//!   everyone`; `PULSE_BENCH_JOURNEYS` under way at once, default 4,096),
+//!   in every input format (mixed, with profiles and assessments),
+//!   produced as fast as possible to 16 partitions. `pulse run` from empty
+//!   state to caught up: rate, CPU seconds and per event, resident memory
+//!   (peak), state size on disk; then `kill -9` and the time until the
+//!   restarted process answers `/readyz`; then a new instance on an empty
+//!   state directory restores the whole state from the changelog: time,
+//!   records per second, CPU seconds, peak resident memory.
 //!
 //! - scale-out: `PULSE_BENCH_SCALEOUT_EVENTS` events (default 600,000) over
 //!   6 partitions, caught up from empty state by 1, then 2, then 3
@@ -32,7 +38,7 @@
 //!   the API no longer converging), Pulse's CPU seconds meanwhile, and the
 //!   largest re-evaluation backlog seen.
 //!
-//! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency`, `scale`,
+//! Run: `cargo bench -p pulse --bench live` (`PULSE_BENCH=latency`, `national`,
 //! `scaleout` or `plans` runs one part; `PULSE_BENCH_TRACE=1` also prints every probe's latency in order).
 //! Each part uses its own topics, group and state directory.
 
@@ -74,8 +80,10 @@ impl Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let http = format!("127.0.0.1:{}", free_port());
         let b = brokers();
-        tools::create_topic(&b, &self_topic(&prefix, "events"), partitions, false)
-            .expect("create topic (is Kafka running?)");
+        for input in INPUTS.map(|(name, _)| name) {
+            tools::create_topic(&b, &self_topic(&prefix, input), partitions, false)
+                .expect("create topic (is Kafka running?)");
+        }
         tools::create_topic(&b, &self_topic(&prefix, "orgs"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "targets"), 1, true).expect("create topic");
         tools::create_topic(&b, &self_topic(&prefix, "courses"), 1, true).expect("create topic");
@@ -87,7 +95,7 @@ impl Setup {
             brokers = "{b}"
             group_id = "{prefix}.group"
             instance_id = "{prefix}.instance"
-            inputs = [{{ topic = "{events}", format = "pulse-v1" }}]
+            inputs = [{inputs}]
             orgs_topic = "{orgs}"
             targets_topic = "{targets}"
             courses_topic = "{courses}"
@@ -100,7 +108,9 @@ impl Setup {
             [http]
             listen = "{http}"
             "#,
-            events = self_topic(&prefix, "events"),
+            inputs = INPUTS
+                .map(|(name, format)| format!(r#"{{ topic = "{}", format = "{format}" }}"#, self_topic(&prefix, name)))
+                .join(", "),
             orgs = self_topic(&prefix, "orgs"),
             targets = self_topic(&prefix, "targets"),
             courses = self_topic(&prefix, "courses"),
@@ -114,6 +124,11 @@ impl Setup {
 
     fn topic(&self, name: &str) -> String {
         self_topic(&self.prefix, name)
+    }
+
+    /// The input topics, one per format.
+    fn inputs(&self) -> Vec<String> {
+        INPUTS.iter().map(|(name, _)| self.topic(name)).collect()
     }
 
     fn start(&self) -> Child {
@@ -142,7 +157,8 @@ impl Setup {
     /// Waits until `group` has committed the end of every partition of the
     /// events topic and of its repartition topic.
     fn wait_caught_up(&self, group: &str, children: &mut [Child]) {
-        let topics = [self.topic("events"), format!("{group}.repartition")];
+        let mut topics = self.inputs();
+        topics.push(format!("{group}.repartition"));
         loop {
             std::thread::sleep(Duration::from_millis(200));
             for c in children.iter_mut() {
@@ -168,11 +184,18 @@ impl Setup {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pulse-loadgen"));
         c.args(["--brokers", &brokers(), "--partitions", &self.partitions.to_string()])
             .args(["--events-topic", &self.topic("events"), "--orgs-topic", &self.topic("orgs")])
+            .args(["--sunbird-topic", &self.topic("sunbird"), "--ratings-topic", &self.topic("ratings")])
+            .args(["--users-topic", &self.topic("users"), "--courses-topic", &self.topic("courses")])
+            .args(["--plans-topic", &self.topic("plans")])
             .args(["--targets-topic", &self.topic("targets")])
             .args(args);
         c
     }
 }
+
+/// The input topics of a run, by name, with their formats.
+const INPUTS: [(&str, &str); 4] =
+    [("events", "pulse-v1"), ("sunbird", "sunbird-telemetry"), ("ratings", "igot-rating"), ("users", "user-profile")];
 
 fn self_topic(prefix: &str, name: &str) -> String {
     format!("{prefix}.{name}")
@@ -285,53 +308,86 @@ fn dir_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn scale() {
-    let events = env_or("PULSE_BENCH_EVENTS", 10_000_000);
-    let users = env_or("PULSE_BENCH_USERS", 5_000_000);
-    let s = Setup::new("scale");
+fn national() {
+    let events = env_or("PULSE_BENCH_EVENTS", 100_000_000);
+    let users = env_or("PULSE_BENCH_USERS", 15_000_000);
+    let journeys = env_or("PULSE_BENCH_JOURNEYS", 4_096);
+    let s = Setup::new("national");
     // Two whole past financial years, so that no event is in the future.
     let first_fy = pulse_model::Fy(pulse_model::Fy::of(wall_ms()).0 - 2).to_string();
     let t = Instant::now();
     let out = s
         .loadgen(&["--users", &users.to_string(), "--events", &events.to_string(), "--first-fy", &first_fy])
+        .args(["--draw", "everyone", "--journeys", &journeys.to_string(), "--mix", "mixed"])
+        .args(["--profiles", "0.3", "--assessments", "0.3", "--duplicates", "0.01"])
         .output()
         .expect("pulse-loadgen");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    println!("scale: {events} events over {users} users produced in {:.0}s", t.elapsed().as_secs_f64());
+    let messages: i64 = s
+        .inputs()
+        .iter()
+        .map(|t| tools::high_watermarks(&brokers(), t).expect("watermarks").values().sum::<i64>())
+        .sum();
+    println!(
+        "national: {events} events over {users} users, {journeys} journeys at once, as {messages} messages \
+         in every format produced in {:.0}s ({})",
+        t.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+    );
 
     let t = Instant::now();
     let mut pulse = s.start();
     let group = format!("{}.group", s.prefix);
-    let high = tools::high_watermarks(&brokers(), &s.topic("events")).expect("watermarks");
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let committed = tools::committed_offsets(&brokers(), &group, &s.topic("events")).unwrap_or_default();
-        if high.iter().all(|(p, h)| committed.get(p).is_some_and(|c| c >= h)) {
-            break;
-        }
-        assert!(pulse.try_wait().expect("status").is_none(), "pulse run exited during the catch-up");
-    }
-    let took = t.elapsed().as_secs_f64();
-    println!("  catch-up from empty state: {took:.0}s, {:.0} events/s", events as f64 / took);
+    s.wait_caught_up(&group, std::slice::from_mut(&mut pulse));
+    let (took, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds(pulse.id()));
     let status = std::fs::read_to_string(format!("/proc/{}/status", pulse.id())).expect("proc status");
     println!(
-        "  resident memory: {:.0} MiB now, {:.0} MiB peak",
-        kib(&status, "VmRSS:") as f64 / 1024.0,
+        "  catch-up from empty state: {took:.0}s, {:.0} messages/s; {cpu:.0} CPU s, {:.2} µs per message; \
+         peak resident memory {:.0} MiB (budget: store.memory_budget_mib's default)",
+        messages as f64 / took,
+        cpu * 1e6 / messages as f64,
         kib(&status, "VmHWM:") as f64 / 1024.0
     );
     println!("  state on disk: {:.0} MiB", dir_bytes(&s.dir.path().join("data")) as f64 / (1 << 20) as f64);
-    let (_, metrics) = http_get(&s.http, "/metrics").expect("metrics");
-    let users_line = metrics.lines().find(|l| l.starts_with("pulse_kpi_registered_users{org=\"national\"}"));
-    println!("  {}", users_line.unwrap_or("no national series"));
+    let national = |addr: &str| {
+        let (_, metrics) = http_get(addr, "/metrics").expect("metrics");
+        let line = metrics.lines().find(|l| l.starts_with("pulse_kpi_registered_users{org=\"national\"}"));
+        line.unwrap_or("no national series").to_owned()
+    };
+    let counted = national(&s.http);
+    println!("  {counted}");
 
     pulse.kill().expect("kill -9");
     pulse.wait().expect("reap");
     let t = Instant::now();
-    let mut pulse = s.start();
+    let pulse = s.start();
     wait_for_ok(&s.http, "/readyz", Duration::from_secs(600));
     println!("  after kill -9: ready again in {:.1}s", t.elapsed().as_secs_f64());
-    let _ = pulse.kill();
-    let _ = pulse.wait();
+    stop_all(vec![pulse]);
+
+    // The same static member, on an empty state directory: as a pod
+    // rescheduled onto a new volume, it takes every partition over at once.
+    let changelog = format!("{group}.changelog");
+    let records: i64 = tools::high_watermarks(&brokers(), &changelog).expect("watermarks").values().sum();
+    let http = format!("127.0.0.1:{}", free_port());
+    let t = Instant::now();
+    let pulse = s.start_with(&[
+        ("PULSE_STORE__DATA_DIR", s.dir.path().join("restored").display().to_string()),
+        ("PULSE_HTTP__LISTEN", http.clone()),
+    ]);
+    wait_for_ok(&http, "/readyz", Duration::from_secs(3600));
+    let (took, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds(pulse.id()));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pulse.id())).expect("proc status");
+    println!(
+        "  restore into an empty instance: {records} changelog offsets in {took:.1}s to ready, {:.0} per second; \
+         {cpu:.0} CPU s; peak resident memory {:.0} MiB",
+        records as f64 / took,
+        kib(&status, "VmHWM:") as f64 / 1024.0
+    );
+    let restored = national(&http);
+    assert_eq!(restored, counted, "the restored instance counts what the first one did");
+    stop_all(vec![pulse]);
+    tools::delete_topics_with_prefix(&brokers(), &s.prefix).expect("delete the bench's topics");
 }
 
 /// `pulse run` instances in one group, each with its own state and port.
@@ -559,8 +615,8 @@ fn main() {
     if matches!(which.as_str(), "all" | "latency") {
         latency();
     }
-    if matches!(which.as_str(), "all" | "scale") {
-        scale();
+    if matches!(which.as_str(), "all" | "national") {
+        national();
     }
     if matches!(which.as_str(), "all" | "scaleout") {
         scaleout();

@@ -1280,8 +1280,10 @@ fn a_full_disk_stops_ingestion_moves_no_offset_and_resumes_once_space_is_freed()
     let (first, second) = events.split_at(events.len() / 4);
     case.produce_events(first);
     case.data = disk.path().join("data");
-    let overrides =
-        [("PULSE_STORE__DATA_DIR", case.data.display().to_string()), ("PULSE_STORE__WRITE_BUFFER_MIB", "1".to_owned())];
+    let overrides = [
+        ("PULSE_STORE__DATA_DIR", case.data.display().to_string()),
+        ("PULSE_STORE__MEMORY_BUDGET_MIB", "16".to_owned()),
+    ];
     let mut pulse = case.start_with(&overrides);
     case.wait_caught_up(&mut pulse);
     let filler = disk.fill();

@@ -38,6 +38,18 @@ pub fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreE
     }
 }
 
+/// Decodes the leading fields of a value as `T` (a struct of the value's
+/// first fields, in order), skipping the rest unread.
+pub fn decode_prefix<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&VERSION, rest)) => options()
+            .allow_trailing_bytes()
+            .deserialize(rest)
+            .map_err(|e| StoreError::new(format!("failed to decode {what}"), e)),
+        _ => decode(what, bytes),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +63,7 @@ mod tests {
         let e = decode::<(i64, String)>("a pair", &other).unwrap_err().to_string();
         assert!(e.contains("a pair") && e.contains("another Pulse version"), "{e}");
         assert!(decode::<(i64, String)>("a pair", &[]).is_err());
+        assert_eq!(decode_prefix::<(i64,)>("a pair's first", &bytes).unwrap(), (7,));
+        assert!(decode_prefix::<(i64,)>("a pair's first", &other).unwrap_err().to_string().contains("another Pulse"));
     }
 }

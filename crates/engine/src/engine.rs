@@ -24,11 +24,19 @@ use crate::registry::Registry;
 use crate::report::Snapshot;
 use crate::rollup::OrgView;
 use crate::state::{CourseTotals, Totals, UserState};
-use crate::store::{Batch, LoadedState, SeenKey, ShardId, Store, StoreError, StoreWriter, StreamPosition};
+use crate::store::{Batch, LoadedState, SeenKey, ShardId, Store, StoreError, StreamPosition};
 use crate::table::{FastMap, FastSet, Interner, Table};
 use commit::Committing;
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// About the bytes a remembered id takes until it is committed: its hash
+/// in the set (with the set's spare room) and its key in the list.
+const SEEN_ID_BYTES: usize = 64;
+
+/// About the bytes of a write-back cache entry beside the user's own: the
+/// map's slot (with its spare room) and the key's `String`.
+const CACHED_USER_BYTES: usize = 64;
 
 /// IST days kept per org for the windows, back from the day of the newest
 /// event time: a report may ask for any `now` from 30 days before that
@@ -135,6 +143,10 @@ struct Shard {
     horizon: Day,
     /// Write-back cache: every user changed since the last commit.
     users: FastMap<String, UserState>,
+    /// About the bytes `users` and `seen` hold (each user as it entered
+    /// the cache), and those of the commit in flight.
+    bytes: usize,
+    committing_bytes: usize,
     /// The users of the commit in flight (prepared, not yet stored):
     /// read before the store, which does not have them yet.
     committing: Committing,
@@ -365,9 +377,11 @@ impl<S: Store> Engine<S> {
         self.uncommitted
     }
 
-    /// Whether a commit is prepared and not yet finished.
-    pub fn is_committing(&self) -> bool {
-        self.in_flight.is_some()
+    /// About the bytes the users and ids applied since the last commit
+    /// hold in memory, and those of the commit in flight: what the loop
+    /// bounds by the memory budget.
+    pub fn memory_bytes(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(new, committing), s| (new + s.bytes, committing + s.committing_bytes))
     }
 
     /// The shard that holds a user's state: the partition a Java producer
@@ -419,7 +433,7 @@ impl<S: Store> Engine<S> {
         if self.poisoned {
             return Err(EngineError::Poisoned);
         }
-        self.store.writer().commit(batch).map_err(|e| {
+        self.store.restore(batch).map_err(|e| {
             self.poisoned = true;
             e.into()
         })
@@ -500,10 +514,13 @@ impl<S: Store> Engine<S> {
                     None => store.user(shard_id, &ev.user)?,
                 };
                 let is_new = known.is_none();
-                (shard.users.entry(ev.user.to_string()).or_insert(known.unwrap_or_default()), is_new)
+                let known = known.unwrap_or_default();
+                shard.bytes += CACHED_USER_BYTES + ev.user.len() + known.memory_bytes();
+                (shard.users.entry(ev.user.to_string()).or_insert(known), is_new)
             }
         };
         if !profile {
+            shard.bytes += SEEN_ID_BYTES;
             shard.seen.insert(key.hash);
             shard.filter.insert(key.bucket, key.hash);
             shard.seen_keys.push(key);

@@ -125,22 +125,73 @@ fn moved(
     }
 }
 
+/// The first fields of a [`UserState`], in its order: what names its
+/// current org, decoded alone where only that is needed (a restore
+/// indexing users by org reads every user of a changelog).
+#[derive(Debug, Deserialize)]
+pub(crate) struct UserOrg {
+    org: Option<OrgStamp>,
+    profile: Option<Profile>,
+}
+
+impl UserOrg {
+    pub(crate) fn org_key(&self) -> &str {
+        current_org(&self.org, &self.profile).unwrap_or(crate::UNASSIGNED)
+    }
+}
+
+/// The current org: of the latest of the org-carrying events and the
+/// profile by (`ts`, id), where the profile's id is the empty string
+/// (an event at the same `ts` wins).
+fn current_org<'a>(org: &'a Option<OrgStamp>, profile: &'a Option<Profile>) -> Option<&'a str> {
+    match (org, profile) {
+        (Some(e), Some(p)) if later(p.ts, "", e.ts, &e.id) => Some(&p.org),
+        (Some(e), _) => Some(&e.org),
+        (None, p) => p.as_ref().map(|p| p.org.as_str()),
+    }
+}
+
 impl UserState {
     /// The current org: of the latest of the org-carrying events and the
     /// profile by (`ts`, id), where the profile's id is the empty string
     /// (an event at the same `ts` wins).
     pub fn current_org(&self) -> Option<&str> {
-        match (&self.org, &self.profile) {
-            (Some(e), Some(p)) if later(p.ts, "", e.ts, &e.id) => Some(&p.org),
-            (Some(e), _) => Some(&e.org),
-            (None, p) => p.as_ref().map(|p| p.org.as_str()),
-        }
+        current_org(&self.org, &self.profile)
     }
 
     /// The leaf key this user counts under: the current org, or the
     /// `unassigned` node for a user nothing has given an org.
     pub fn org_key(&self) -> &str {
         self.current_org().unwrap_or(crate::UNASSIGNED)
+    }
+
+    /// About the bytes it takes in memory, what it points to included:
+    /// how the write-back cache and the commit in flight are bounded in
+    /// bytes (`store.memory_budget_mib`).
+    pub fn memory_bytes(&self) -> usize {
+        let org = self.org.as_ref().map_or(0, |o| o.id.capacity() + o.org.capacity());
+        let profile = self.profile.as_ref().map_or(0, |p| {
+            size_of::<Profile>() + p.org.capacity() + p.designation.as_ref().map_or(0, String::capacity)
+        });
+        let courses: usize = self
+            .courses
+            .iter()
+            .map(|(id, c)| {
+                id.capacity()
+                    + c.rating.as_ref().map_or(0, |r| size_of::<RatingStamp>() + r.id.capacity())
+                    + c.assessment.as_ref().map_or(0, |_| size_of::<Assessment>())
+            })
+            .sum();
+        let plans: usize = self.plans.iter().map(|(id, _)| id.capacity()).sum();
+        size_of::<UserState>()
+            + org
+            + profile
+            + courses
+            + plans
+            + self.courses.heap_bytes()
+            + self.months.heap_bytes()
+            + self.days.heap_bytes()
+            + self.plans.heap_bytes()
     }
 
     /// A profile or at least one accepted event.

@@ -161,6 +161,14 @@ pub trait Store {
     /// another thread (a commit's own) while this store keeps answering
     /// reads. A read sees a batch wholly or not at all.
     fn writer(&self) -> Self::Writer;
+    /// Writes a batch of state restored from a changelog: a store may
+    /// write one that carries no changelog position and drops no shard
+    /// without making it durable at once (a crash loses it with the
+    /// position it leads to, and the restore reads it again), as long as
+    /// every earlier one is durable before one that does.
+    fn restore(&self, batch: Batch) -> Result<(), StoreError> {
+        self.writer().commit(batch)
+    }
     /// Changes the shard count of a store that holds no shard state yet
     /// (the count follows the input topics' partitions).
     fn set_shards(&mut self, shards: ShardId) -> Result<(), StoreError>;

@@ -75,6 +75,11 @@ impl<K: Ord, V> VecMap<K, V> {
         self.0.len()
     }
 
+    /// The bytes its entries take on the heap (not what they point to).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.capacity() * size_of::<(K, V)>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -44,6 +44,12 @@ pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// cores writes fewer bytes.
 const CHANGELOG_COMPRESSION: &str = "lz4";
 
+/// One shard's producer's queue, in KiB: its share of `outgoing`, and
+/// never less than the largest record (an id record is under 0.5 MB).
+fn queue_kib(outgoing: usize, shards: usize) -> usize {
+    (outgoing / shards.max(1) >> 10).max(2048)
+}
+
 /// Offsets of the changelog records a producer wrote, and the first refusal.
 struct Delivered {
     changelog: String,
@@ -178,6 +184,9 @@ impl Changelog {
                 .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
                 .set("linger.ms", "5")
                 .set("compression.type", CHANGELOG_COMPRESSION)
+                // The budget's share for outgoing records, split over the
+                // shards; a full queue waits for deliveries (`send`).
+                .set("queue.buffering.max.kbytes", queue_kib(s.memory.outgoing, shards.len()).to_string())
                 .create_with_context(context)
                 .map_err(kafka_err("failed to create a changelog producer"))?;
             producer

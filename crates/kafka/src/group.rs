@@ -169,7 +169,7 @@ fn consume<S: Store + Send + 'static>(
         // catch-up. A partition whose prefetch is full is fetched again
         // after 10 ms (librdkafka's default, 1 s, starved the loop: it
         // waited in poll for a fifth of a catch-up). docs/BENCHMARKS.md.
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", (settings.memory.prefetch >> 10).max(1024).to_string())
         .set("queued.min.messages", "10000")
         .set("fetch.queue.backoff.ms", "10")
         .set("client.id", client_id(&settings.advertise))
@@ -288,21 +288,22 @@ fn consume<S: Store + Send + 'static>(
             failed = Some(e);
         }
         let interval_passed = last_commit.elapsed() >= settings.commit_interval;
+        let (new_bytes, committing_bytes) = lock(cell).memory_bytes();
+        let memory_full = new_bytes >= settings.memory.uncommitted / 3;
         // Plan re-evaluation drains a slice per commit, traffic or not.
         let due = since_commit >= settings.commit_messages
+            || memory_full
             || (since_commit > 0 && interval_passed)
             || (interval_passed && consumer.context().registry_letters_due(&lock(cell)))
             || (interval_passed && lock(cell).plans_converging());
         // Far behind the ends, commits are spaced out.
-        let due = due
-            && (!catching_up(&consumer, &lock(cell))
-                || since_commit >= CATCH_UP_COMMIT_MESSAGES
-                || last_commit.elapsed() >= CATCH_UP_COMMIT_INTERVAL);
+        let catching = due && catching_up(&consumer, &lock(cell));
+        let due = due && (!catching || memory_full || last_commit.elapsed() >= CATCH_UP_COMMIT_INTERVAL);
         // A commit is not started while the one in flight is still being
         // written (that would wait for it): the next one grows meanwhile,
         // up to a bound, and starts once the first is done.
         let context = consumer.context();
-        let due = due && (!context.writing() || since_commit >= MOST_UNCOMMITTED);
+        let due = due && (!context.writing() || new_bytes + committing_bytes >= settings.memory.uncommitted);
         // The commit in flight is finished as soon as it is written, and
         // always before the next one starts.
         if failed.is_none() && (due || context.written()) {
@@ -325,7 +326,7 @@ fn consume<S: Store + Send + 'static>(
         }
         if due && failed.is_none() {
             note_ends(&consumer, cell);
-            match context.start_commit(&consumer, publication.snapshot_due(), std::mem::take(&mut arrivals)) {
+            match context.start_commit(&consumer, publication.snapshot_due(catching), std::mem::take(&mut arrivals)) {
                 Err(e) => failed = Some(e),
                 Ok(()) => (since_commit, last_commit) = (0, Instant::now()),
             }
@@ -394,15 +395,11 @@ fn consume<S: Store + Send + 'static>(
 /// Commits while catching up: the configured interval is for live traffic
 /// (freshness); while the assigned partitions are [`CATCH_UP_LAG`] or more
 /// behind their ends, nobody waits for each batch, and a longer interval
-/// writes each busy user's state to the changelog once instead of many
-/// times, in fewer transactions (docs/BENCHMARKS.md, "What each change bought").
+/// (or a third of the memory budget's share for uncommitted state) writes
+/// each busy user's state to the changelog once instead of many times, in
+/// fewer transactions (docs/BENCHMARKS.md, "What each change bought").
 const CATCH_UP_LAG: i64 = 50_000;
 const CATCH_UP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-const CATCH_UP_COMMIT_MESSAGES: usize = 50_000;
-
-/// The most messages applied beyond the commit in flight before the loop
-/// waits for it (memory holds their users).
-const MOST_UNCOMMITTED: usize = 2 * CATCH_UP_COMMIT_MESSAGES;
 
 /// Whether the assigned partitions are [`CATCH_UP_LAG`] or more behind their
 /// (last reported) ends.

@@ -84,6 +84,23 @@ pub struct Settings {
     pub shards: Option<ShardId>,
     /// Raw librdkafka settings, applied last (e.g. SASL/SSL).
     pub options: BTreeMap<String, String>,
+    /// The loop's shares of the memory budget.
+    pub memory: Memory,
+}
+
+/// The memory the loop may hold, in bytes: its shares of the one budget
+/// (`store.memory_budget_mib`; docs/ARCHITECTURE.md, "Memory").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Messages the consumer prefetched (`queued.max.messages.kbytes`).
+    pub prefetch: usize,
+    /// Changelog records, forwards and dead letters on their way to the
+    /// brokers, over every shard's producer (`queue.buffering.max.kbytes`).
+    pub outgoing: usize,
+    /// The users and ids applied since the last commit, with those of the
+    /// commit in flight: a commit falls due at a third of it, and the loop
+    /// waits for the commit in flight once both together reach it.
+    pub uncommitted: usize,
 }
 
 /// What can go wrong on the Kafka side. The loop decides by variant what

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 /// lag are refreshed while no commit happens.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The interval while catching up: a snapshot costs O(orgs x shards x
+/// (months + days)), 7% of a catch-up's CPU at every 500 ms (perf,
+/// docs/BENCHMARKS.md), and a backlog's KPIs move under the dashboards'
+/// scrape interval anyway.
+const CATCH_UP_PUBLISH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// When the state is published (built into the snapshot behind `/metrics`
 /// and the API), at most once per [`PUBLISH_INTERVAL`] (building it costs
 /// O(orgs x shards)): a commit's state, snapshotted when it is prepared and
@@ -35,9 +41,11 @@ impl Publication {
     }
 
     /// Whether the commit starting now takes a snapshot of the state it
-    /// commits, to publish once it is stored (at most once per interval).
-    pub(crate) fn snapshot_due(&mut self) -> bool {
-        let due = self.last.elapsed() >= PUBLISH_INTERVAL;
+    /// commits, to publish once it is stored (at most once per interval,
+    /// a longer one while `catching_up`).
+    pub(crate) fn snapshot_due(&mut self, catching_up: bool) -> bool {
+        let interval = if catching_up { CATCH_UP_PUBLISH_INTERVAL } else { PUBLISH_INTERVAL };
+        let due = self.last.elapsed() >= interval;
         if due {
             (self.pending, self.last) = (false, Instant::now());
         }
@@ -72,9 +80,10 @@ mod tests {
         p.last = long_ago;
         assert!(p.due(0));
         p.changed();
-        assert!(!p.snapshot_due(), "a commit within the interval takes no snapshot");
+        assert!(!p.snapshot_due(false), "a commit within the interval takes no snapshot");
         p.last = long_ago;
-        assert!(p.snapshot_due(), "the commit's own snapshot, shown once it is stored");
+        assert!(!p.snapshot_due(true), "nor one within the longer interval of a catch-up");
+        assert!(p.snapshot_due(false), "the commit's own snapshot, shown once it is stored");
         assert!(!p.due(0), "that snapshot covers the change");
     }
 }

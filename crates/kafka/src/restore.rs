@@ -28,6 +28,9 @@ const RESTORE_CHUNK: usize = 20_000;
 /// restore waits for the partition's transactions to settle.
 const RESTORE_STALL: Duration = Duration::from_secs(30);
 
+/// How often a restore logs how far it is.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often a restore asks again whether the partition has settled.
 const SETTLE_POLL: Duration = Duration::from_millis(200);
 
@@ -114,7 +117,7 @@ fn restore<S: Store>(
         .map_err(kafka_err("failed to build an assignment"))?;
     consumer.assign(&tpl).map_err(kafka_err("failed to assign the changelog partition"))?;
     let (mut batch, mut in_batch, mut total) = (Batch::default(), 0usize, 0u64);
-    let mut last_read = Instant::now();
+    let (mut last_read, mut last_progress) = (Instant::now(), Instant::now());
     metrics.restoring(shard, high - start);
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -138,7 +141,20 @@ fn restore<S: Store>(
                 if in_batch >= RESTORE_CHUNK {
                     lock().restore(std::mem::take(&mut batch))?;
                     in_batch = 0;
-                    metrics.restoring(shard, (high - m.offset() - 1).max(0));
+                    let remaining = (high - m.offset() - 1).max(0);
+                    metrics.restoring(shard, remaining);
+                    if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                        last_progress = Instant::now();
+                        let per_second = total as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                        info!(
+                            shard,
+                            records = total,
+                            per_second = per_second.round(),
+                            offsets_to_go = remaining,
+                            seconds_left = (remaining as f64 / per_second).round(),
+                            "restoring from the changelog"
+                        );
+                    }
                 }
             }
         }
@@ -147,7 +163,8 @@ fn restore<S: Store>(
     // `settled_end`), so the `read_committed` end is `high`.
     batch.changelog.push((shard, high));
     lock().restore(batch)?;
-    info!(shard, records = total, from = start, to = high, elapsed = ?started.elapsed(), "restored from the changelog");
+    let per_second = (total as f64 / started.elapsed().as_secs_f64().max(1e-3)).round();
+    info!(shard, records = total, from = start, to = high, elapsed = ?started.elapsed(), per_second, "restored from the changelog");
     Ok(total)
 }
 

@@ -92,12 +92,11 @@ pub struct RawStore {
     /// State directory (default `./data`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// RocksDB block cache in MiB (default 64).
-    #[serde(default = "default_block_cache_mib")]
-    pub block_cache_mib: usize,
-    /// RocksDB memtable size per column family in MiB (default 16).
-    #[serde(default = "default_write_buffer_mib")]
-    pub write_buffer_mib: usize,
+    /// The memory Pulse may use beside a fixed overhead, in MiB (default
+    /// 256): RocksDB's cache and memtables, librdkafka's queues, and the
+    /// users applied and not yet committed (`crate::memory`).
+    #[serde(default = "default_memory_budget_mib")]
+    pub memory_budget_mib: usize,
     /// Shards: the unit of state that moves between instances, one
     /// partition of the changelog and repartition topics each (default: the
     /// largest partition count of the input topics; it must be at least
@@ -211,13 +210,8 @@ fn default_commit_messages() -> usize {
 fn default_data_dir() -> PathBuf {
     "./data".into()
 }
-// Measured at 10M events over 1M users (docs/BENCHMARKS.md, "Memory"):
-// 256 and 32 MiB bought 3% of catch-up speed for 330 MiB more resident memory.
-fn default_block_cache_mib() -> usize {
-    64
-}
-fn default_write_buffer_mib() -> usize {
-    16
+fn default_memory_budget_mib() -> usize {
+    crate::memory::DEFAULT_MIB
 }
 fn default_dedup_horizon() -> String {
     "7d".into()
@@ -261,8 +255,7 @@ impl Default for RawHttp {
 pub struct Config {
     pub kafka: pulse_kafka::Settings,
     pub data_dir: PathBuf,
-    pub block_cache_bytes: usize,
-    pub write_buffer_bytes: usize,
+    pub memory: crate::memory::Budget,
     pub dedup_horizon: Duration,
     pub max_age: Duration,
     pub meeting_minutes: u32,
@@ -364,9 +357,10 @@ impl RawConfig {
         if s.shards == Some(0) {
             bail!("`store.shards` must be at least 1");
         }
-        if s.block_cache_mib == 0 || s.write_buffer_mib == 0 {
-            bail!("`store.block_cache_mib` and `store.write_buffer_mib` must be at least 1");
+        if s.memory_budget_mib < crate::memory::MIN_MIB {
+            bail!("`store.memory_budget_mib` must be at least {}", crate::memory::MIN_MIB);
         }
+        let memory = crate::memory::Budget::of_mib(s.memory_budget_mib);
         let e = self.engine;
         if e.meeting_minutes == 0 {
             bail!("`engine.meeting_minutes` must be at least 1");
@@ -419,10 +413,10 @@ impl RawConfig {
                 },
                 options: k.options,
                 shards: s.shards,
+                memory: memory.loop_memory,
             },
             data_dir: s.data_dir,
-            block_cache_bytes: s.block_cache_mib << 20,
-            write_buffer_bytes: s.write_buffer_mib << 20,
+            memory,
             dedup_horizon: duration("engine.dedup_horizon", &e.dedup_horizon)?,
             max_age: duration("engine.max_age", &e.max_age)?,
             meeting_minutes: e.meeting_minutes,

@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 mod demo;
 mod files;
+pub mod memory;
 mod run;
 mod runtime;

@@ -33,8 +33,8 @@ pub(crate) fn run(config_path: &Path) -> anyhow::Result<()> {
     let options = StoreOptions {
         // A fresh directory takes the shard count once the topics are known.
         shards: config.kafka.shards.unwrap_or(StoreOptions::default().shards),
-        block_cache_bytes: config.block_cache_bytes,
-        write_buffer_bytes: config.write_buffer_bytes,
+        block_cache_bytes: config.memory.store_cache,
+        write_buffer_bytes: config.memory.store_write_buffers,
     };
     let store = RocksStore::open(&config.data_dir, &options)?;
     let engine = Arc::new(Mutex::new(Engine::open(store, engine_config(&config))?));

@@ -42,16 +42,19 @@ const LAYOUT_VERSION: u8 = 4;
 pub struct StoreOptions {
     /// Shards of a new state directory (an existing one keeps its own).
     pub shards: ShardId,
-    /// RocksDB block cache, shared by all column families (index and filter
-    /// blocks included, so it bounds read memory).
+    /// RocksDB's memory: one block cache shared by all column families,
+    /// index and filter blocks included, which the memtables are charged
+    /// to as well, so it bounds the store's memory as a whole.
     pub block_cache_bytes: usize,
-    /// Memtable size per column family (two at most per family).
+    /// The memtables of every column family together (inside
+    /// `block_cache_bytes`): past it, the largest is flushed.
     pub write_buffer_bytes: usize,
 }
 
 impl Default for StoreOptions {
+    /// The shares of the default `store.memory_budget_mib` (256).
     fn default() -> Self {
-        StoreOptions { shards: 16, block_cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20 }
+        StoreOptions { shards: 16, block_cache_bytes: 128 << 20, write_buffer_bytes: 32 << 20 }
     }
 }
 
@@ -96,7 +99,10 @@ fn open_writer(path: &Path, opts: &StoreOptions) -> Result<DB, StoreError> {
     table.set_cache_index_and_filter_blocks_with_high_priority(true);
     let mut cf_opts = Options::default();
     cf_opts.set_block_based_table_factory(&table);
-    cf_opts.set_write_buffer_size(opts.write_buffer_bytes);
+    // A busy family (users, ids) may take half of the memtables' share
+    // before it is flushed; the manager flushes the largest once all of
+    // them together reach the share, and charges them to the cache.
+    cf_opts.set_write_buffer_size((opts.write_buffer_bytes / 2).max(64 << 10));
     cf_opts.set_max_write_buffer_number(2);
     // Most point gets miss (a new event id, a user not seen yet): a bloom
     // filter over the memtable's whole keys answers those without walking
@@ -105,6 +111,11 @@ fn open_writer(path: &Path, opts: &StoreOptions) -> Result<DB, StoreError> {
     cf_opts.set_memtable_prefix_bloom_ratio(0.1);
     cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let mut db_opts = cf_opts.clone();
+    db_opts.set_write_buffer_manager(&rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
+        opts.write_buffer_bytes,
+        false,
+        cache.clone(),
+    ));
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
     let families = FAMILIES.map(|name| ColumnFamilyDescriptor::new(name, cf_opts.clone()));
@@ -392,6 +403,23 @@ impl Store for RocksStore {
     fn writer(&self) -> RocksWriter {
         RocksWriter { db: Arc::clone(&self.db) }
     }
+
+    /// Restored records without the write-ahead log (a restore writes a
+    /// shard's whole history: the log doubled its writes); before a batch
+    /// that carries a changelog position or drops shards, the memtables
+    /// are flushed, so that what it leads to is on disk before it is.
+    fn restore(&self, batch: Batch) -> Result<(), StoreError> {
+        let ctx = "failed to write restored state to the state directory";
+        let wb = write_batch(&self.db, &batch)?;
+        if batch.changelog.is_empty() && batch.drop_shards.is_empty() {
+            let mut unlogged = rocksdb::WriteOptions::default();
+            unlogged.disable_wal(true);
+            return self.db.write_opt(wb, &unlogged).map_err(err(ctx));
+        }
+        let families: Vec<_> = FAMILIES.iter().map(|name| self.cf(name)).collect();
+        self.db.flush_cfs_opt(&families, &rocksdb::FlushOptions::default()).map_err(err(ctx))?;
+        self.db.write(wb).map_err(err(ctx))
+    }
 }
 
 /// About the size of a batch's `WriteBatch`: users and ids, the bulk of
@@ -417,132 +445,137 @@ impl std::fmt::Debug for RocksWriter {
 
 impl StoreWriter for RocksWriter {
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let db = &*self.db;
-        let (users, seen, totals, meta) = (cf(db, CF_USERS), cf(db, CF_SEEN), cf(db, CF_TOTALS), cf(db, CF_META));
-        // Sized up front: grown by doubling, a large commit's batch held
-        // up to twice its size (peak memory, docs/BENCHMARKS.md).
-        let mut wb = WriteBatch::with_capacity_bytes(batch_bytes(&batch));
-        for &shard in &batch.drop_shards {
-            for (cf, space) in [
-                (users, keys::USER),
-                (users, keys::ORG_USER),
-                (seen, keys::SEEN),
-                (seen, keys::SEEN_LOG),
-                (totals, keys::ORG_TOTALS),
-                (totals, keys::COURSE_TOTALS),
-            ] {
-                let (start, end) = keys::shard_range(space, shard);
-                wb.delete_range_cf(cf, start, end);
-            }
-            wb.delete_cf(meta, keys::shard(keys::MAX_TS, shard));
-            wb.delete_cf(meta, keys::shard(keys::CHANGELOG, shard));
-            wb.delete_cf(meta, keys::shard(keys::PLAN_WORK, shard));
-            for item in self.db.prefix_iterator_cf(meta, [keys::OFFSET]) {
-                let (k, _) = item.map_err(err("failed to list the partition positions"))?;
-                // Without a prefix extractor the iterator runs on past its prefix.
-                if k.first() != Some(&keys::OFFSET) {
-                    break;
-                }
-                if keys::decode_offset(&k).map_err(key_err)?.1 == i32::from(shard) {
-                    wb.delete_cf(meta, &k);
-                }
-            }
-        }
-        if let Some(m) = batch.meeting_minutes {
-            wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m));
-        }
-        // In key order: the memtable's skip list then finds each insert's
-        // place next to the previous one instead of searching from the top
-        // (the largest write cost of a commit, docs/BENCHMARKS.md). A stable
-        // sort: a restored batch may hold a user twice, and the later wins.
-        let mut user_rows: Vec<(Vec<u8>, &[u8])> = batch
-            .users
-            .iter()
-            .map(|(shard, user, state)| (keys::sharded_text(keys::USER, *shard, user), state.as_slice()))
-            .collect();
-        user_rows.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, state) in user_rows {
-            wb.put_cf(users, key, state);
-        }
-        // In order: a user who moves away and back within a batch is indexed once.
-        for e in &batch.org_users {
-            let key = keys::org_user(e.shard, &e.org, &e.user);
-            match e.present {
-                true => wb.put_cf(users, key, []),
-                false => wb.delete_cf(users, key),
-            }
-        }
-        let mut seen_keys: Vec<[u8; keys::SEEN_KEY_LEN]> = Vec::new();
-        for (shard, SeenIds { log, ids }) in &batch.seen {
-            wb.put_cf(seen, keys::seen(keys::SEEN_LOG, *shard, log.bucket, log.first), []);
-            seen_keys.extend(ids.iter().map(|k| keys::seen_array(keys::SEEN, *shard, k.bucket, k.hash)));
-        }
-        seen_keys.sort_unstable();
-        for key in &seen_keys {
-            wb.put_cf(seen, key, []);
-        }
-        for (shard, before) in &batch.forget_before {
-            for space in [keys::SEEN, keys::SEEN_LOG] {
-                wb.delete_range_cf(
-                    seen,
-                    keys::seen_bucket_start(space, *shard, i64::MIN),
-                    keys::seen_bucket_start(space, *shard, *before),
-                );
-            }
-        }
-        for (shard, key, t) in &batch.org_totals {
-            let k = keys::sharded_text(keys::ORG_TOTALS, *shard, key);
-            match t {
-                Some(t) => wb.put_cf(totals, k, t),
-                None => wb.delete_cf(totals, k),
-            }
-        }
-        for (shard, key, t) in &batch.course_totals {
-            let k = keys::sharded_text(keys::COURSE_TOTALS, *shard, key);
-            match t {
-                Some(t) => wb.put_cf(totals, k, encode(t)),
-                None => wb.delete_cf(totals, k),
-            }
-        }
-        for (shard, ts) in &batch.max_ts {
-            wb.put_cf(meta, keys::shard(keys::MAX_TS, *shard), keys::encode_i64(*ts));
-        }
-        for (shard, work) in &batch.plan_work {
-            wb.put_cf(meta, keys::shard(keys::PLAN_WORK, *shard), encode(work));
-        }
-        for (shard, position) in &batch.changelog {
-            wb.put_cf(meta, keys::shard(keys::CHANGELOG, *shard), keys::encode_i64(*position));
-        }
-        for (id, rec) in &batch.orgs {
-            match rec {
-                Some(r) => wb.put_cf(meta, keys::text(keys::ORG, id), encode(r)),
-                None => wb.delete_cf(meta, keys::text(keys::ORG, id)),
-            }
-        }
-        for (id, rec) in &batch.targets {
-            match rec {
-                Some(r) => wb.put_cf(meta, keys::text(keys::TARGET, id), encode(r)),
-                None => wb.delete_cf(meta, keys::text(keys::TARGET, id)),
-            }
-        }
-        for (id, rec) in &batch.catalogue {
-            match rec {
-                Some(r) => wb.put_cf(meta, keys::text(keys::COURSE, id), encode(r)),
-                None => wb.delete_cf(meta, keys::text(keys::COURSE, id)),
-            }
-        }
-        for (id, rec) in &batch.plans {
-            match rec {
-                Some(r) => wb.put_cf(meta, keys::text(keys::PLAN, id), encode(r)),
-                None => wb.delete_cf(meta, keys::text(keys::PLAN, id)),
-            }
-        }
-        for ((topic, partition), position) in &batch.offsets {
-            wb.put_cf(meta, keys::offset(topic, *partition), encode(position));
-        }
         // No fsync: the write-ahead log survives a killed process; a machine
         // crash may lose the last commits, whose offsets are lost with them,
         // so those messages are consumed again.
+        let wb = write_batch(&self.db, &batch)?;
         self.db.write(wb).map_err(err("failed to commit a batch to the state directory"))
     }
+}
+
+/// One commit's `WriteBatch`.
+fn write_batch(db: &DB, batch: &Batch) -> Result<WriteBatch, StoreError> {
+    let (users, seen, totals, meta) = (cf(db, CF_USERS), cf(db, CF_SEEN), cf(db, CF_TOTALS), cf(db, CF_META));
+    // Sized up front: grown by doubling, a large commit's batch held
+    // up to twice its size (peak memory, docs/BENCHMARKS.md).
+    let mut wb = WriteBatch::with_capacity_bytes(batch_bytes(batch));
+    for &shard in &batch.drop_shards {
+        for (cf, space) in [
+            (users, keys::USER),
+            (users, keys::ORG_USER),
+            (seen, keys::SEEN),
+            (seen, keys::SEEN_LOG),
+            (totals, keys::ORG_TOTALS),
+            (totals, keys::COURSE_TOTALS),
+        ] {
+            let (start, end) = keys::shard_range(space, shard);
+            wb.delete_range_cf(cf, start, end);
+        }
+        wb.delete_cf(meta, keys::shard(keys::MAX_TS, shard));
+        wb.delete_cf(meta, keys::shard(keys::CHANGELOG, shard));
+        wb.delete_cf(meta, keys::shard(keys::PLAN_WORK, shard));
+        for item in db.prefix_iterator_cf(meta, [keys::OFFSET]) {
+            let (k, _) = item.map_err(err("failed to list the partition positions"))?;
+            // Without a prefix extractor the iterator runs on past its prefix.
+            if k.first() != Some(&keys::OFFSET) {
+                break;
+            }
+            if keys::decode_offset(&k).map_err(key_err)?.1 == i32::from(shard) {
+                wb.delete_cf(meta, &k);
+            }
+        }
+    }
+    if let Some(m) = batch.meeting_minutes {
+        wb.put_cf(meta, [keys::MEETING_MINUTES], encode(&m));
+    }
+    // In key order: the memtable's skip list then finds each insert's
+    // place next to the previous one instead of searching from the top
+    // (the largest write cost of a commit, docs/BENCHMARKS.md). A stable
+    // sort: a restored batch may hold a user twice, and the later wins.
+    let mut user_rows: Vec<(Vec<u8>, &[u8])> = batch
+        .users
+        .iter()
+        .map(|(shard, user, state)| (keys::sharded_text(keys::USER, *shard, user), state.as_slice()))
+        .collect();
+    user_rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, state) in user_rows {
+        wb.put_cf(users, key, state);
+    }
+    // In order: a user who moves away and back within a batch is indexed once.
+    for e in &batch.org_users {
+        let key = keys::org_user(e.shard, &e.org, &e.user);
+        match e.present {
+            true => wb.put_cf(users, key, []),
+            false => wb.delete_cf(users, key),
+        }
+    }
+    let mut seen_keys: Vec<[u8; keys::SEEN_KEY_LEN]> = Vec::new();
+    for (shard, SeenIds { log, ids }) in &batch.seen {
+        wb.put_cf(seen, keys::seen(keys::SEEN_LOG, *shard, log.bucket, log.first), []);
+        seen_keys.extend(ids.iter().map(|k| keys::seen_array(keys::SEEN, *shard, k.bucket, k.hash)));
+    }
+    seen_keys.sort_unstable();
+    for key in &seen_keys {
+        wb.put_cf(seen, key, []);
+    }
+    for (shard, before) in &batch.forget_before {
+        for space in [keys::SEEN, keys::SEEN_LOG] {
+            wb.delete_range_cf(
+                seen,
+                keys::seen_bucket_start(space, *shard, i64::MIN),
+                keys::seen_bucket_start(space, *shard, *before),
+            );
+        }
+    }
+    for (shard, key, t) in &batch.org_totals {
+        let k = keys::sharded_text(keys::ORG_TOTALS, *shard, key);
+        match t {
+            Some(t) => wb.put_cf(totals, k, t),
+            None => wb.delete_cf(totals, k),
+        }
+    }
+    for (shard, key, t) in &batch.course_totals {
+        let k = keys::sharded_text(keys::COURSE_TOTALS, *shard, key);
+        match t {
+            Some(t) => wb.put_cf(totals, k, encode(t)),
+            None => wb.delete_cf(totals, k),
+        }
+    }
+    for (shard, ts) in &batch.max_ts {
+        wb.put_cf(meta, keys::shard(keys::MAX_TS, *shard), keys::encode_i64(*ts));
+    }
+    for (shard, work) in &batch.plan_work {
+        wb.put_cf(meta, keys::shard(keys::PLAN_WORK, *shard), encode(work));
+    }
+    for (shard, position) in &batch.changelog {
+        wb.put_cf(meta, keys::shard(keys::CHANGELOG, *shard), keys::encode_i64(*position));
+    }
+    for (id, rec) in &batch.orgs {
+        match rec {
+            Some(r) => wb.put_cf(meta, keys::text(keys::ORG, id), encode(r)),
+            None => wb.delete_cf(meta, keys::text(keys::ORG, id)),
+        }
+    }
+    for (id, rec) in &batch.targets {
+        match rec {
+            Some(r) => wb.put_cf(meta, keys::text(keys::TARGET, id), encode(r)),
+            None => wb.delete_cf(meta, keys::text(keys::TARGET, id)),
+        }
+    }
+    for (id, rec) in &batch.catalogue {
+        match rec {
+            Some(r) => wb.put_cf(meta, keys::text(keys::COURSE, id), encode(r)),
+            None => wb.delete_cf(meta, keys::text(keys::COURSE, id)),
+        }
+    }
+    for (id, rec) in &batch.plans {
+        match rec {
+            Some(r) => wb.put_cf(meta, keys::text(keys::PLAN, id), encode(r)),
+            None => wb.delete_cf(meta, keys::text(keys::PLAN, id)),
+        }
+    }
+    for ((topic, partition), position) in &batch.offsets {
+        wb.put_cf(meta, keys::offset(topic, *partition), encode(position));
+    }
+    Ok(wb)
 }

@@ -176,6 +176,7 @@ impl<S: Store> Engine<S> {
             let newest = shard.max_ts.min(watermark);
             let forget = newest.saturating_sub(self.config.dedup_horizon_ms).div_euclid(HOUR_MS);
             shard.committing = Arc::new(std::mem::take(&mut shard.users));
+            shard.committing_bytes = std::mem::take(&mut shard.bytes);
             users.push((id, Arc::clone(&shard.committing)));
             // An id already past the horizon is not kept (nor logged).
             let kept: Vec<SeenKey> = shard.seen_keys.drain(..).filter(|k| k.bucket >= forget).collect();
@@ -220,6 +221,7 @@ impl<S: Store> Engine<S> {
         self.offsets.append(&mut self.committing_offsets);
         for shard in &mut self.shards {
             shard.committing = Committing::default();
+            shard.committing_bytes = 0;
             shard.seen_committing.clear();
         }
         self.record_meeting_minutes = false;
