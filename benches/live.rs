@@ -147,7 +147,10 @@ impl Setup {
             .args(["run", "--config"])
             .arg(self.dir.path().join("pulse.toml"))
             .envs(overrides.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "warn,pulse_kafka::changelog=info")
+            .env("RUST_LOG", "warn,pulse_kafka::changelog=info,pulse_kafka::restore=info")
+            // As deployed (deploy/systemd/pulse.service): fewer glibc malloc
+            // arenas for RocksDB's and librdkafka's allocations.
+            .env("MALLOC_ARENA_MAX", "4")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

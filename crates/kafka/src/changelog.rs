@@ -47,7 +47,7 @@ const CHANGELOG_COMPRESSION: &str = "lz4";
 /// One shard's producer's queue, in KiB: its share of `outgoing`, and
 /// never less than the largest record (an id record is under 0.5 MB).
 fn queue_kib(outgoing: usize, shards: usize) -> usize {
-    (outgoing / shards.max(1) >> 10).max(2048)
+    ((outgoing / shards.max(1)) >> 10).max(2048)
 }
 
 /// Offsets of the changelog records a producer wrote, and the first refusal.

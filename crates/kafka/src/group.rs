@@ -163,14 +163,17 @@ fn consume<S: Store + Send + 'static>(
         // (they are co-partitioned): a member owns whole shards.
         .set("partition.assignment.strategy", "range")
         .set("isolation.level", "read_committed")
-        // Prefetch, bounded by bytes and by messages per partition
-        // (librdkafka's default, 100,000, held ~30 MiB more at peak over 16
-        // partitions): 10,000 per partition is still half a second of
-        // catch-up. A partition whose prefetch is full is fetched again
-        // after 10 ms (librdkafka's default, 1 s, starved the loop: it
-        // waited in poll for a fifth of a catch-up). docs/BENCHMARKS.md.
+        // Prefetch, bounded per partition by messages and by bytes (the
+        // budget's share): librdkafka keeps each assigned partition's queue
+        // topped up, so its memory grows with the partitions assigned
+        // (an instance given 96 held ~300 MiB at 10,000 messages each);
+        // 2,000 per partition caught up as fast as 10,000 over 16
+        // (docs/BENCHMARKS.md, "Memory at catch-up"). A partition whose
+        // prefetch is full is fetched again after 10 ms (librdkafka's
+        // default, 1 s, starved the loop: it waited in poll for a fifth of
+        // a catch-up).
         .set("queued.max.messages.kbytes", (settings.memory.prefetch >> 10).max(1024).to_string())
-        .set("queued.min.messages", "10000")
+        .set("queued.min.messages", "2000")
         .set("fetch.queue.backoff.ms", "10")
         .set("client.id", client_id(&settings.advertise))
         .create_with_context(context)

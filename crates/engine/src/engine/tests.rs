@@ -4,7 +4,7 @@ use std::sync::Arc;
 use pulse_model::{parse, Fy, Parsed};
 
 use super::*;
-use crate::store::{LoadedState, MemStore, MemWriter, SeenLog};
+use crate::store::{LoadedState, MemStore, MemWriter, SeenLog, StoreWriter};
 
 fn progress(id: &str, ts: Millis) -> Event<'static> {
     let line =
