@@ -453,6 +453,21 @@ impl StoreWriter for RocksWriter {
     }
 }
 
+/// Registry records by id under `space` (`None` deletes).
+fn put_records<T: serde::Serialize>(
+    wb: &mut WriteBatch,
+    meta: &rocksdb::ColumnFamily,
+    space: u8,
+    records: &[(String, Option<T>)],
+) {
+    for (id, record) in records {
+        match record {
+            Some(r) => wb.put_cf(meta, keys::text(space, id), encode(r)),
+            None => wb.delete_cf(meta, keys::text(space, id)),
+        }
+    }
+}
+
 /// One commit's `WriteBatch`.
 fn write_batch(db: &DB, batch: &Batch) -> Result<WriteBatch, StoreError> {
     let (users, seen, totals, meta) = (cf(db, CF_USERS), cf(db, CF_SEEN), cf(db, CF_TOTALS), cf(db, CF_META));
@@ -550,30 +565,10 @@ fn write_batch(db: &DB, batch: &Batch) -> Result<WriteBatch, StoreError> {
     for (shard, position) in &batch.changelog {
         wb.put_cf(meta, keys::shard(keys::CHANGELOG, *shard), keys::encode_i64(*position));
     }
-    for (id, rec) in &batch.orgs {
-        match rec {
-            Some(r) => wb.put_cf(meta, keys::text(keys::ORG, id), encode(r)),
-            None => wb.delete_cf(meta, keys::text(keys::ORG, id)),
-        }
-    }
-    for (id, rec) in &batch.targets {
-        match rec {
-            Some(r) => wb.put_cf(meta, keys::text(keys::TARGET, id), encode(r)),
-            None => wb.delete_cf(meta, keys::text(keys::TARGET, id)),
-        }
-    }
-    for (id, rec) in &batch.catalogue {
-        match rec {
-            Some(r) => wb.put_cf(meta, keys::text(keys::COURSE, id), encode(r)),
-            None => wb.delete_cf(meta, keys::text(keys::COURSE, id)),
-        }
-    }
-    for (id, rec) in &batch.plans {
-        match rec {
-            Some(r) => wb.put_cf(meta, keys::text(keys::PLAN, id), encode(r)),
-            None => wb.delete_cf(meta, keys::text(keys::PLAN, id)),
-        }
-    }
+    put_records(&mut wb, meta, keys::ORG, &batch.orgs);
+    put_records(&mut wb, meta, keys::TARGET, &batch.targets);
+    put_records(&mut wb, meta, keys::COURSE, &batch.catalogue);
+    put_records(&mut wb, meta, keys::PLAN, &batch.plans);
     for ((topic, partition), position) in &batch.offsets {
         wb.put_cf(meta, keys::offset(topic, *partition), encode(position));
     }
