@@ -540,6 +540,7 @@ impl<S: Store> Engine<S> {
         let horizon = shard.horizon;
         let org_before = (!is_new).then(|| org_keys.id(user.org_key()));
         let profile_before = profile.then(|| user.totals(*meeting_ms, horizon));
+        let registered_before = user.is_registered();
         let mut applied = user.apply(ev, horizon, *meeting_ms);
         // Most events leave the user where it was: a comparison, not a lookup.
         let org_after = match org_before {
@@ -552,8 +553,14 @@ impl<S: Store> Engine<S> {
             shard.org_users.push((org_after, user, true));
         }
         // The plans assigned to the user, and its standing in them, change
-        // only with a completion, a move, a profile, or a new user.
-        if is_new || profile || org_before != Some(org_after) || matches!(ev.kind, EventKind::Completion { .. }) {
+        // only with a completion, a move, a profile, or a user registered
+        // by this event: a new one, or one whose profile was removed
+        // (standings count registered users only).
+        if !registered_before
+            || profile
+            || org_before != Some(org_after)
+            || matches!(ev.kind, EventKind::Completion { .. })
+        {
             let fresh = crate::plans::standings(&ev.user, user, plans, registry);
             if fresh != user.plans {
                 let moved = crate::plans::change(&user.plans, &fresh);
