@@ -509,6 +509,16 @@ mod tests {
         assert!(err("[kafka]\ninputs = [{ topic = \"t\", format = \"csv\" }]", &[]).contains("kafka.inputs[0].format"));
         assert!(err("", &[("PULSE_KAFKA__NOPE", "1")]).contains("nope"));
         assert!(err("[http]\nlisten = \"here\"", &[]).contains("http.listen"));
+        assert!(err("[store]\nmemory_budget_mib = 8", &[]).contains("store.memory_budget_mib"));
+        assert!(err("[store]\nblock_cache_mib = 64", &[]).contains("block_cache_mib"), "a key of before the budget");
+    }
+
+    #[test]
+    fn the_memory_budget_reaches_the_store_and_the_loop() {
+        let c = parse("[store]\nmemory_budget_mib = 512", &[]).unwrap();
+        assert_eq!(c.memory, crate::memory::Budget::of_mib(512));
+        assert_eq!(c.kafka.memory, c.memory.loop_memory);
+        assert_eq!(parse("", &[]).unwrap().memory, crate::memory::Budget::default());
     }
 
     #[test]
