@@ -324,7 +324,12 @@ mod tmpfs;
 fn a_full_disk_fails_the_commit_and_the_store_recovers_once_space_is_freed() {
     let disk = tmpfs::Tmpfs::mount(32);
     let dir = disk.path().join("data");
-    let options = StoreOptions { shards: 2, write_buffer_bytes: 1 << 20, ..StoreOptions::default() };
+    // RocksDB preallocates its WAL in blocks of about a memtable (here 32
+    // MiB, the disk's whole size): they never fit, so no WAL holds space
+    // that closing it frees for the next writer to write into, and a full
+    // disk refuses every writer alike (with 512 KiB memtables the reopened
+    // writer sometimes wrote into its predecessor's freed block).
+    let options = StoreOptions { shards: 2, write_buffer_bytes: 64 << 20, ..StoreOptions::default() };
     let mut store = RocksStore::open(&dir, &options).unwrap();
     let batch = |next: i64| {
         let mut b = Batch::default();
