@@ -165,8 +165,9 @@ fn consume<S: Store + Send + 'static>(
         .set("isolation.level", "read_committed")
         // Prefetch, bounded per partition by messages and by bytes (the
         // budget's share): librdkafka keeps each assigned partition's queue
-        // topped up, so its memory grows with the partitions assigned
-        // (an instance given 96 held ~300 MiB at 10,000 messages each);
+        // topped up, so its memory grows with the partitions assigned (an
+        // instance of five inputs of 16 and the repartition topic has 96:
+        // at 10,000 messages each, up to a million messages held);
         // 2,000 per partition caught up as fast as 10,000 over 16
         // (docs/BENCHMARKS.md, "Memory at catch-up"). A partition whose
         // prefetch is full is fetched again after 10 ms (librdkafka's

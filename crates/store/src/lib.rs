@@ -405,7 +405,7 @@ impl Store for RocksStore {
     }
 
     /// Restored records without the write-ahead log (a restore writes a
-    /// shard's whole history: the log doubled its writes); before a batch
+    /// shard's whole history, which the log wrote a second time); before a batch
     /// that carries a changelog position or drops shards, the memtables
     /// are flushed, so that what it leads to is on disk before it is.
     fn restore(&self, batch: Batch) -> Result<(), StoreError> {
